@@ -1,0 +1,155 @@
+"""Conventions shared by every protocol: PascalCase wire names, lenient parsing, endpoint tables.
+
+dockerd's structs carry no JSON tags, so keys on the wire are Go field names (``Name``, ``ID``,
+``NetworkID``, ``IPv4Data``). Python code uses snake_case; the alias generator below maps one to
+the other and the few irregular names are spelled out with ``Field(alias=...)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+_ACRONYMS = {"id": "ID", "ipv4": "IPv4", "ipv6": "IPv6", "uri": "Uri"}
+
+
+def pascal(name: str) -> str:
+    """``network_id`` -> ``NetworkID``; ``ipv4_data`` -> ``IPv4Data``."""
+    return "".join(_ACRONYMS.get(part, part[:1].upper() + part[1:]) for part in name.split("_"))
+
+
+class WireModel(BaseModel):
+    """A JSON body as dockerd sends or reads it.
+
+    Unknown keys are ignored (dockerd adds fields over versions), snake_case names are accepted
+    too, so Python callers may build models either way.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=pascal,
+        populate_by_name=True,
+        extra="ignore",
+        frozen=False,
+    )
+
+    def wire(self) -> bytes:
+        """The JSON body to send: wire names, unset optional fields left out."""
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+class Empty(WireModel):
+    """A body with no fields (``{}`` or no body at all)."""
+
+
+class ErrReply(WireModel):
+    """The generic reply: success is ``{}``, failure carries ``Err``."""
+
+    err: str | None = None
+
+
+class Lane(Enum):
+    """Which worker pool a blocking (sync) driver method runs in.
+
+    Slow work (mounting, creating) gets its own pool so that it can never starve the calls
+    dockerd makes constantly and expects at once (Get, List, Capabilities).
+    """
+
+    FAST = "fast"
+    SLOW = "slow"
+
+
+def _no_subject(_: Any) -> str | None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One ``POST /Interface.Method`` and how it maps onto a driver method.
+
+    ``request`` is the body model (``None``: the body is ignored). ``call`` turns the parsed model
+    into the driver method's arguments, ``reply`` turns the method's return value into the reply
+    model (given the request too), ``subject`` names the object a request is about, for logs.
+    """
+
+    path: str
+    method: str
+    request: type[WireModel] | None
+    reply: Callable[[Any, Any], WireModel | Any]
+    required: bool = True
+    lane: Lane = Lane.FAST
+    subject: Callable[[Any], str | None] = _no_subject
+    streams: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Protocol:
+    """A plugin interface: the name ``Plugin.Activate`` reports and its endpoints."""
+
+    implements: str
+    managed_type: str
+    endpoints: tuple[Endpoint, ...]
+    error_key: str = "Err"
+    extra_error_keys: tuple[str, ...] = field(default=())
+
+
+class Driver:
+    """Base of every driver class. Subclasses of several protocol bases serve all of them.
+
+    Optional hooks: ``startup()`` runs after the socket listens (so slow reconciling never
+    misses dockerd's enable window), ``shutdown()`` after the last request finished. Either may
+    be sync or async.
+    """
+
+    protocols: ClassVar[tuple[Protocol, ...]] = ()
+
+    def startup(self) -> Any:
+        return None
+
+    def shutdown(self) -> Any:
+        return None
+
+
+def protocols_of(driver: Driver | type[Driver]) -> list[Protocol]:
+    """Every protocol a driver class implements, in MRO order, without duplicates."""
+    cls = driver if isinstance(driver, type) else type(driver)
+    seen: list[Protocol] = []
+    for klass in cls.__mro__:
+        for proto in vars(klass).get("protocols", ()):
+            if proto not in seen:
+                seen.append(proto)
+    return seen
+
+
+def implemented(driver: Driver, endpoint: Endpoint) -> bool:
+    """True if the driver overrides the base's placeholder for this endpoint."""
+    method = getattr(type(driver), endpoint.method, None)
+    if method is None:
+        return False
+    return not getattr(method, "__dockplug_placeholder__", False)
+
+
+def placeholder(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks a base-class method as 'not implemented': the endpoint then answers 404."""
+    func.__dockplug_placeholder__ = True  # type: ignore[attr-defined]
+    return func
+
+
+def nonblocking(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks a sync method as safe to run on the event loop (it never blocks).
+
+    By default sync methods run in a worker thread so a slow one cannot delay other calls; a
+    method that only reads memory is faster inline.
+    """
+    func.__dockplug_nonblocking__ = True  # type: ignore[attr-defined]
+    return func
+
+
+def runs_inline(method: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(method) or bool(
+        getattr(method, "__dockplug_nonblocking__", False)
+    )

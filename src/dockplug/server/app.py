@@ -1,0 +1,306 @@
+"""The ASGI application: routes ``POST /Interface.Method`` to driver methods.
+
+Routing is one dictionary lookup on the path; there is no framework in between because on a
+unix socket every microsecond of per-request overhead shows in dockerd's latency. Every failure
+path ends in a JSON ``{"Err": ...}`` reply; nothing a client sends can take the server down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import json
+import sys
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from dockplug.errors import ConfigError, PluginError
+from dockplug.protocol.base import (
+    Driver,
+    Endpoint,
+    Lane,
+    Protocol,
+    WireModel,
+    implemented,
+    protocols_of,
+    runs_inline,
+)
+from dockplug.server.reqlog import RequestLog, redact
+
+CONTENT_TYPE = b"application/vnd.docker.plugins.v1+json"
+DEFAULT_BODY_LIMIT = 16 * 1024 * 1024  # authz bodies carry up to 4 MiB of base64'd API payload
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Route:
+    endpoint: Endpoint
+    protocol: Protocol
+    method: Callable[[Any], Any]
+    is_async: bool
+    inline: bool
+    executor: ThreadPoolExecutor | None
+
+
+class _BadBody(PluginError):
+    status = 400
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(body)"
+
+
+def describe_validation(endpoint: str, exc: ValidationError) -> str:
+    """One sentence naming the offending field, e.g. ``missing required field 'Name'``."""
+    problems = []
+    for err in exc.errors(include_url=False)[:3]:
+        field = _field_path(tuple(err.get("loc", ())))
+        if err["type"] == "missing":
+            problems.append(f"missing required field '{field}'")
+        elif err["type"] == "json_invalid":
+            problems.append(f"malformed JSON body ({err.get('ctx', {}).get('error', err['msg'])})")
+        elif err["type"] in ("model_type", "model_attributes_type", "dict_type") and not err["loc"]:
+            problems.append("the body must be a JSON object")
+        else:
+            problems.append(f"field '{field}': {err['msg']}")
+    return f"invalid {endpoint} request: " + "; ".join(problems)
+
+
+class PluginApp:
+    """Serves one or more drivers; all the protocols they implement share one socket."""
+
+    def __init__(
+        self,
+        drivers: Driver | Sequence[Driver],
+        log: RequestLog | None = None,
+        body_limit: int = DEFAULT_BODY_LIMIT,
+        slow_workers: int = 128,
+        fast_workers: int = 32,
+    ) -> None:
+        self.drivers = [drivers] if isinstance(drivers, Driver) else list(drivers)
+        if not self.drivers:
+            raise ConfigError("no driver to serve")
+        self.log = log or RequestLog()
+        self.body_limit = body_limit
+        self._ids = itertools.count(1)
+        self.fast_pool = ThreadPoolExecutor(fast_workers, thread_name_prefix="dockplug-fast")
+        self.slow_pool = ThreadPoolExecutor(slow_workers, thread_name_prefix="dockplug-slow")
+        self.routes: dict[str, Route] = {}
+        implements: list[str] = []
+        for driver in self.drivers:
+            for proto in protocols_of(driver):
+                if proto.implements in implements:
+                    raise ConfigError(f"two drivers implement {proto.implements}")
+                implements.append(proto.implements)
+                self._add_routes(driver, proto)
+        if not implements:
+            raise ConfigError("the driver implements no protocol; subclass e.g. VolumeDriver")
+        self.implements = implements
+        self.activate_body = json.dumps({"Implements": implements}).encode()
+
+    def _add_routes(self, driver: Driver, proto: Protocol) -> None:
+        missing = []
+        for ep in proto.endpoints:
+            if not implemented(driver, ep):
+                if ep.required:
+                    missing.append(ep.method)
+                continue
+            method = getattr(driver, ep.method)
+            inline = runs_inline(method)
+            pool = self.slow_pool if ep.lane is Lane.SLOW else self.fast_pool
+            self.routes[ep.path] = Route(
+                endpoint=ep,
+                protocol=proto,
+                method=method,
+                is_async=inspect.iscoroutinefunction(method),
+                inline=inline,
+                executor=None if inline else pool,
+            )
+        if missing:
+            raise ConfigError(
+                f"{type(driver).__name__} implements {proto.implements} but lacks "
+                f"required method(s): {', '.join(missing)}"
+            )
+
+    def close(self) -> None:
+        self.fast_pool.shutdown(wait=False, cancel_futures=True)
+        self.slow_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- ASGI ------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        rid = next(self._ids)
+        path: str = scope["path"]
+        subject: str | None = None
+        route = self.routes.get(path)
+        proto = route.protocol if route else None
+        try:
+            body = await self._read_body(receive)
+            if body is None:
+                return  # client went away
+            if self.log.debug and body:
+                self.log.body(rid, "<", body)
+            if scope["method"] != "POST":
+                raise _BadBody(f"{path}: plugin endpoints take POST, not {scope['method']}")
+            if route is None:
+                if path == "/Plugin.Activate":
+                    await self._reply(send, 200, self.activate_body)
+                    self.log.request(rid, path, None, 200, time.perf_counter() - started)
+                    return
+                raise _NotFound(path, self.implements)
+            ep = route.endpoint
+            req = self._parse(ep, body)
+            subject = ep.subject(req)
+            if route.is_async:
+                result = await route.method(req)
+            elif route.inline:
+                result = route.method(req)
+            else:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(route.executor, route.method, req)
+            if ep.streams:
+                await self._stream(send, result)
+                self.log.request(rid, path, subject, 200, time.perf_counter() - started)
+                return
+            reply = ep.reply(result, req)
+            data = reply.wire() if isinstance(reply, WireModel) else json.dumps(reply).encode()
+            await self._reply(send, 200, data)
+            if self.log.debug:
+                self.log.body(rid, ">", data)
+            self.log.request(rid, path, subject, 200, time.perf_counter() - started)
+        except PluginError as exc:
+            await self._fail(send, rid, path, subject, proto, exc.status, exc.message, started)
+        except Exception as exc:  # a driver bug must not take the server down
+            message = str(exc) or type(exc).__name__
+            if not isinstance(exc, OSError | ValueError | LookupError):
+                message = f"{type(exc).__name__}: {message}"
+                if self.log.debug:
+                    traceback.print_exc(file=sys.stderr)
+            await self._fail(send, rid, path, subject, proto, 500, message, started)
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > self.body_limit:
+                    raise _TooLarge(self.body_limit)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _parse(self, ep: Endpoint, body: bytes) -> Any:
+        model = ep.request
+        if model is None:
+            return None
+        stripped = body.strip()
+        try:
+            if not stripped or stripped == b"null":
+                return model.model_validate({})
+            return model.model_validate_json(stripped)
+        except ValidationError as exc:
+            raise _BadBody(describe_validation(ep.path.lstrip("/"), exc)) from None
+
+    async def _reply(self, send: Send, status: int, data: bytes) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", CONTENT_TYPE),
+                    (b"content-length", str(len(data)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
+
+    async def _stream(self, send: Send, result: Any) -> None:
+        """Streams a driver's bytes (LogDriver.ReadLogs); HTTP chunked, flushed per piece."""
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/x-json-stream")],
+            }
+        )
+        try:
+            async for piece in _aiter(result):
+                if piece:
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+        finally:
+            await send({"type": "http.response.body", "body": b""})
+
+    async def _fail(
+        self,
+        send: Send,
+        rid: int,
+        path: str,
+        subject: str | None,
+        proto: Protocol | None,
+        status: int,
+        message: str,
+        started: float,
+    ) -> None:
+        message = redact(message)
+        payload = {"Err": message}
+        if proto is not None and proto.error_key != "Err":
+            payload[proto.error_key] = message
+        # the client may already be gone; then there is nobody to tell
+        with contextlib.suppress(Exception):
+            await self._reply(send, status, json.dumps(payload).encode())
+        self.log.request(rid, path, subject, status, time.perf_counter() - started, message)
+
+
+class _NotFound(PluginError):
+    status = 404
+
+    def __init__(self, path: str, implements: list[str]) -> None:
+        super().__init__(
+            f"{path.lstrip('/') or '/'} is not implemented by this plugin "
+            f"(it implements {', '.join(implements)})"
+        )
+
+
+class _TooLarge(PluginError):
+    status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body exceeds the {limit} byte limit")
+
+
+async def _aiter(result: Any) -> AsyncIterator[bytes]:
+    if hasattr(result, "__aiter__"):
+        async for piece in result:
+            yield bytes(piece)
+        return
+    if isinstance(result, bytes | bytearray):
+        yield bytes(result)
+        return
+    iterator: Iterator[bytes] = iter(result if isinstance(result, Iterable) else ())
+    loop = asyncio.get_running_loop()
+    sentinel = object()
+    while True:
+        piece = await loop.run_in_executor(None, next, iterator, sentinel)
+        if piece is sentinel:
+            return
+        yield bytes(piece)

@@ -1,0 +1,234 @@
+"""Running a plugin: bind, announce, serve, and shut down cleanly on SIGTERM/SIGINT.
+
+Order matters for dockerd: the socket listens before the driver's slow start-up work runs (a
+managed plugin has ~10 s to create its socket), and on stop the socket and discovery files go
+away only after in-flight requests have been answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import signal
+import socket
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from dockplug import discovery
+from dockplug.errors import ConfigError
+from dockplug.protocol.base import Driver
+from dockplug.server import listeners
+from dockplug.server.app import PluginApp
+from dockplug.server.reqlog import RequestLog
+
+
+@dataclass
+class TLSSettings:
+    """Server identity, optional client-certificate check, and what dockerd gets told.
+
+    ``ca`` is written to the ``.json`` file so dockerd verifies our certificate; ``client_ca``
+    makes the server require client certificates signed by it; ``client_cert``/``client_key``
+    are the identity dockerd presents (written to the ``.json`` file too).
+    """
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    client_ca: Path | None = None
+    client_cert: Path | None = None
+    key_for_client: Path | None = None
+
+    def announce(self) -> discovery.TLSOptions:
+        return discovery.TLSOptions(
+            ca_file=str(self.ca) if self.ca else "",
+            cert_file=str(self.client_cert) if self.client_cert else "",
+            key_file=str(self.key_for_client) if self.key_for_client else "",
+            insecure_skip_verify=self.ca is None,
+        )
+
+
+@dataclass
+class ServeOptions:
+    name: str
+    socket: Path | None = None
+    tcp: str | None = None
+    advertise: str | None = None
+    tls: TLSSettings | None = None
+    spec_dir: Path = discovery.SPEC_DIRS[0]
+    announce: str = "auto"  # auto | spec | json | none
+    socket_group: str | None = None
+    debug: bool = False
+    graceful_timeout: int = 30
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Bound:
+    """What a started plugin listens on and which files it owns."""
+
+    sockets: list[socket.socket]
+    socket_files: list[Path]
+    discovery_files: list[Path]
+    url: str
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or name.startswith(".") or "\0" in name:
+        raise ConfigError(f"--name {name!r}: a plugin name is a plain file name, e.g. my-volumes")
+
+
+def bind(opts: ServeOptions) -> Bound:
+    """Open the listening sockets and write discovery files (nothing is served yet)."""
+    _check_name(opts.name)
+    inherited = listeners.systemd_listeners()
+    if inherited:
+        url = listeners.socket_address(inherited[0])
+        return Bound(inherited, [], [], url)
+    if opts.tcp:
+        sock = listeners.tcp_listener(opts.tcp)
+        host, port = sock.getsockname()[:2]
+        if opts.advertise:
+            host_port = opts.advertise
+        else:
+            shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+            host_port = f"[{shown}]:{port}" if ":" in shown else f"{shown}:{port}"
+        files: list[Path] = []
+        try:
+            if opts.tls is not None:
+                url = f"https://{host_port}"
+                # dockerd speaks TLS only for https:// addresses; a .spec can't carry the CA
+                if opts.announce != "none":
+                    files.append(
+                        discovery.write_json(opts.spec_dir, opts.name, url, opts.tls.announce())
+                    )
+            else:
+                url = f"tcp://{host_port}"
+                if opts.announce == "json":
+                    files.append(discovery.write_json(opts.spec_dir, opts.name, url, None))
+                elif opts.announce != "none":
+                    files.append(discovery.write_spec(opts.spec_dir, opts.name, url))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot write discovery file in {opts.spec_dir}: {exc}") from exc
+        return Bound([sock], [], files, url)
+    path = Path(opts.socket) if opts.socket else listeners.default_socket(opts.name)
+    if opts.tls is not None:
+        raise ConfigError("TLS needs --tcp: dockerd never speaks TLS over a unix socket")
+    sock = listeners.unix_listener(path, group=opts.socket_group)
+    url = f"unix://{path}"
+    files = []
+    discoverable = path in (
+        discovery.SOCKET_DIR / f"{opts.name}.sock",
+        discovery.SOCKET_DIR / opts.name / f"{opts.name}.sock",
+    )
+    try:
+        if opts.announce == "json":
+            files.append(discovery.write_json(opts.spec_dir, opts.name, url, None))
+        elif opts.announce == "spec" or (opts.announce == "auto" and not discoverable):
+            files.append(discovery.write_spec(opts.spec_dir, opts.name, url))
+    except OSError as exc:
+        sock.close()
+        path.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write discovery file in {opts.spec_dir}: {exc}") from exc
+    return Bound([sock], [path], files, url)
+
+
+def release(bound: Bound) -> None:
+    for path in bound.discovery_files + bound.socket_files:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+def _ssl_kwargs(tls: TLSSettings | None) -> dict[str, Any]:
+    if tls is None:
+        return {}
+    for label, path in (("--tls-cert", tls.cert), ("--tls-key", tls.key)):
+        if not Path(path).is_file():
+            raise ConfigError(f"{label} {path}: no such file")
+    kwargs: dict[str, Any] = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
+    if tls.client_ca is not None:
+        kwargs["ssl_ca_certs"] = str(tls.client_ca)
+        kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return kwargs
+
+
+async def serve_async(drivers: Driver | Sequence[Driver], opts: ServeOptions) -> None:
+    """Serve until SIGTERM/SIGINT; returns after a clean shutdown."""
+    log = RequestLog(debug=opts.debug)
+    app = PluginApp(drivers, log=log)
+    config = uvicorn.Config(
+        app,
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        log_level="warning",
+        server_header=False,
+        date_header=False,
+        timeout_keep_alive=24 * 3600,  # let dockerd close idle connections, never race it
+        timeout_graceful_shutdown=opts.graceful_timeout,
+        **_ssl_kwargs(opts.tls),
+    )
+    server = uvicorn.Server(config)
+    bound = bind(opts)
+    announced = ", ".join(map(str, bound.discovery_files))
+    log.event(
+        f"dockplug serving {opts.name} ({', '.join(app.implements)}) on {bound.url}"
+        + (f" announced by {announced}" if announced else "")
+    )
+
+    async def after_listen() -> None:
+        while not server.started and not server.should_exit:
+            await asyncio.sleep(0.005)
+        for driver in app.drivers:
+            try:
+                await _maybe_await(driver.startup())
+            except Exception as exc:
+                log.event(f"start-up of {type(driver).__name__} failed: {exc}")
+
+    # uvicorn re-raises the signal it caught once it has shut down; a no-op handler keeps
+    # that from killing us before we clean up, so a stop is a clean exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    startup_task = asyncio.create_task(after_listen())
+    try:
+        await server.serve(sockets=bound.sockets)
+    finally:
+        startup_task.cancel()
+        release(bound)
+        for driver in app.drivers:
+            try:
+                await _maybe_await(driver.shutdown())
+            except Exception as exc:
+                log.event(f"shutdown of {type(driver).__name__} failed: {exc}")
+        app.close()
+        log.event(f"dockplug {opts.name} stopped")
+
+
+def run(
+    drivers: Driver | Sequence[Driver], opts: ServeOptions | None = None, **kwargs: Any
+) -> None:
+    """Blocking entry point: ``dockplug.run(MyDriver(), name="mine")``."""
+    opts = opts or ServeOptions(**kwargs)
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep working without it
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(serve_async(drivers, opts))
+    os.environ.pop("LISTEN_FDS", None)
