@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import os
 import signal
 import socket
 import ssl
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,57 +165,88 @@ def _ssl_kwargs(tls: TLSSettings | None) -> dict[str, Any]:
     return kwargs
 
 
-async def serve_async(drivers: Driver | Sequence[Driver], opts: ServeOptions) -> None:
-    """Serve until SIGTERM/SIGINT; returns after a clean shutdown."""
-    log = RequestLog(debug=opts.debug)
-    app = PluginApp(drivers, log=log)
-    config = uvicorn.Config(
-        app,
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_config=None,
-        log_level="warning",
-        server_header=False,
-        date_header=False,
-        timeout_keep_alive=24 * 3600,  # let dockerd close idle connections, never race it
-        timeout_graceful_shutdown=opts.graceful_timeout,
-        **_ssl_kwargs(opts.tls),
-    )
-    server = uvicorn.Server(config)
-    bound = bind(opts)
-    announced = ", ".join(map(str, bound.discovery_files))
-    log.event(
-        f"dockplug serving {opts.name} ({', '.join(app.implements)}) on {bound.url}"
-        + (f" announced by {announced}" if announced else "")
-    )
+class PluginServer:
+    """One plugin server: bind, serve until asked to stop, clean up. Usable from any thread."""
 
-    async def after_listen() -> None:
-        while not server.started and not server.should_exit:
-            await asyncio.sleep(0.005)
-        for driver in app.drivers:
+    def __init__(self, drivers: Driver | Sequence[Driver], opts: ServeOptions) -> None:
+        self.opts = opts
+        self.log = RequestLog(debug=opts.debug)
+        self.app = PluginApp(drivers, log=self.log)
+        config = uvicorn.Config(
+            self.app,
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            log_level="warning",
+            server_header=False,
+            date_header=False,
+            timeout_keep_alive=24 * 3600,  # let dockerd close idle connections, never race it
+            timeout_graceful_shutdown=opts.graceful_timeout,
+            **_ssl_kwargs(opts.tls),
+        )
+        self.server = uvicorn.Server(config)
+        self.bound: Bound | None = None
+        self.ready = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return self.bound.url if self.bound else ""
+
+    def stop(self) -> None:
+        """Ask for a graceful stop (thread-safe: uvicorn polls the flag)."""
+        self.server.should_exit = True
+
+    async def _after_listen(self) -> None:
+        while not self.server.started and not self.server.should_exit:
+            await asyncio.sleep(0.002)
+        self.ready.set()
+        for driver in self.app.drivers:
             try:
                 await _maybe_await(driver.startup())
             except Exception as exc:
-                log.event(f"start-up of {type(driver).__name__} failed: {exc}")
+                self.log.event(f"start-up of {type(driver).__name__} failed: {exc}")
 
-    # uvicorn re-raises the signal it caught once it has shut down; a no-op handler keeps
-    # that from killing us before we clean up, so a stop is a clean exit 0.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
-    startup_task = asyncio.create_task(after_listen())
+    async def serve(self) -> None:
+        """Serve until stop() or SIGTERM/SIGINT; returns after a clean shutdown."""
+        opts, app, log = self.opts, self.app, self.log
+        self.bound = bound = bind(opts)
+        announced = ", ".join(map(str, bound.discovery_files))
+        log.event(
+            f"dockplug serving {opts.name} ({', '.join(app.implements)}) on {bound.url}"
+            + (f" announced by {announced}" if announced else "")
+        )
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn re-raises the signal it caught once it has shut down; a no-op handler
+            # keeps that from killing us before we clean up, so a stop is a clean exit 0.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: None)
+        startup_task = asyncio.create_task(self._after_listen())
+        try:
+            await self.server.serve(sockets=bound.sockets)
+        finally:
+            startup_task.cancel()
+            release(bound)
+            for driver in app.drivers:
+                try:
+                    await _maybe_await(driver.shutdown())
+                except Exception as exc:
+                    log.event(f"shutdown of {type(driver).__name__} failed: {exc}")
+            app.close()
+            log.event(f"dockplug {opts.name} stopped")
+
+
+async def serve_async(drivers: Driver | Sequence[Driver], opts: ServeOptions) -> None:
+    """Serve until SIGTERM/SIGINT; returns after a clean shutdown."""
+    await PluginServer(drivers, opts).serve()
+
+
+def new_runner() -> asyncio.Runner:
     try:
-        await server.serve(sockets=bound.sockets)
-    finally:
-        startup_task.cancel()
-        release(bound)
-        for driver in app.drivers:
-            try:
-                await _maybe_await(driver.shutdown())
-            except Exception as exc:
-                log.event(f"shutdown of {type(driver).__name__} failed: {exc}")
-        app.close()
-        log.event(f"dockplug {opts.name} stopped")
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep working without it
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
 def run(
@@ -223,12 +254,5 @@ def run(
 ) -> None:
     """Blocking entry point: ``dockplug.run(MyDriver(), name="mine")``."""
     opts = opts or ServeOptions(**kwargs)
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:  # pragma: no cover - uvloop is a dependency; keep working without it
-        runner = asyncio.Runner()
-    with runner:
+    with new_runner() as runner:
         runner.run(serve_async(drivers, opts))
-    os.environ.pop("LISTEN_FDS", None)

@@ -1,0 +1,3 @@
+from dockplug.cli.main import main
+
+main()

@@ -1,0 +1,118 @@
+"""``dockplug serve``: built-in drivers by name, or any driver class as ``FILE.py:Class`` /
+``package.module:Class``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dockplug.cli.options import serve_options, transport_options
+from dockplug.errors import ConfigError
+from dockplug.protocol.base import Driver
+from dockplug.server.runner import run
+
+
+def load_driver_class(target: str) -> type[Driver]:
+    """``examples/hello_volume.py:HelloDriver`` or ``mypkg.plugin:MyDriver``."""
+    source, _, attr = target.rpartition(":")
+    if not source or not attr:
+        raise ConfigError(f"{target!r}: expected FILE.py:Class or module:Class")
+    if source.endswith(".py") or "/" in source:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"{source}: no such file")
+        spec = importlib.util.spec_from_file_location(f"dockplug_user_{path.stem}", path)
+        if spec is None or spec.loader is None:
+            raise ConfigError(f"{source}: cannot be imported")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(source)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import {source}: {exc}") from exc
+    cls = getattr(module, attr, None)
+    if not isinstance(cls, type) or not issubclass(cls, Driver):
+        raise ConfigError(f"{target}: {attr} is not a dockplug driver class")
+    return cls
+
+
+def _parse_settings(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"-c {pair!r}: expected KEY=VALUE")
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def custom_command(target: str) -> click.Command:
+    @click.command(name=target, help=f"Serve the driver class {target}.")
+    @click.option(
+        "-c",
+        "--config",
+        "settings",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Keyword argument for the driver's constructor (repeatable).",
+    )
+    @transport_options(default_name=target.rpartition(":")[2].lower())
+    def command(settings: tuple[str, ...], **params: Any) -> None:
+        opts = serve_options(params)
+        cls = load_driver_class(target)
+        try:
+            driver = cls(**_parse_settings(settings))
+        except TypeError as exc:
+            raise ConfigError(f"{target}: {exc}") from exc
+        run(driver, opts)
+
+    return command
+
+
+BUILTINS: dict[str, str] = {
+    "local": "dockplug.cli.serve_local:command",
+}
+
+
+class ServeGroup(click.Group):
+    """Subcommands are the built-in drivers plus any ``X:Class`` target given on the line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(BUILTINS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in BUILTINS:
+            module, _, attr = BUILTINS[cmd_name].partition(":")
+            cmd: click.Command = getattr(importlib.import_module(module), attr)
+            return cmd
+        if ":" in cmd_name:
+            return custom_command(cmd_name)
+        return None
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else None
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            raise click.UsageError(
+                f"unknown driver {name!r}: use one of {', '.join(sorted(BUILTINS))} "
+                "or FILE.py:Class / module:Class"
+            )
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=ServeGroup)
+def serve() -> None:
+    """Serve a driver as a plugin dockerd can use.
+
+    \b
+    dockplug serve local                        the persistent local volume driver
+    dockplug serve examples/hello_volume.py:HelloDriver -c base=/srv/hello --name hello
+    """

@@ -1,0 +1,139 @@
+"""A plugin client that talks like dockerd: POST, no Content-Type, Accept v1.2, body + newline.
+
+Used by ``dockplug call``/``ls``, the test fixtures and the conformance harness. The standard
+library's ``http.client`` is enough: one persistent HTTP/1.1 connection per client.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from dockplug import discovery
+from dockplug.errors import ConfigError
+
+ACCEPT = "application/vnd.docker.plugins.v1.2+json"
+
+
+@dataclass
+class Reply:
+    status: int
+    raw: bytes
+    headers: dict[str, str]
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.raw) if self.raw.strip() else None
+
+    @property
+    def error(self) -> str | None:
+        """dockerd's reading: non-200 is a failure; so is a non-empty Err (or IPAM Error)."""
+        try:
+            data = self.json
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            for key in ("Err", "Error"):
+                if data.get(key):
+                    return str(data[key])
+        if self.status != 200:
+            return self.raw.decode("utf-8", "replace") or f"HTTP {self.status}"
+        return None
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("plugin.moby.localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def resolve(target: str) -> discovery.PluginAddress:
+    """A socket path, a URL (unix://, tcp://, http://, https://) or a plugin name."""
+    if "://" in target:
+        return discovery.PluginAddress(target, target, "argument")
+    if "/" in target or target.endswith(".sock"):
+        return discovery.PluginAddress(target, f"unix://{target}", "argument")
+    return discovery.find(target)
+
+
+def _tls_context(tls: discovery.TLSOptions | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=tls.ca_file if tls and tls.ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls is None or tls.insecure_skip_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if tls and tls.cert_file:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file or None)
+    return ctx
+
+
+class PluginClient:
+    """One keep-alive connection to a plugin; reconnects once if the server closed it."""
+
+    def __init__(self, target: str | discovery.PluginAddress, timeout: float = 60.0) -> None:
+        self.address = resolve(target) if isinstance(target, str) else target
+        self.timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        url = self.address.url
+        scheme, _, rest = url.partition("://")
+        if scheme == "unix":
+            return _UnixConnection(rest, self.timeout)
+        host_port = rest.rstrip("/")
+        if scheme in ("tcp", "http"):
+            return http.client.HTTPConnection(host_port, timeout=self.timeout)
+        if scheme == "https":
+            return http.client.HTTPSConnection(
+                host_port, timeout=self.timeout, context=_tls_context(self.address.tls)
+            )
+        raise ConfigError(f"{url}: unknown protocol {scheme!r} (use unix, tcp, http or https)")
+
+    def call(self, endpoint: str, body: Any = None, *, raw: bytes | None = None) -> Reply:
+        """POST ``/endpoint``. ``body`` is JSON-encoded like Go does (compact, trailing newline);
+        ``None`` sends an empty body, as dockerd does for Activate and GetCapabilities."""
+        path = endpoint if endpoint.startswith("/") else "/" + endpoint
+        if raw is None:
+            raw = b"" if body is None else json.dumps(body, separators=(",", ":")).encode() + b"\n"
+        headers = {"Accept": ACCEPT, "User-Agent": "Go-http-client/1.1"}
+        for attempt in (0, 1):
+            if self._conn is None:
+                self._conn = self._connect()
+            try:
+                self._conn.request("POST", path, body=raw, headers=headers)
+                resp = self._conn.getresponse()
+                data = resp.read()
+                return Reply(resp.status, data, {k.lower(): v for k, v in resp.getheaders()})
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self.close()
+                if attempt:
+                    raise
+            except BaseException:
+                self.close()
+                raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> PluginClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

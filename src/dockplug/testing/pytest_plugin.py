@@ -1,0 +1,75 @@
+"""pytest fixtures for plugin authors (entry point ``dockplug``; loaded automatically).
+
+``serve_plugin(driver)`` runs a driver on a temporary socket and returns a running server with a
+``client()``; ``dockerd`` is a real, isolated Docker Engine (skipped where none can run), so a
+plugin can be tested end to end through ``docker volume create`` and ``docker run -v``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dockplug.protocol.base import Driver
+from dockplug.server.runner import ServeOptions
+from dockplug.testing.dockerd import Dockerd, unavailable_reason
+from dockplug.testing.servers import ThreadedPlugin
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary directory with a short path (unix socket paths are limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="dp-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def plugin_name() -> str:
+    """A unique plugin name, because /run/docker/plugins is shared by every dockerd."""
+    return f"dpt-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def serve_plugin(short_tmp: Path) -> Iterator[Callable[..., ThreadedPlugin]]:
+    """``serve_plugin(driver, name=..., socket=..., tcp=...)`` -> a started ThreadedPlugin."""
+    started: list[ThreadedPlugin] = []
+
+    def start(driver: Driver | list[Driver], **kw: Any) -> ThreadedPlugin:
+        kw.setdefault("name", "test-plugin")
+        if "tcp" not in kw:
+            kw.setdefault("socket", short_tmp / f"{kw['name']}.sock")
+            kw.setdefault("announce", "none")
+        plugin = ThreadedPlugin(driver, ServeOptions(**kw)).start()
+        started.append(plugin)
+        return plugin
+
+    yield start
+    for plugin in reversed(started):
+        plugin.stop()
+
+
+@pytest.fixture(scope="session")
+def dockerd() -> Iterator[Dockerd]:
+    """A real dockerd: the one ``DOCKPLUG_DOCKER_HOST`` names, or a fresh isolated one."""
+    import os
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    host = os.environ.get("DOCKPLUG_DOCKER_HOST")
+    daemon = Dockerd(host=host) if host else Dockerd()
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(dockerd: Dockerd) -> str:
+    return dockerd.busybox_image()
