@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from dockplug import __version__, discovery
+from dockplug.cli.local import local
 from dockplug.cli.serve import serve
 from dockplug.errors import ConfigError, PluginError
 
@@ -36,6 +37,7 @@ def cli() -> None:
 
 
 cli.add_command(serve)
+cli.add_command(local)
 
 
 @cli.command()

@@ -95,6 +95,8 @@ class Protocol:
     endpoints: tuple[Endpoint, ...]
     error_key: str = "Err"
     extra_error_keys: tuple[str, ...] = field(default=())
+    # False for dockplug's own admin endpoints: served, but not reported by Plugin.Activate
+    announce: bool = True
 
 
 class Driver:

@@ -106,8 +106,10 @@ class PluginApp:
                 self._add_routes(driver, proto)
         if not implements:
             raise ConfigError("the driver implements no protocol; subclass e.g. VolumeDriver")
-        self.implements = implements
-        self.activate_body = json.dumps({"Implements": implements}).encode()
+        self.implements = [
+            p.implements for d in self.drivers for p in protocols_of(d) if p.announce
+        ]
+        self.activate_body = json.dumps({"Implements": self.implements}).encode()
 
     def _add_routes(self, driver: Driver, proto: Protocol) -> None:
         missing = []

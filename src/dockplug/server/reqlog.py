@@ -114,3 +114,14 @@ class RequestLog:
             self.stream.flush()
         except (OSError, ValueError):
             pass
+
+
+_events: RequestLog | None = None
+
+
+def log_event(message: str) -> None:
+    """A timestamped line on stdout, in the same format as the request lines."""
+    global _events
+    if _events is None:
+        _events = RequestLog()
+    _events.event(message)

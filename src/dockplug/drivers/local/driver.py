@@ -1,0 +1,215 @@
+"""The ``local`` volume driver: folders on this host, optionally size-limited, kept across
+restarts and crashes, never deleting data it did not create."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dockplug.drivers.local import loopfs
+from dockplug.errors import InvalidOption, PluginError
+from dockplug.server.reqlog import log_event
+from dockplug.state.sqlite import VolumeRecord, VolumeStore
+from dockplug.volumes.driver import StatefulVolumeDriver
+from dockplug.volumes.options import (
+    Option,
+    OptionSet,
+    format_size,
+    parse_int,
+    parse_mode,
+    parse_size,
+)
+
+DEFAULT_BASE_DIR = Path("/var/lib/dockplug/local/volumes")
+DEFAULT_STATE_DIR = Path("/var/lib/dockplug/local")
+FORBIDDEN = (Path("/proc"), Path("/sys"), Path("/dev"))
+TRASH = ".trash"
+
+
+def _absolute_path(text: str) -> str:
+    if "\0" in text:
+        raise ValueError("a path cannot contain NUL")
+    if not text.startswith("/"):
+        raise ValueError("expected an absolute host path such as /srv/data")
+    if ".." in text.split("/"):
+        raise ValueError("'..' is not allowed in the path")
+    return os.path.normpath(text)
+
+
+LOCAL_OPTIONS = OptionSet(
+    "local",
+    [
+        Option("mountpoint", "use this host folder (created if missing)", _absolute_path,
+               "/srv/data"),
+        Option("uid", "owner user id of the volume's root folder", parse_int(), "1000"),
+        Option("gid", "owner group id of the volume's root folder", parse_int(), "1000"),
+        Option("mode", "permissions of the volume's root folder, octal", parse_mode, "0750"),
+        Option("size", "size limit (an ext4 image loop-mounted on the folder)", parse_size,
+               "10G"),
+    ],
+)  # fmt: skip
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+class LocalDriver(StatefulVolumeDriver):
+    """Volumes as folders under ``base_dir`` (or a user's ``mountpoint``)."""
+
+    options = LOCAL_OPTIONS
+
+    def __init__(
+        self,
+        base_dir: Path | str = DEFAULT_BASE_DIR,
+        state_dir: Path | str = DEFAULT_STATE_DIR,
+        allowed_root: Path | str | None = None,
+        keep_data: bool = False,
+        scope: str = "local",
+        log: Callable[[str], None] = log_event,
+        gc_interval: float = 0,
+        docker_host: str | None = None,
+    ) -> None:
+        self.base_dir = Path(os.path.realpath(base_dir))
+        self.state_dir = Path(os.path.realpath(state_dir))
+        self.allowed_root = Path(os.path.realpath(allowed_root)) if allowed_root else None
+        self.keep_data = keep_data
+        self.base_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        self.images = self.state_dir / "images"
+        super().__init__(
+            VolumeStore(self.state_dir / "volumes.db"),
+            scope=scope,
+            log=log,
+            gc_interval=gc_interval,
+            docker_host=docker_host,
+        )
+
+    # -- options -------------------------------------------------------------------------
+
+    def _check_mountpoint(self, text: str) -> Path:
+        path = Path(os.path.realpath(text))  # a symlink must not lead us into /proc
+        if path == Path("/") or any(_within(path, f) for f in FORBIDDEN):
+            raise InvalidOption(f"option mountpoint={text}: {path} is a system folder; refused")
+        if _within(path, self.base_dir) or _within(self.base_dir, path):
+            raise InvalidOption(
+                f"option mountpoint={text}: overlaps the base dir {self.base_dir}; "
+                "leave mountpoint out to get a folder there"
+            )
+        if _within(path, self.state_dir):
+            raise InvalidOption(f"option mountpoint={text}: inside the state dir; refused")
+        if self.allowed_root is not None and not _within(path, self.allowed_root):
+            raise InvalidOption(
+                f"option mountpoint={text}: outside the allowed root {self.allowed_root}"
+            )
+        return path
+
+    # -- storage hooks -------------------------------------------------------------------
+
+    def provision(self, name: str, opts: dict[str, Any]) -> VolumeRecord:
+        owned = "mountpoint" not in opts
+        path = self.base_dir / name if owned else self._check_mountpoint(opts["mountpoint"])
+        if "size" in opts and not owned:
+            raise InvalidOption("option size: only for volumes under the base dir (no mountpoint)")
+        existed = path.exists()
+        extra: dict[str, Any] = {}
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o755)
+            if not path.is_dir():
+                raise PluginError(f"{path} exists and is not a folder")
+            if "size" in opts:
+                if any(path.iterdir()):
+                    raise PluginError(f"{path} is not empty; cannot put a size limit on it")
+                image = self.images / f"{name}.img"
+                loopfs.make_image(image, opts["size"])
+                loopfs.mount_image(image, path)
+                shutil.rmtree(path / "lost+found", ignore_errors=True)
+                extra["image"] = str(image)
+            if "uid" in opts or "gid" in opts:
+                os.chown(path, opts.get("uid", -1), opts.get("gid", -1))
+            if "mode" in opts:
+                os.chmod(path, opts["mode"])
+        except BaseException:
+            if "image" in extra:
+                loopfs.unmount(path)
+                Path(extra["image"]).unlink(missing_ok=True)
+            if not existed and path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+            raise
+        return VolumeRecord(name=name, mountpoint=str(path), options=opts, owned=owned, extra=extra)
+
+    def destroy(self, rec: VolumeRecord) -> None:
+        path = Path(rec.mountpoint)
+        image = rec.extra.get("image")
+        if image:
+            loopfs.unmount(path)
+        if not rec.owned or self.keep_data:
+            if image and not self.keep_data:
+                Path(image).unlink(missing_ok=True)
+            return
+        if image:
+            Path(image).unlink(missing_ok=True)
+        if path.exists():
+            # rename first (atomic) so a crash never leaves a half-deleted folder in place
+            trash = self.base_dir / TRASH / f"{rec.name}-{time.time_ns()}"
+            trash.parent.mkdir(exist_ok=True, mode=0o700)
+            os.replace(path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def is_available(self, rec: VolumeRecord) -> bool:
+        return True  # a local folder is usable whether or not a container has it mounted
+
+    def describe(self, rec: VolumeRecord) -> dict[str, Any]:
+        status: dict[str, Any] = {}
+        if rec.extra.get("image"):
+            status["Quota"] = f"ext4 loop image, {format_size(rec.options['size'])}"
+            try:
+                status.update(loopfs.usage(Path(rec.mountpoint)))
+            except OSError:
+                status["Quota"] += " (not mounted)"
+        else:
+            status["Quota"] = "none"
+        if rec.extra.get("error"):
+            status["Error"] = rec.extra["error"]
+        return status
+
+    # -- start-up ------------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        fixed: list[str] = []
+        for rec in list(self.volumes.values()):
+            path = Path(rec.mountpoint)
+            with self.lock(rec.name):
+                if not path.is_dir():
+                    path.mkdir(parents=True, exist_ok=True)
+                    fixed.append(f"{rec.name}: folder {path} had vanished; recreated empty")
+                image = rec.extra.get("image")
+                if image and not loopfs.is_mounted(path):
+                    if not Path(image).is_file():
+                        rec.extra["error"] = f"size-limit image {image} is missing"
+                        fixed.append(f"{rec.name}: {rec.extra['error']}")
+                        continue
+                    try:
+                        loopfs.mount_image(Path(image), path)
+                        rec.extra.pop("error", None)
+                        fixed.append(f"{rec.name}: image was not mounted; mounted it again")
+                    except PluginError as exc:
+                        rec.extra["error"] = str(exc)
+                        fixed.append(f"{rec.name}: {exc}")
+        trash = self.base_dir / TRASH
+        if trash.is_dir():
+            for leftover in trash.iterdir():
+                shutil.rmtree(leftover, ignore_errors=True)
+                fixed.append(f"finished removing {leftover.name}")
+        known = {Path(r.mountpoint).name for r in self.volumes.values() if r.owned}
+        for entry in self.base_dir.iterdir():
+            if entry.name != TRASH and entry.name not in known and entry.is_dir():
+                fixed.append(f"folder {entry} belongs to no volume (kept; remove it by hand)")
+        mounted = sum(1 for r in self.volumes.values() if self.mounts.total(r.name))
+        self.log(
+            f"reconciled {len(self.volumes)} volumes ({mounted} in use): "
+            + ("; ".join(fixed) if fixed else "nothing to fix")
+        )

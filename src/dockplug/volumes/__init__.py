@@ -1,0 +1,1 @@
+"""What every volume driver shares: names, options, mount counts and the stateful base."""

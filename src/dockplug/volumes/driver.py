@@ -1,0 +1,250 @@
+"""What every persistent volume driver shares: the protocol, state, counts, locking, `-o help`.
+
+A concrete driver supplies the storage side through a few hooks (``provision``, ``destroy``,
+``attach``, ``detach``, ``reconcile``, ``describe``). This class answers dockerd: it validates
+names and options, keeps one lock per volume so Mount and Remove of the same volume never
+interleave, writes every change through to the :class:`VolumeStore` before replying, and serves
+Get/List from memory on the event loop because dockerd calls them constantly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import threading
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from dockplug.errors import Conflict, InvalidOption, VolumeInUse, VolumeNotFound
+from dockplug.protocol.base import Empty, Endpoint, Lane, Protocol, WireModel
+from dockplug.protocol.volume import (
+    Capability,
+    CreateRequest,
+    MountRequest,
+    NameRequest,
+    Volume,
+    VolumeDriver,
+)
+from dockplug.server.reqlog import log_event
+from dockplug.state.sqlite import VolumeRecord, VolumeStore
+from dockplug.volumes import gc
+from dockplug.volumes.names import check_name
+from dockplug.volumes.options import OptionSet
+from dockplug.volumes.refcount import MountTable
+
+
+class GcRequest(WireModel):
+    docker_host: str | None = None
+
+
+class GcReply(WireModel):
+    cleared: dict[str, int]
+
+
+def _gc_reply(result: dict[str, int], _: Any) -> GcReply:
+    return GcReply(cleared=result)
+
+
+# dockplug's own maintenance endpoint; not announced by Plugin.Activate
+VOLUME_ADMIN = Protocol(
+    implements="DockplugVolumeAdmin",
+    managed_type="",
+    endpoints=(Endpoint("/DockplugVolume.Gc", "gc", GcRequest, _gc_reply, lane=Lane.SLOW),),
+    announce=False,
+)
+
+
+class StatefulVolumeDriver(VolumeDriver):
+    """Base of dockplug's persistent volume drivers."""
+
+    options: ClassVar[OptionSet]
+    protocols: ClassVar[tuple[Protocol, ...]] = (VOLUME_ADMIN,)
+
+    def __init__(
+        self,
+        store: VolumeStore,
+        scope: str = "local",
+        log: Callable[[str], None] = log_event,
+        gc_interval: float = 0,
+        docker_host: str | None = None,
+    ) -> None:
+        self.store = store
+        self.scope = scope
+        self.log = log
+        self.gc_interval = gc_interval
+        self.docker_host = docker_host
+        self._gc_task: asyncio.Task[None] | None = None
+        self.volumes: dict[str, VolumeRecord] = {}
+        self.mounts = MountTable()
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        records, mounts = store.load()
+        for rec in records:
+            self.volumes[rec.name] = rec
+        for volume, mount_id, count in mounts:
+            self.mounts.load(volume, mount_id, count)
+
+    # -- hooks for concrete drivers ------------------------------------------------------
+
+    def provision(self, name: str, opts: dict[str, Any]) -> VolumeRecord:
+        """Create the storage for a new volume and return its record (not yet saved)."""
+        raise NotImplementedError
+
+    def destroy(self, rec: VolumeRecord) -> None:
+        """Release a removed volume's storage (its record is already gone)."""
+
+    def attach(self, rec: VolumeRecord) -> None:
+        """Make the volume usable: called on the first Mount (count 0 -> 1)."""
+
+    def detach(self, rec: VolumeRecord) -> None:
+        """Called when the last mount ID is unmounted (count 1 -> 0)."""
+
+    def describe(self, rec: VolumeRecord) -> dict[str, Any]:
+        """Driver-specific Status entries (cheap: Get is called constantly)."""
+        return {}
+
+    def reconcile(self) -> None:
+        """Compare state with the real world after start-up and repair what can be repaired."""
+
+    def is_available(self, rec: VolumeRecord) -> bool:
+        """Whether Path should report the mountpoint right now."""
+        return self.mounts.total(rec.name) > 0
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def lock(self, name: str) -> threading.Lock:
+        with self._locks_guard:
+            lock = self._locks.get(name)
+            if lock is None:
+                lock = self._locks[name] = threading.Lock()
+            return lock
+
+    def record(self, name: str) -> VolumeRecord:
+        rec = self.volumes.get(name)
+        if rec is None:
+            raise VolumeNotFound(name)
+        return rec
+
+    def to_volume(self, rec: VolumeRecord, with_status: bool = True) -> Volume:
+        if not with_status:
+            return Volume(name=rec.name, mountpoint=rec.mountpoint, created_at=rec.created_at)
+        ids = self.mounts.ids(rec.name)
+        status: dict[str, Any] = {
+            "Options": self.options.public(rec.options),
+            "Mounts": sum(ids.values()),
+            "Consumers": len(ids),
+        }
+        status.update(self.describe(rec))
+        return Volume(
+            name=rec.name, mountpoint=rec.mountpoint, created_at=rec.created_at, status=status
+        )
+
+    # -- protocol ----------------------------------------------------------------------------
+
+    def create(self, req: CreateRequest) -> None:
+        name = check_name(req.name)
+        raw = req.options
+        if self.options.wants_help(raw):
+            raise InvalidOption(self.options.help_table())
+        opts = self.options.parse(raw)
+        with self.lock(name):
+            existing = self.volumes.get(name)
+            if existing is not None:
+                if existing.options != opts:
+                    raise Conflict(
+                        f"volume {name} already exists with options "
+                        f"{self.options.public(existing.options)}; asked for "
+                        f"{self.options.public(opts)}. Remove it first or use another name"
+                    )
+                return
+            rec = self.provision(name, opts)
+            self.store.put(rec)
+            self.volumes[name] = rec
+        self.log(f"created volume {name} at {rec.mountpoint}")
+
+    def remove(self, req: NameRequest) -> None:
+        name = check_name(req.name)
+        with self.lock(name):
+            rec = self.record(name)
+            users = self.mounts.total(name)
+            if users:
+                raise VolumeInUse(name, users)
+            self.store.delete(name)
+            del self.volumes[name]
+            self.mounts.forget(name)
+            self.destroy(rec)
+        self.log(f"removed volume {name}")
+
+    def mount(self, req: MountRequest) -> str:
+        name = check_name(req.name)
+        with self.lock(name):
+            rec = self.record(name)
+            if self.mounts.total(name) == 0:
+                self.attach(rec)
+            count = self.mounts.add(name, req.id)
+            try:
+                self.store.set_mount(name, req.id, count)
+            except Exception:
+                self.mounts.remove(name, req.id)
+                raise
+        return rec.mountpoint
+
+    def unmount(self, req: MountRequest) -> None:
+        name = check_name(req.name)
+        with self.lock(name):
+            rec = self.record(name)
+            left = self.mounts.remove(name, req.id)
+            if left is None:
+                self.log(f"unmount of {name} by unknown mount id {req.id[:12]} ignored")
+                return
+            self.store.set_mount(name, req.id, left)
+            if self.mounts.total(name) == 0:
+                self.detach(rec)
+
+    async def path(self, req: NameRequest) -> str:
+        rec = self.record(check_name(req.name))
+        return rec.mountpoint if self.is_available(rec) else ""
+
+    async def get(self, req: NameRequest) -> Volume:
+        return self.to_volume(self.record(check_name(req.name)))
+
+    async def list(self, req: Empty) -> builtins.list[Volume]:
+        records = builtins.list(self.volumes.values())  # one atomic copy under the GIL
+        return [self.to_volume(rec, with_status=False) for rec in records]
+
+    async def capabilities(self, req: Empty) -> Capability:
+        return Capability.model_validate({"Scope": self.scope})
+
+    async def startup(self) -> None:
+        await asyncio.to_thread(self.reconcile)
+        if self.gc_interval > 0:
+            self._gc_task = asyncio.create_task(self._gc_loop())
+
+    async def _gc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.gc_interval)
+            try:
+                await asyncio.to_thread(gc.collect, self, self.docker_host)
+            except Exception as exc:
+                self.log(f"gc: {exc}")
+
+    def gc(self, req: GcRequest) -> dict[str, int]:
+        """Maintenance call (``dockplug local gc``): clear counts no running container backs."""
+        return gc.collect(self, req.docker_host or self.docker_host)
+
+    def shutdown(self) -> None:
+        if self._gc_task is not None:
+            self._gc_task.cancel()
+        self.store.close()
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def clear_mounts(self, name: str) -> dict[str, int]:
+        """Forget every mount ID of a volume (``gc``: no running container uses it)."""
+        with self.lock(name):
+            rec = self.record(name)
+            cleared = self.mounts.clear(name)
+            self.store.clear_mounts(name)
+            if cleared:
+                self.detach(rec)
+        return cleared
