@@ -1,31 +1,71 @@
-"""dockplug: write, package, test and run Docker Engine plugins in Python."""
+"""dockplug: write, package, test and run Docker Engine plugins in Python.
 
-from dockplug.errors import (
-    ConfigError,
-    Conflict,
-    InUse,
-    InvalidOption,
-    InvalidRequest,
-    NotFound,
-    PluginError,
-    VolumeInUse,
-    VolumeNotFound,
-)
-from dockplug.protocol import (
-    AuthzPlugin,
-    IpamDriver,
-    LogDriver,
-    MetricsCollector,
-    NetworkDriver,
-    Volume,
-    VolumeDriver,
-)
-from dockplug.protocol.base import Driver, nonblocking
-from dockplug.protocol.volume import CreateRequest, MountRequest, NameRequest
-from dockplug.server.reqlog import add_secret
-from dockplug.server.runner import ServeOptions, TLSSettings, run, serve_async
+Names are imported on first use, so ``dockplug serve`` starts without loading every protocol.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from dockplug.errors import (
+        ConfigError,
+        Conflict,
+        InUse,
+        InvalidOption,
+        InvalidRequest,
+        NotFound,
+        PluginError,
+        VolumeInUse,
+        VolumeNotFound,
+    )
+    from dockplug.protocol.authz import AuthzPlugin
+    from dockplug.protocol.base import Driver, nonblocking
+    from dockplug.protocol.ipam import IpamDriver
+    from dockplug.protocol.log import LogDriver
+    from dockplug.protocol.metrics import MetricsCollector
+    from dockplug.protocol.network import NetworkDriver
+    from dockplug.protocol.volume import (
+        CreateRequest,
+        MountRequest,
+        NameRequest,
+        Volume,
+        VolumeDriver,
+    )
+    from dockplug.server.reqlog import add_secret
+    from dockplug.server.runner import ServeOptions, TLSSettings, run, serve_async
+
+_EXPORTS = {
+    "Conflict": "dockplug.errors",
+    "ConfigError": "dockplug.errors",
+    "InUse": "dockplug.errors",
+    "InvalidOption": "dockplug.errors",
+    "InvalidRequest": "dockplug.errors",
+    "NotFound": "dockplug.errors",
+    "PluginError": "dockplug.errors",
+    "VolumeInUse": "dockplug.errors",
+    "VolumeNotFound": "dockplug.errors",
+    "AuthzPlugin": "dockplug.protocol.authz",
+    "IpamDriver": "dockplug.protocol.ipam",
+    "LogDriver": "dockplug.protocol.log",
+    "MetricsCollector": "dockplug.protocol.metrics",
+    "NetworkDriver": "dockplug.protocol.network",
+    "Volume": "dockplug.protocol.volume",
+    "VolumeDriver": "dockplug.protocol.volume",
+    "CreateRequest": "dockplug.protocol.volume",
+    "MountRequest": "dockplug.protocol.volume",
+    "NameRequest": "dockplug.protocol.volume",
+    "Driver": "dockplug.protocol.base",
+    "nonblocking": "dockplug.protocol.base",
+    "add_secret": "dockplug.server.reqlog",
+    "ServeOptions": "dockplug.server.runner",
+    "TLSSettings": "dockplug.server.runner",
+    "run": "dockplug.server.runner",
+    "serve_async": "dockplug.server.runner",
+}
 
 __all__ = [
     "AuthzPlugin",
@@ -56,3 +96,12 @@ __all__ = [
     "run",
     "serve_async",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dockplug' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

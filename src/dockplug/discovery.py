@@ -75,6 +75,8 @@ def read_json(path: Path, name: str) -> PluginAddress:
         data = json.loads(path.read_text())
     except ValueError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object with an 'Addr' key")
     addr = data.get("Addr") or data.get("addr")
     if not isinstance(addr, str) or "://" not in addr:
         raise ConfigError(f"{path}: 'Addr' must be a URL such as https://127.0.0.1:8443")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -38,6 +39,8 @@ def gc(plugin: str, state_dir: Path, base_dir: Path, docker_host: str | None) ->
     so Remove works again. Asks the running plugin; edits the state itself if none runs."""
     from dockplug.client import PluginClient
 
+    # the plugin may run with another environment: tell it which engine *we* mean
+    docker_host = docker_host or os.environ.get("DOCKER_HOST")
     try:
         with PluginClient(plugin, timeout=120) as client:
             reply = client.call("DockplugVolume.Gc", {"DockerHost": docker_host})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,8 @@ def call(target: str, endpoint: str, body: str | None, timeout: float, raw: bool
         raise ConfigError(f"{target}: no such socket") from exc
     except TimeoutError as exc:
         raise ConfigError(f"{target}: no reply within {timeout:g}s") from exc
+    except http.client.HTTPException as exc:
+        raise ConfigError(f"{target}: did not answer with HTTP ({exc!r})") from exc
     if raw:
         click.echo(reply.raw.decode("utf-8", "replace"), nl=False)
     else:
@@ -97,14 +100,21 @@ def _activate(addr: discovery.PluginAddress) -> tuple[str, str]:
             reply = client.call("Plugin.Activate")
         if reply.error:
             return "", f"error: {reply.error}"
-        implements = (reply.json or {}).get("Implements") or []
-        return ", ".join(map(str, implements)), "ok"
+        data = reply.json
     except ConnectionRefusedError:
         return "", "stale (nothing listens)"
     except TimeoutError:
         return "", "no answer in 2s"
     except OSError as exc:
         return "", f"unreachable: {exc.strerror or exc}"
+    except http.client.HTTPException as exc:
+        return "", f"error: not an HTTP reply ({exc!r})"
+    except (ConfigError, ValueError) as exc:  # an address we cannot dial, a reply not JSON
+        return "", f"error: {exc}"
+    implements = data.get("Implements") if isinstance(data, dict) else None
+    if not isinstance(implements, list):
+        return "", "error: the Activate reply has no Implements list"
+    return ", ".join(map(str, implements)), "ok"
 
 
 Row = tuple[str, str, str, str, str]

@@ -187,11 +187,14 @@ class PluginApp:
         except PluginError as exc:
             await self._fail(send, rid, path, subject, proto, exc.status, exc.message, started)
         except Exception as exc:  # a driver bug must not take the server down
-            message = str(exc) or type(exc).__name__
-            if not isinstance(exc, OSError | ValueError | LookupError):
-                message = f"{type(exc).__name__}: {message}"
+            text, kind = str(exc), type(exc).__name__
+            if isinstance(exc, OSError | ValueError | LookupError):
+                message = text or kind
+            else:
+                message = f"{kind}: {text}" if text else kind
                 if self.log.debug:
-                    traceback.print_exc(file=sys.stderr)
+                    # the traceback repeats the message: a secret in it must not reach the log
+                    sys.stderr.write(redact(traceback.format_exc()))
             await self._fail(send, rid, path, subject, proto, 500, message, started)
 
     async def _read_body(self, receive: Receive) -> bytes | None:

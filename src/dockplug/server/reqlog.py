@@ -85,7 +85,7 @@ class RequestLog:
     ) -> None:
         parts = [self._now(), f"req={rid:x}", path.lstrip("/")]
         if subject:
-            parts.append(f"name={_quote(subject)}")
+            parts.append(f"name={_quote(redact(subject))}")
         if error is None:
             parts.append("ok")
         else:

@@ -69,6 +69,15 @@ class ServeOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """Tells a file from a later one at the same path (ext4 reuses a freed inode at once)."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_ctime_ns
+
+
 @dataclass
 class Bound:
     """What a started plugin listens on and which files it owns."""
@@ -77,6 +86,11 @@ class Bound:
     socket_files: list[Path]
     discovery_files: list[Path]
     url: str
+    # the files as we made them: a successor that replaced one while we drained keeps it
+    identities: dict[Path, tuple[int, int, int] | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.identities = {p: _identity(p) for p in self.socket_files + self.discovery_files}
 
 
 def _check_name(name: str) -> None:
@@ -141,9 +155,12 @@ def bind(opts: ServeOptions) -> Bound:
 
 
 def release(bound: Bound) -> None:
+    """Remove the files we made, unless another instance has replaced them meanwhile."""
     for path in bound.discovery_files + bound.socket_files:
-        with contextlib.suppress(OSError):
-            path.unlink()
+        made = bound.identities.get(path)
+        if made is not None and _identity(path) == made:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 async def _maybe_await(value: Any) -> Any:

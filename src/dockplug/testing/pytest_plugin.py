@@ -73,3 +73,19 @@ def dockerd() -> Iterator[Dockerd]:
 @pytest.fixture(scope="session")
 def busybox_image(dockerd: Dockerd) -> str:
     return dockerd.busybox_image()
+
+
+@pytest.fixture
+def fresh_dockerd() -> Iterator[Dockerd]:
+    """A new isolated dockerd for this test only.
+
+    dockerd remembers every legacy plugin it activated, by name and address, for its whole
+    life; tests that vary how one plugin is announced (socket, .spec, .json, TLS) need a daemon
+    that has never seen it.
+    """
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    daemon = Dockerd().start()
+    yield daemon
+    daemon.stop()
