@@ -63,9 +63,9 @@ def local_name() -> str:
 def local(local_name: str, short_tmp: Path) -> Iterator[LocalPlugin]:
     plugin = LocalPlugin(local_name, short_tmp).start()
     yield plugin
-    if plugin.proc is not None and plugin.proc.proc is not None:
-        if plugin.proc.proc.poll() is None:
-            plugin.stop()
+    proc = plugin.proc.proc if plugin.proc is not None else None
+    if proc is not None and proc.poll() is None:
+        plugin.stop()
     plugin.socket.unlink(missing_ok=True)
 
 
@@ -251,8 +251,8 @@ def test_size_limit_stops_writes_at_the_limit(
     vol = f"quota-{_uid()}"
     cleanup.append(vol)
     dockerd.docker("volume", "create", "-d", local.name, "-o", "size=20M", vol)
-    res = dockerd.docker("run", "--rm", "-v", f"{vol}:/data", busybox_image, "dd",
-                         "if=/dev/zero", "of=/data/big", "bs=1M", "count=64", check=False)  # fmt: skip
+    dd = ["dd", "if=/dev/zero", "of=/data/big", "bs=1M", "count=64"]
+    res = dockerd.docker("run", "--rm", "-v", f"{vol}:/data", busybox_image, *dd, check=False)
     assert res.returncode != 0
     assert "No space left" in res.stderr
     assert (local.base / vol / "big").stat().st_size < 20 * 2**20

@@ -39,7 +39,12 @@ class Dockerd:
 
     def __init__(self, root: Path | None = None, host: str | None = None) -> None:
         self.external = host is not None
-        self.root = Path(root or tempfile.mkdtemp(prefix="dockplug-dockerd-"))
+        # a daemon someone else runs needs no directory of ours; don't leave an empty one behind
+        self.root = (
+            None if self.external else Path(root or tempfile.mkdtemp(prefix="dockplug-dockerd-"))
+        )
+        if self.root is not None:
+            self.root.mkdir(parents=True, exist_ok=True)
         self.host = host or f"unix://{self.root}/docker.sock"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -48,7 +53,7 @@ class Dockerd:
         return {**os.environ, "DOCKER_HOST": self.host}
 
     def start(self, timeout: float = 60.0, extra_args: tuple[str, ...] = ()) -> Dockerd:
-        if not self.external:
+        if self.root is not None:
             log = open(self.root / "dockerd.log", "ab")  # noqa: SIM115 - lives with the process
             self.proc = subprocess.Popen(
                 [
@@ -84,13 +89,15 @@ class Dockerd:
             time.sleep(0.2)
 
     def log_tail(self, lines: int = 30) -> str:
+        if self.root is None:
+            return ""
         path = self.root / "dockerd.log"
         if not path.exists():
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
-        if self.proc is None:
+        if self.proc is None or self.root is None:
             return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,171 @@
+"""End-to-end volume benchmark through a real dockerd (not a test).
+
+For each driver — dockerd's builtin ``local``, ``dockplug serve local`` and ``rclone serve
+docker`` (type=local) — in the same run, against the same isolated dockerd:
+
+* volume ops: create + inspect + rm of N volumes (default 200) through the Engine API on one
+  keep-alive connection; reported as ms per operation (3N operations) and as a ratio to builtin;
+* container runs: ``docker run --rm -v VOL:/data IMAGE true`` M times (default 20), ms per run.
+
+Run as root: ``python bench/e2e_bench.py [--volumes 200] [--runs 20] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+from rich.console import Console
+from rich.table import Table
+
+from dockplug.testing.dockerd import Dockerd
+from dockplug.testing.servers import SubprocessPlugin
+
+TARGET_VOLUME_RATIO = 2.0
+TARGET_RUN_RATIO = 1.05
+
+
+@dataclass
+class Result:
+    driver: str
+    volume_op_ms: float = 0.0
+    run_ms: float = 0.0
+    run_ms_p50: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+def bench_driver(
+    api: docker.APIClient,
+    driver: str,
+    opts: dict[str, str],
+    image: str,
+    volumes: int,
+    runs: int,
+) -> Result:
+    result = Result(driver)
+    prefix = f"e2e-{uuid.uuid4().hex[:6]}"
+    names = [f"{prefix}-{i}" for i in range(volumes)]
+    # warm-up: activation, capabilities, connection
+    api.create_volume(f"{prefix}-warm", driver=driver, driver_opts=opts or None)
+    api.inspect_volume(f"{prefix}-warm")
+    started = time.perf_counter()
+    for name in names:
+        api.create_volume(name, driver=driver, driver_opts=opts or None)
+        api.inspect_volume(name)
+        api.remove_volume(name)
+    result.volume_op_ms = (time.perf_counter() - started) * 1000 / (3 * volumes)
+    vol = f"{prefix}-warm"
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        ctr = api.create_container(
+            image, ["true"], host_config=api.create_host_config(binds=[f"{vol}:/data"])
+        )
+        api.start(ctr)
+        status = api.wait(ctr)
+        api.remove_container(ctr)
+        times.append((time.perf_counter() - t0) * 1000)
+        if status.get("StatusCode") != 0:
+            result.errors.append(f"container exited {status}")
+    api.remove_volume(vol)
+    result.run_ms = statistics.fmean(times)
+    result.run_ms_p50 = statistics.median(times)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--volumes", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args()
+    console = Console()
+    root = Path(tempfile.mkdtemp(prefix="dp-e2e-", dir="/tmp"))
+    daemon = Dockerd(root / "dockerd").start()
+    tag = uuid.uuid4().hex[:6]
+    plugins: list[SubprocessPlugin] = []
+    results: list[Result] = []
+    try:
+        image = daemon.busybox_image()
+        api = docker.APIClient(base_url=daemon.host, timeout=300)
+        console.print(f"dockerd {daemon.version}, {args.volumes} volumes, {args.runs} runs")
+
+        results.append(bench_driver(api, "local", {}, image, args.volumes, args.runs))
+
+        name = f"dpbench-{tag}"
+        sock = Path(f"/run/docker/plugins/{name}.sock")
+        plugins.append(
+            SubprocessPlugin(
+                ["serve", "local", "--name", name, "--base-dir", str(root / "dp-vols"),
+                 "--state-dir", str(root / "dp-state")],
+                wait_for=sock,
+            ).start()
+        )  # fmt: skip
+        results.append(bench_driver(api, name, {}, image, args.volumes, args.runs))
+        results[-1].driver = "dockplug local"
+
+        rclone = shutil.which("rclone")
+        if rclone:
+            rname = f"rcbench-{tag}"
+            rsock = Path(f"/run/docker/plugins/{rname}.sock")
+            (root / "rc").mkdir()
+            (root / "rc" / "rclone.conf").touch()
+            (root / "rc" / "data").mkdir()
+            plugins.append(
+                SubprocessPlugin(
+                    [],
+                    cmd=[rclone, "serve", "docker", "--base-dir", str(root / "rc" / "vols"),
+                         "--socket-addr", str(rsock), "--config", str(root / "rc/rclone.conf"),
+                         "--cache-dir", str(root / "rc" / "cache")],
+                    wait_for=rsock,
+                ).start()
+            )  # fmt: skip
+            opts = {"type": "local", "path": str(root / "rc" / "data")}
+            results.append(bench_driver(api, rname, opts, image, args.volumes, args.runs))
+            results[-1].driver = "rclone serve docker"
+        else:
+            console.print("[yellow]rclone not installed: skipped[/]")
+        api.close()
+    finally:
+        for plugin in plugins:
+            plugin.stop(signal.SIGTERM)
+        daemon.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+    base = results[0]
+    table = Table("driver", "volume op ms", "x builtin", "docker run ms (mean)", "p50",
+                  "x builtin", "errors", title="end to end through dockerd")  # fmt: skip
+    for r in results:
+        table.add_row(
+            r.driver,
+            f"{r.volume_op_ms:.2f}",
+            f"{r.volume_op_ms / base.volume_op_ms:.2f}",
+            f"{r.run_ms:.0f}",
+            f"{r.run_ms_p50:.0f}",
+            f"{r.run_ms / base.run_ms:.2f}",
+            str(len(r.errors)),
+        )
+    console.print(table)
+    console.print(
+        f"targets: volume ops <= {TARGET_VOLUME_RATIO}x builtin, container runs <= "
+        f"{TARGET_RUN_RATIO}x builtin, ahead of rclone on both"
+    )
+    if args.json:
+        payload: list[dict[str, Any]] = [r.__dict__ for r in results]
+        args.json.write_text(json.dumps(payload, indent=2))
+    return 1 if any(r.errors for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
