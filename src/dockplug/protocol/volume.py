@@ -42,7 +42,7 @@ class Volume(WireModel):
 
     @field_serializer("created_at")
     def _rfc3339(self, value: datetime | None) -> str | None:
-        if value is None:
+        if not isinstance(value, datetime):  # e.g. "" assigned after construction
             return None
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
