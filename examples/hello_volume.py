@@ -1,7 +1,7 @@
 """Hello World: volumes as folders under a base directory (the classic Go ExampleDriver).
 
-    sudo python examples/hello_volume.py /tmp/hello-volumes
-    docker volume create -d hello myvol
+Run ``sudo python examples/hello_volume.py /tmp/hello-volumes``, then
+``docker volume create -d hello myvol``.
 """
 
 import shutil
