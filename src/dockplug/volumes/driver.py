@@ -90,6 +90,10 @@ class StatefulVolumeDriver(VolumeDriver):
         """Create the storage for a new volume and return its record (not yet saved)."""
         raise NotImplementedError
 
+    def before_remove(self, rec: VolumeRecord) -> None:
+        """Undo what must be undone while the volume still exists (e.g. unmount its storage);
+        raising fails the Remove and leaves the volume as it was."""
+
     def destroy(self, rec: VolumeRecord) -> None:
         """Release a removed volume's storage (its record is already gone)."""
 
@@ -169,6 +173,7 @@ class StatefulVolumeDriver(VolumeDriver):
             users = self.mounts.total(name)
             if users:
                 raise VolumeInUse(name, users)
+            self.before_remove(rec)
             self.store.delete(name)
             del self.volumes[name]
             self.mounts.forget(name)

@@ -41,7 +41,8 @@ def collect(driver: StatefulVolumeDriver, docker_host: str | None = None) -> dic
         for name in in_use:
             try:
                 running = api.containers.list(filters={"volume": name})
-            except docker.errors.DockerException as exc:
+            # docker-py lets connection failures through as requests' errors (OSError)
+            except (docker.errors.DockerException, OSError) as exc:
                 raise PluginError(f"Engine API: listing containers failed: {exc}") from exc
             if running:
                 continue

@@ -104,7 +104,7 @@ def parse_size(text: str) -> int:
     number = t[: len(t) - len(unit)] if unit else t
     try:
         value = int(float(number) * _UNITS[unit])
-    except ValueError:
+    except (ValueError, OverflowError):  # 'inf' and '1e400' overflow
         raise ValueError("expected a size such as 512M or 10G") from None
     if value <= 0:
         raise ValueError("a size must be positive")

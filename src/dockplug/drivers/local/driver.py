@@ -28,6 +28,7 @@ DEFAULT_BASE_DIR = Path("/var/lib/dockplug/local/volumes")
 DEFAULT_STATE_DIR = Path("/var/lib/dockplug/local")
 FORBIDDEN = (Path("/proc"), Path("/sys"), Path("/dev"))
 TRASH = ".trash"
+NAME_MAX = 255  # bytes in one file name
 
 
 def _absolute_path(text: str) -> str:
@@ -40,6 +41,15 @@ def _absolute_path(text: str) -> str:
     return os.path.normpath(text)
 
 
+def _image_size(text: str) -> int:
+    size = parse_size(text)
+    if size < loopfs.MIN_SIZE:
+        raise ValueError(
+            f"expected at least {format_size(loopfs.MIN_SIZE)} (room for ext4's journal)"
+        )
+    return size
+
+
 LOCAL_OPTIONS = OptionSet(
     "local",
     [
@@ -48,7 +58,7 @@ LOCAL_OPTIONS = OptionSet(
         Option("uid", "owner user id of the volume's root folder", parse_int(), "1000"),
         Option("gid", "owner group id of the volume's root folder", parse_int(), "1000"),
         Option("mode", "permissions of the volume's root folder, octal", parse_mode, "0750"),
-        Option("size", "size limit (an ext4 image loop-mounted on the folder)", parse_size,
+        Option("size", "size limit (an ext4 image loop-mounted on the folder)", _image_size,
                "10G"),
     ],
 )  # fmt: skip
@@ -56,6 +66,13 @@ LOCAL_OPTIONS = OptionSet(
 
 def _within(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
+
+
+def _set_owner(path: Path, opts: dict[str, Any]) -> None:
+    if "uid" in opts or "gid" in opts:
+        os.chown(path, opts.get("uid", -1), opts.get("gid", -1))
+    if "mode" in opts:
+        os.chmod(path, opts["mode"])
 
 
 class LocalDriver(StatefulVolumeDriver):
@@ -99,8 +116,10 @@ class LocalDriver(StatefulVolumeDriver):
                 f"option mountpoint={text}: overlaps the base dir {self.base_dir}; "
                 "leave mountpoint out to get a folder there"
             )
-        if _within(path, self.state_dir):
-            raise InvalidOption(f"option mountpoint={text}: inside the state dir; refused")
+        if _within(path, self.state_dir) or _within(self.state_dir, path):
+            raise InvalidOption(
+                f"option mountpoint={text}: overlaps the state dir {self.state_dir}; refused"
+            )
         if self.allowed_root is not None and not _within(path, self.allowed_root):
             raise InvalidOption(
                 f"option mountpoint={text}: outside the allowed root {self.allowed_root}"
@@ -114,38 +133,59 @@ class LocalDriver(StatefulVolumeDriver):
         path = self.base_dir / name if owned else self._check_mountpoint(opts["mountpoint"])
         if "size" in opts and not owned:
             raise InvalidOption("option size: only for volumes under the base dir (no mountpoint)")
+        image = self.images / f"{name}.img"
+        if "size" in opts and len(image.name.encode()) > NAME_MAX:
+            raise InvalidOption(
+                f"option size: needs a volume name of at most {NAME_MAX - 4} bytes "
+                "(its image file is named after it)"
+            )
         existed = path.exists()
         extra: dict[str, Any] = {}
+        made_image = mounted = False
         try:
-            path.mkdir(parents=True, exist_ok=True, mode=0o755)
-            if not path.is_dir():
+            if existed and not path.is_dir():
                 raise PluginError(f"{path} exists and is not a folder")
+            path.mkdir(parents=True, exist_ok=True, mode=0o755)
             if "size" in opts:
+                if os.path.ismount(path):  # left mounted by a Create killed before saving
+                    loopfs.unmount(path)
                 if any(path.iterdir()):
                     raise PluginError(f"{path} is not empty; cannot put a size limit on it")
-                image = self.images / f"{name}.img"
-                loopfs.make_image(image, opts["size"])
+                if image.exists():  # kept by --keep-data, or left by a crash before saving
+                    kept = image.stat().st_size
+                    if kept != opts["size"]:
+                        raise PluginError(
+                            f"{image} ({format_size(kept)}) is kept from an earlier volume "
+                            f"{name}: create it with size={format_size(kept)} to use it "
+                            "again, or move the file away"
+                        )
+                    self.log(f"{name}: using the existing image {image}")
+                else:
+                    loopfs.make_image(image, opts["size"])
+                    made_image = True
                 loopfs.mount_image(image, path)
+                mounted = True
                 shutil.rmtree(path / "lost+found", ignore_errors=True)
                 extra["image"] = str(image)
-            if "uid" in opts or "gid" in opts:
-                os.chown(path, opts.get("uid", -1), opts.get("gid", -1))
-            if "mode" in opts:
-                os.chmod(path, opts["mode"])
+            _set_owner(path, opts)
         except BaseException:
-            if "image" in extra:
+            if mounted:
                 loopfs.unmount(path)
-                Path(extra["image"]).unlink(missing_ok=True)
+            if made_image:
+                image.unlink(missing_ok=True)
             if not existed and path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
             raise
         return VolumeRecord(name=name, mountpoint=str(path), options=opts, owned=owned, extra=extra)
 
+    def before_remove(self, rec: VolumeRecord) -> None:
+        # before the record goes: if the image is busy, Remove fails and the volume stays whole
+        if rec.extra.get("image"):
+            loopfs.unmount(Path(rec.mountpoint))
+
     def destroy(self, rec: VolumeRecord) -> None:
         path = Path(rec.mountpoint)
         image = rec.extra.get("image")
-        if image:
-            loopfs.unmount(path)
         if not rec.owned or self.keep_data:
             if image and not self.keep_data:
                 Path(image).unlink(missing_ok=True)
@@ -154,10 +194,22 @@ class LocalDriver(StatefulVolumeDriver):
             Path(image).unlink(missing_ok=True)
         if path.exists():
             # rename first (atomic) so a crash never leaves a half-deleted folder in place
-            trash = self.base_dir / TRASH / f"{rec.name}-{time.time_ns()}"
+            # (a name of NAME_MAX bytes plus the suffix would not fit in one file name)
+            trash = self.base_dir / TRASH / f"{rec.name[:200]}-{time.time_ns()}"
             trash.parent.mkdir(exist_ok=True, mode=0o700)
             os.replace(path, trash)
             shutil.rmtree(trash, ignore_errors=True)
+
+    def attach(self, rec: VolumeRecord) -> None:
+        # a container must never get the bare folder under an image that is not mounted
+        image = rec.extra.get("image")
+        path = Path(rec.mountpoint)
+        if image and not os.path.ismount(path):
+            if not Path(image).is_file():
+                raise PluginError(f"volume {rec.name}: its size-limit image {image} is missing")
+            loopfs.mount_image(Path(image), path)
+            rec.extra.pop("error", None)
+            self.log(f"{rec.name}: image was not mounted; mounted it again")
 
     def is_available(self, rec: VolumeRecord) -> bool:
         return True  # a local folder is usable whether or not a container has it mounted
@@ -167,6 +219,8 @@ class LocalDriver(StatefulVolumeDriver):
         if rec.extra.get("image"):
             status["Quota"] = f"ext4 loop image, {format_size(rec.options['size'])}"
             try:
+                if not os.path.ismount(rec.mountpoint):  # two stat calls: Get stays cheap
+                    raise FileNotFoundError(rec.mountpoint)
                 status.update(loopfs.usage(Path(rec.mountpoint)))
             except OSError:
                 status["Quota"] += " (not mounted)"
@@ -183,10 +237,14 @@ class LocalDriver(StatefulVolumeDriver):
         for rec in list(self.volumes.values()):
             path = Path(rec.mountpoint)
             with self.lock(rec.name):
+                if self.volumes.get(rec.name) is not rec:
+                    continue  # removed (or removed and created again) since we listed it
+                image = rec.extra.get("image")
                 if not path.is_dir():
                     path.mkdir(parents=True, exist_ok=True)
+                    if not image:  # an image's root folder carries its own owner and mode
+                        _set_owner(path, rec.options)
                     fixed.append(f"{rec.name}: folder {path} had vanished; recreated empty")
-                image = rec.extra.get("image")
                 if image and not loopfs.is_mounted(path):
                     if not Path(image).is_file():
                         rec.extra["error"] = f"size-limit image {image} is missing"
@@ -199,6 +257,11 @@ class LocalDriver(StatefulVolumeDriver):
                     except PluginError as exc:
                         rec.extra["error"] = str(exc)
                         fixed.append(f"{rec.name}: {exc}")
+        for partial in self.images.glob("*.new") if self.images.is_dir() else ():
+            with self.lock(partial.stem):  # not while a Create of that name makes it
+                if partial.exists():
+                    partial.unlink()
+                    fixed.append(f"removed the unfinished image {partial.name}")
         trash = self.base_dir / TRASH
         if trash.is_dir():
             for leftover in trash.iterdir():

@@ -55,10 +55,24 @@ def make_image(image: Path, size: int) -> None:
     if size < MIN_SIZE:
         raise PluginError(f"size must be at least {MIN_SIZE // 2**20}M for an ext4 image")
     image.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(image, "wb") as fh:
-        fh.truncate(size)
-        os.fsync(fh.fileno())
-    _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "nodiscard", str(image)], "mkfs.ext4")
+    # made under a temporary name and renamed when complete, so an image file found later is
+    # always a whole file system (a crash mid-mkfs leaves only a NAME.new to throw away)
+    partial = unfinished(image)
+    try:
+        with open(partial, "wb") as fh:
+            fh.truncate(size)
+        _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "nodiscard", str(partial)], "mkfs.ext4")
+        with open(partial, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(partial, image)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def unfinished(image: Path) -> Path:
+    """Where ``make_image`` builds ``image`` (a name of the same length)."""
+    return image.with_suffix(".new")
 
 
 def mount_image(image: Path, target: Path) -> None:
