@@ -12,13 +12,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ import pytest
 from dockplug import discovery
 from dockplug.server.runner import TLSSettings
 from dockplug.testing.dockerd import Dockerd
+from dockplug.testing.pki import Certificates
 from dockplug.testing.servers import ThreadedPlugin
 
 pytestmark = pytest.mark.dockerd
@@ -249,69 +247,21 @@ def test_spec_file_naming_a_tcp_address(
     assert not spec.exists()
 
 
-@dataclass(frozen=True)
-class PKI:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _leaf(d: Path, name: str, extensions: str) -> None:
-    (d / f"{name}.ext").write_text(
-        extensions + "\nbasicConstraints=CA:FALSE\nsubjectKeyIdentifier=hash\n"
-        "authorityKeyIdentifier=keyid\n"
-    )
-    _openssl(
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=dockplug-{name}",
-        cwd=d,
-    )  # fmt: skip
-    _openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
-        cwd=d,
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    """A throwaway CA, a server certificate for IP 127.0.0.1 and a client certificate."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to make test certificates")
-    d = tmp_path_factory.mktemp("hello-pki")
-    _openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=dockplug-test-ca",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=d,
-    )  # fmt: skip
-    _leaf(d, "server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth")
-    _leaf(d, "client", "extendedKeyUsage=clientAuth")
-    return PKI(d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem", d / "client.key")
-
-
 def test_json_file_with_tls_and_client_certificates(
     dockerd: Dockerd,
     serve_plugin: Serve,
     plugin_name: str,
     base: Path,
     volumes: list[str],
-    pki: PKI,
+    certificates: Certificates,
 ) -> None:
     tls = TLSSettings(
-        cert=pki.server_cert,
-        key=pki.server_key,
-        ca=pki.ca,
-        client_ca=pki.ca,
-        client_cert=pki.client_cert,
-        key_for_client=pki.client_key,
+        cert=certificates.server_cert,
+        key=certificates.server_key,
+        ca=certificates.ca,
+        client_ca=certificates.ca,
+        client_cert=certificates.client_cert,
+        key_for_client=certificates.client_key,
     )
     announced = SPEC_DIR / f"{plugin_name}.json"
     plugin = serve_plugin(
@@ -327,9 +277,9 @@ def test_json_file_with_tls_and_client_certificates(
     assert body["Addr"] == plugin.url
     assert body["TLSConfig"] == {
         "InsecureSkipVerify": False,
-        "CAFile": str(pki.ca),
-        "CertFile": str(pki.client_cert),
-        "KeyFile": str(pki.client_key),
+        "CAFile": str(certificates.ca),
+        "CertFile": str(certificates.client_cert),
+        "KeyFile": str(certificates.client_key),
     }
     assert not (SPEC_DIR / f"{plugin_name}.spec").exists()
     _create_inspect_remove(dockerd, plugin_name, base, volumes)

@@ -19,6 +19,7 @@ import pytest
 from dockplug.protocol.base import Driver
 from dockplug.server.runner import ServeOptions
 from dockplug.testing.dockerd import Dockerd, unavailable_reason
+from dockplug.testing.pki import Certificates, make_certificates
 from dockplug.testing.servers import ThreadedPlugin
 
 
@@ -89,3 +90,11 @@ def fresh_dockerd() -> Iterator[Dockerd]:
     daemon = Dockerd().start()
     yield daemon
     daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A test CA with server (127.0.0.1) and client certificates, for TLS plugins."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make test certificates")
+    return make_certificates(tmp_path_factory.mktemp("pki"))

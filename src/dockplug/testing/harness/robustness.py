@@ -1,0 +1,266 @@
+"""Robustness checks: bad input must get an answer (non-200 or Err), never a hang or a crash,
+and must leave the plugin's volumes as they were. Bodies and names come from hypothesis,
+bounded (a fixed number of examples, derandomized) so a run stays fast and repeatable."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+from dockplug.client import Reply
+from dockplug.testing.harness.checks import (
+    Check,
+    Context,
+    Outcome,
+    Skip,
+    check,
+    describe,
+    failed,
+    passed,
+    reply_json,
+    short,
+    warned,
+)
+
+CHECKS: list[Check] = []
+MAX_EXAMPLES = 50
+HUGE = 20 * 1024 * 1024
+NAME_ENDPOINTS = ("Create", "Get", "Remove", "Mount", "Unmount", "Path")
+STATEFUL = ("Create", "Get", "Mount")  # accepting garbage here misleads dockerd
+
+
+def _accepted(endpoint: str, reply: Reply) -> bool:
+    """Did the plugin take the call as valid? (Get: only if it reports a volume.)"""
+    if reply.error is not None:
+        return False
+    if endpoint == "Get":
+        data = reply_json(reply)
+        return (
+            isinstance(data, dict)
+            and {k.lower(): v for k, v in data.items()}.get("volume") is not None
+        )
+    return True
+
+
+def _explore(strategy: Any, body: Callable[[Any], None]) -> None:
+    """Runs ``body`` on up to MAX_EXAMPLES values; problems are recorded, never raised."""
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(strategy)
+    def run(value: Any) -> None:
+        body(value)
+
+    run()
+
+
+def _hypothesis() -> Any:
+    try:
+        from hypothesis import strategies
+    except ImportError as exc:
+        raise Skip("hypothesis is not installed (pip install hypothesis)") from exc
+    return strategies
+
+
+def _send(
+    ctx: Context,
+    endpoint: str,
+    raw: bytes,
+    problems: list[str],
+    accepted: list[str],
+) -> None:
+    path = f"VolumeDriver.{endpoint}"
+    try:
+        reply = ctx.call(path, raw=raw, expect_ok=False)
+    except Exception as exc:
+        alive = ctx.alive()
+        problems.append(
+            f"{path} {short(raw, 60)}: no reply ({type(exc).__name__})"
+            + ("" if alive else "; the plugin is down")
+        )
+        ctx.close()
+        return
+    if _accepted(endpoint, reply):
+        accepted.append(f"{path} {short(raw, 60)} -> {describe(reply)}")
+
+
+def _escaped(ctx: Context, name: str) -> list[str]:
+    """Folders a path-like name made outside the plugin's volume folder (the parent of V11's
+    Mountpoint); removed again when empty and named with this run's prefix."""
+    mountpoint = ctx.state.get("mountpoint")
+    if not mountpoint or ctx.address.scheme != "unix":
+        return []
+    base = os.path.dirname(os.path.normpath(mountpoint))
+    target = os.path.normpath(base + "/" + name.split("\0")[0])
+    ours = os.path.basename(target).startswith(ctx.prefix)
+    if not ours or target.startswith(base + "/") or not os.path.isdir(target):
+        return []
+    with contextlib.suppress(OSError):
+        os.rmdir(target)
+    return [target]
+
+
+def _bad_bodies(st: Any) -> Any:
+    wrong = st.one_of(
+        st.integers(),
+        st.floats(allow_nan=False),
+        st.booleans(),
+        st.none(),
+        st.lists(st.text(max_size=4), max_size=3),
+        st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+    )
+    typed = st.fixed_dictionaries({"Name": wrong}).map(lambda d: json.dumps(d).encode() + b"\n")
+    missing = st.sampled_from([b"{}\n", b'{"Opts":{}}\n', b'{"ID":"x"}\n', b"null\n", b""])
+    malformed = st.one_of(
+        st.sampled_from(
+            [
+                b"{",
+                b'{"Name":',
+                b'{"Name":"a"',
+                b"[]",
+                b'"x"',
+                b"{}}",
+                b"\xff\xfe",
+                b'{"Name":"a",}',
+                b"{'Name':'a'}",
+                b"NaN",
+                b'{"Name":"\\ud800"}',
+            ]
+        ),
+        st.binary(max_size=48),
+    )
+    return st.tuples(st.sampled_from(NAME_ENDPOINTS), st.one_of(typed, missing, malformed))
+
+
+@check(CHECKS, "R01", "Malformed JSON, wrong types, missing fields", "protocol §1.6, §3.1")
+def bad_bodies(ctx: Context) -> Outcome:
+    st = _hypothesis()
+    ctx.phase = "robustness"
+    before = ctx.list_names()
+    ctx.state["names_before"] = before
+    problems: list[str] = []
+    accepted: list[str] = []
+    _explore(_bad_bodies(st), lambda v: _send(ctx, v[0], v[1], problems, accepted))
+    sent = sum(1 for ex in ctx.log if ex.phase == "robustness")
+    if problems:
+        return failed(f"{len(problems)} calls unanswered: " + "; ".join(problems[:3]))
+    serious = [a for a in accepted if a.split(" ", 1)[0].split(".")[1] in STATEFUL]
+    if serious:
+        return failed(f"{len(serious)} bad bodies accepted, e.g. " + "; ".join(serious[:3]))
+    if accepted:
+        return warned(
+            f"{len(accepted)} bad Remove/Unmount/Path bodies answered as success, "
+            f"e.g. " + "; ".join(accepted[:2])
+        )
+    return passed(f"{sent} calls, every bad body rejected")
+
+
+def _names(st: Any, prefix: str) -> Any:
+    tag = st.integers(0, 10**6).map(str)
+    unicode = st.text(min_size=1, max_size=8).filter(lambda t: "\x00" not in t)
+    return st.one_of(
+        tag.map(lambda n: ("path", f"../{prefix}esc{n}")),
+        tag.map(lambda n: ("path", f"{prefix}{n}/../../{prefix}esc{n}")),
+        tag.map(lambda n: ("path", f"{prefix}dir{n}/sub")),
+        tag.map(lambda n: ("path", f"/tmp/{prefix}abs{n}")),
+        tag.map(lambda n: ("path", f"{prefix}nul{n}\x00tail")),
+        # bare "..", "." or "/" would make a careless plugin work on (or delete) its own base
+        # folder or the one above it: every other name carries this run's prefix
+        st.just(("path", "")),
+        st.tuples(tag, unicode).map(lambda t: ("unicode", f"{prefix}u{t[0]}-{t[1]}é漢")),
+    )
+
+
+@check(CHECKS, "R02", "Names with /, .., NUL and unicode", "protocol §3.3")
+def hostile_names(ctx: Context) -> Outcome:
+    st = _hypothesis()
+    ctx.phase = "robustness"
+    problems: list[str] = []
+    unsafe: list[str] = []
+    odd: list[str] = []
+    escaped: list[str] = []
+
+    def one(value: tuple[str, str]) -> None:
+        kind, name = value
+        body = json.dumps({"Name": name, "Opts": dict(ctx.opts)}).encode() + b"\n"
+        accepted: list[str] = []
+        _send(ctx, "Create", body, problems, accepted)
+        if accepted:
+            (unsafe if kind == "path" else odd).extend(accepted)
+            if kind == "path":
+                escaped.extend(_escaped(ctx, name))
+            ctx.state.setdefault("accepted_names", []).append(name)
+            ctx.remove(name, expect_ok=None)
+        raw = json.dumps({"Name": name}).encode() + b"\n"
+        _send(ctx, "Get", raw, problems, unsafe)
+
+    _explore(_names(st, ctx.prefix), one)
+    if problems:
+        return failed(f"{len(problems)} calls unanswered: " + "; ".join(problems[:3]))
+    if unsafe:
+        outside = f"; made folders outside its own: {sorted(set(escaped))[:2]}" if escaped else ""
+        also = f"; also {len(odd)} non-ASCII names accepted" if odd else ""
+        return failed(
+            f"{len(unsafe)} path-like names accepted (a plugin must not build paths from "
+            f"them): " + "; ".join(unsafe[:2]) + outside + also
+        )
+    if odd:
+        return warned(
+            f"{len(odd)} non-ASCII names accepted (docker's own local driver allows only "
+            f"[a-zA-Z0-9][a-zA-Z0-9_.-]): " + "; ".join(odd[:2])
+        )
+    return passed("every hostile name rejected")
+
+
+@check(CHECKS, "R03", "A 20 MB body gets an error, not a hang", "protocol §1.7")
+def huge_body(ctx: Context) -> Outcome:
+    name = ctx.prefix + "x" * HUGE
+    raw = json.dumps({"Name": name, "Opts": dict(ctx.opts)}).encode() + b"\n"
+    try:
+        with ctx.client() as client:
+            reply: Reply | None = client.call("VolumeDriver.Create", raw=raw)
+        answer = describe(reply) if reply is not None else ""
+    except TimeoutError:
+        return failed(f"no reply within {ctx.timeout:g}s")
+    except OSError as exc:
+        reply, answer = None, f"connection closed ({type(exc).__name__})"
+    if not ctx.alive():
+        return failed(f"{answer}; the plugin no longer answers Activate")
+    if reply is not None and reply.error is None:
+        ctx.remove(name, expect_ok=None)
+        return warned(f"a {HUGE >> 20} MB name was accepted: {answer[:80]}")
+    return passed(answer)
+
+
+@check(CHECKS, "R04", "Still up, List unchanged by rejected calls", "issue 6: robustness")
+def list_unchanged(ctx: Context) -> Outcome:
+    before = ctx.state.get("names_before")
+    if not ctx.alive():
+        return failed("the plugin no longer answers Activate")
+    after = ctx.list_names()
+    if before is None or after is None:
+        raise Skip("List failed before or after the robustness run")
+    leftover = set(ctx.state.get("accepted_names", []))
+    added = sorted(set(after) - set(before))
+    lost = sorted(set(before) - set(after))
+    rejected_added = [n for n in added if n not in leftover]
+    if lost or rejected_added:
+        parts = []
+        if rejected_added:
+            parts.append(f"new after rejected calls: {[short(n, 40) for n in rejected_added[:3]]}")
+        if lost:
+            parts.append(f"vanished: {[short(n, 40) for n in lost[:3]]}")
+        return failed("; ".join(parts))
+    if added:
+        return warned(f"accepted names could not be removed: {[short(n, 40) for n in added[:3]]}")
+    return passed(f"{len(after)} volumes, same names as before")
