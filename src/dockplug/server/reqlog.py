@@ -7,6 +7,8 @@ option names that hold secrets are masked wherever bodies are shown.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import sys
@@ -62,6 +64,7 @@ class RequestLog:
 
     def __init__(self, stream: TextIO | None = None, debug: bool = False) -> None:
         self.stream = stream if stream is not None else sys.stdout
+        self._flush_pending = False
         self.debug = debug
         self._second = -1
         self._stamp = ""
@@ -109,11 +112,26 @@ class RequestLog:
         self._write(f"{self._now()} {redact(message)}")
 
     def _write(self, line: str) -> None:
+        """Write now; flush once per event-loop turn (lines of requests finishing together
+        share one write), or at once when called outside the loop (driver threads)."""
         try:
             self.stream.write(line + "\n")
-            self.stream.flush()
         except (OSError, ValueError):
-            pass
+            return
+        if self._flush_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._flush()
+            return
+        self._flush_pending = True
+        loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.flush()
 
 
 _events: RequestLog | None = None

@@ -197,6 +197,7 @@ class PluginServer:
             log_config=None,
             log_level="warning",
             server_header=False,
+            proxy_headers=False,  # dockerd talks to us directly; no proxy middleware per call
             date_header=False,
             timeout_keep_alive=24 * 3600,  # let dockerd close idle connections, never race it
             timeout_graceful_shutdown=opts.graceful_timeout,
