@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from dockplug import __version__, discovery
+from dockplug.cli.check import check
 from dockplug.cli.local import local
 from dockplug.cli.serve import serve
 from dockplug.errors import ConfigError, PluginError
@@ -39,6 +40,7 @@ def cli() -> None:
 
 cli.add_command(serve)
 cli.add_command(local)
+cli.add_command(check)
 
 
 @cli.command()
