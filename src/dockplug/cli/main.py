@@ -13,6 +13,7 @@ import click
 from dockplug import __version__, discovery
 from dockplug.cli.check import check
 from dockplug.cli.local import local
+from dockplug.cli.secret import secret
 from dockplug.cli.serve import serve
 from dockplug.errors import ConfigError, PluginError
 
@@ -41,6 +42,7 @@ def cli() -> None:
 cli.add_command(serve)
 cli.add_command(local)
 cli.add_command(check)
+cli.add_command(secret)
 
 
 @cli.command()

@@ -78,6 +78,7 @@ def custom_command(target: str) -> click.Command:
 
 BUILTINS: dict[str, str] = {
     "local": "dockplug.cli.serve_local:command",
+    "sshfs": "dockplug.cli.serve_sshfs:command",
 }
 
 

@@ -90,6 +90,10 @@ class StatefulVolumeDriver(VolumeDriver):
         """Create the storage for a new volume and return its record (not yet saved)."""
         raise NotImplementedError
 
+    def recreate(self, rec: VolumeRecord, opts: dict[str, Any]) -> None:
+        """Create of an existing volume with the same recorded options (dockerd resends Create
+        freely); ``opts`` still holds the values of secret options, which records never do."""
+
     def before_remove(self, rec: VolumeRecord) -> None:
         """Undo what must be undone while the volume still exists (e.g. unmount its storage);
         raising fails the Remove and leaves the volume as it was."""
@@ -151,17 +155,20 @@ class StatefulVolumeDriver(VolumeDriver):
         if self.options.wants_help(raw):
             raise InvalidOption(self.options.help_table())
         opts = self.options.parse(raw)
+        recorded = self.options.public(opts)  # secret values never reach a record
         with self.lock(name):
             existing = self.volumes.get(name)
             if existing is not None:
-                if existing.options != opts:
+                if existing.options != recorded:
                     raise Conflict(
                         f"volume {name} already exists with options "
                         f"{self.options.public(existing.options)}; asked for "
                         f"{self.options.public(opts)}. Remove it first or use another name"
                     )
+                self.recreate(existing, opts)
                 return
             rec = self.provision(name, opts)
+            rec.options = self.options.public(rec.options)
             self.store.put(rec)
             self.volumes[name] = rec
         self.log(f"created volume {name} at {rec.mountpoint}")
