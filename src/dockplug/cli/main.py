@@ -13,6 +13,7 @@ import click
 from dockplug import __version__, discovery
 from dockplug.cli.check import check
 from dockplug.cli.local import local
+from dockplug.cli.plugin import build, create, disable, doctor, enable, rm, set_
 from dockplug.cli.secret import secret
 from dockplug.cli.serve import serve
 from dockplug.errors import ConfigError, PluginError
@@ -43,6 +44,13 @@ cli.add_command(serve)
 cli.add_command(local)
 cli.add_command(check)
 cli.add_command(secret)
+cli.add_command(build)
+cli.add_command(create)
+cli.add_command(enable)
+cli.add_command(disable)
+cli.add_command(rm)
+cli.add_command(set_)
+cli.add_command(doctor)
 
 
 @cli.command()

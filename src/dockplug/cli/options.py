@@ -69,7 +69,10 @@ def transport_options(default_name: str) -> Callable[[Callable[..., Any]], Calla
             ),
             click.option("--socket-group", metavar="GROUP", help="Group owning the socket."),
             click.option(
-                "--debug", is_flag=True, help="Also log request and reply bodies (secrets masked)."
+                "--debug",
+                is_flag=True,
+                envvar="DOCKPLUG_DEBUG",  # settable in a managed plugin: docker plugin set
+                help="Also log request and reply bodies (secrets masked) [env DOCKPLUG_DEBUG].",
             ),
         ]
         wrapped = func

@@ -14,7 +14,8 @@ MANAGED = {
     "description": "dockplug local volumes: persistent, crash-safe, size limits",
     "socket": "local.sock",
     "propagated_mount": "/mnt/volumes",
-    "state_mount": {"source": "/var/lib/dockplug/local", "destination": "/mnt/state"},
+    # its own state folder: never shared with a local driver run directly on the host
+    "state_mount": {"source": "/var/lib/dockplug/managed-local", "destination": "/mnt/state"},
     "args": [
         "serve", "local", "--socket", "/run/docker/plugins/local.sock",
         "--base-dir", "/mnt/volumes", "--state-dir", "/mnt/state",

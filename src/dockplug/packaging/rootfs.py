@@ -1,0 +1,181 @@
+"""The plugin root filesystem: a cached Debian (debootstrap) base with python3, copied fresh for
+each build, with dockplug and its dependencies installed under ``/opt/dockplug/site``.
+
+The host's Python installs the dependencies (``pip install --target``), so the compiled wheels
+(pydantic_core, httptools, uvloop) are built for the host's Python minor version; the rootfs's
+python3 must therefore be the same minor version, which is checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+from rich.console import Console
+
+from dockplug.errors import ConfigError
+from dockplug.packaging.config import PLUGIN_SOCKET_DIR, SITE_DIR
+
+SUITE = "bookworm"
+DEFAULT_CACHE = Path("/var/cache/dockplug/rootfs/bookworm-python3")
+_MARKER = ".dockplug-base"
+# not needed to run a plugin; ~140 MB of the ~260 MB debootstrap leaves
+_TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
+         "var/cache/apt", "var/lib/apt/lists")  # fmt: skip
+
+
+def cache_dir() -> Path:
+    """Where the debootstrap base is cached (``DOCKPLUG_ROOTFS_CACHE`` overrides)."""
+    env = os.environ.get("DOCKPLUG_ROOTFS_CACHE")
+    return Path(env) if env else DEFAULT_CACHE
+
+
+def debian_mirror(etc: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror apt uses here (sources.list or sources.list.d/*.sources)."""
+    candidates: list[tuple[str, list[str]]] = []
+    lists = [etc / "sources.list", *sorted((etc / "sources.list.d").glob("*.list"))]
+    for path in lists:
+        with contextlib.suppress(OSError):
+            for line in path.read_text().splitlines():
+                parts = line.split("#", 1)[0].split()
+                if len(parts) >= 3 and parts[0] == "deb":
+                    rest = [p for p in parts[1:] if not p.startswith("[")]
+                    if len(rest) >= 2:
+                        candidates.append((rest[0], [rest[1]]))
+    for path in sorted((etc / "sources.list.d").glob("*.sources")):
+        with contextlib.suppress(OSError):
+            for stanza in re.split(r"\n\s*\n", path.read_text()):
+                fields: dict[str, str] = {}
+                for line in stanza.splitlines():
+                    if ":" in line and not line.lstrip().startswith("#"):
+                        key, _, value = line.partition(":")
+                        fields[key.strip().lower()] = value.strip()
+                if "deb" in fields.get("types", "").split():
+                    for uri in fields.get("uris", "").split():
+                        candidates.append((uri, fields.get("suites", "").split()))
+    for uri, suites in candidates:
+        if any(s == SUITE or s == "stable" for s in suites) and "security" not in uri:
+            return uri.rstrip("/")
+    for uri, _suites in candidates:
+        if "debian" in uri and "security" not in uri:
+            return uri.rstrip("/")
+    raise ConfigError(
+        f"no Debian mirror found in {etc}/sources.list or {etc}/sources.list.d/*.sources; "
+        "fix: add a 'deb' source for bookworm, or set DOCKPLUG_ROOTFS_CACHE to a ready rootfs"
+    )
+
+
+@contextlib.contextmanager
+def _step(console: Console, text: str) -> Iterator[None]:
+    t0 = time.monotonic()
+    with console.status(text):
+        yield
+    console.print(f"[green]✓[/green] {text} ({time.monotonic() - t0:.1f}s)")
+
+
+def python_version(rootfs: Path) -> tuple[int, int]:
+    """The minor version of ``/usr/bin/python3`` inside rootfs (from its symlink or libdir)."""
+    link = rootfs / "usr/bin/python3"
+    with contextlib.suppress(OSError):
+        m = re.fullmatch(r"python(\d+)\.(\d+)", os.readlink(link).rsplit("/", 1)[-1])
+        if m:
+            return int(m[1]), int(m[2])
+    found = sorted(
+        (int(m[1]), int(m[2]))
+        for p in (rootfs / "usr/lib").glob("python3.*")
+        if (m := re.fullmatch(r"python(\d+)\.(\d+)", p.name))
+    )
+    if not found:
+        raise ConfigError(f"{rootfs}: no python3 found; fix: remove the cache to rebuild it")
+    return found[-1]
+
+
+def ensure_base(console: Console, cache: Path | None = None) -> tuple[Path, bool]:
+    """The cached base rootfs, made with debootstrap if absent. Returns (path, made_now)."""
+    cache = cache or cache_dir()
+    if (cache / _MARKER).exists() and (cache / "usr/bin/python3").exists():
+        return cache, False
+    if shutil.which("debootstrap") is None:
+        raise ConfigError("debootstrap is not installed; fix: apt-get install debootstrap")
+    if os.geteuid() != 0:
+        raise ConfigError("building the Debian base rootfs needs root (debootstrap); fix: sudo")
+    mirror = debian_mirror()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache.parent))
+    try:
+        cmd = ["debootstrap", "--variant=minbase", "--include=python3", SUITE, str(tmp), mirror]
+        with _step(console, f"debootstrap {SUITE} + python3 from {mirror} (about a minute)"):
+            res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            tail = "\n".join((res.stdout + res.stderr).strip().splitlines()[-10:])
+            raise ConfigError(f"debootstrap failed ({res.returncode}):\n{tail}")
+        for rel in _TRIM:
+            shutil.rmtree(tmp / rel, ignore_errors=True)
+        (tmp / _MARKER).write_text(f"debootstrap --variant=minbase --include=python3 {SUITE}\n")
+        if cache.exists():
+            shutil.rmtree(cache)
+        tmp.rename(cache)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return cache, True
+
+
+def _requirements() -> list[str]:
+    reqs = metadata.requires("dockplug") or []
+    return [r for r in reqs if "extra ==" not in r]
+
+
+def install_dockplug(rootfs: Path, console: Console) -> None:
+    """dockplug (the running copy) plus its dependencies into ROOTFS/opt/dockplug/site."""
+    import dockplug
+
+    site = rootfs / SITE_DIR.lstrip("/")
+    site.mkdir(parents=True, exist_ok=True)
+    with _step(console, "installing dockplug's dependencies (pip install --target)"):
+        res = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+             "--no-warn-script-location", "--no-compile", "--target", str(site),
+             *_requirements()],
+            capture_output=True, text=True,
+        )  # fmt: skip
+    if res.returncode != 0:
+        tail = "\n".join(res.stderr.strip().splitlines()[-10:])
+        raise ConfigError(f"pip install into the rootfs failed:\n{tail}")
+    src = Path(dockplug.__file__).parent
+    shutil.copytree(src, site / "dockplug", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def make_rootfs(dest: Path, console: Console, cache: Path | None = None) -> bool:
+    """A fresh rootfs at dest: a copy of the cached base plus dockplug. Returns True if the
+    base had to be made (a cold build)."""
+    base, cold = ensure_base(console, cache)
+    have = python_version(base)
+    want = sys.version_info[:2]
+    if have != want:
+        raise ConfigError(
+            f"the rootfs's python3 is {have[0]}.{have[1]} but this Python is "
+            f"{want[0]}.{want[1]}; compiled dependencies would not load; fix: run dockplug "
+            f"build with Python {have[0]}.{have[1]} (e.g. a venv made with it)"
+        )
+    with _step(console, f"copying the base rootfs from {base}"):
+        res = subprocess.run(
+            ["cp", "-a", "--reflink=auto", f"{base}/.", str(dest)],
+            capture_output=True,
+            text=True,
+        )
+    if res.returncode != 0:
+        raise ConfigError(f"copying {base} failed: {res.stderr.strip()}")
+    (dest / _MARKER).unlink(missing_ok=True)
+    install_dockplug(dest, console)
+    (dest / PLUGIN_SOCKET_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    return cold

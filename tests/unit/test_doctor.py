@@ -1,0 +1,186 @@
+"""``dockplug doctor`` on deliberately broken bundles: each breakage yields its own finding."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dockplug.cli.main import cli
+from dockplug.packaging.config import config_for_driver
+from dockplug.packaging.doctor import HOST_MACHINES, diagnose_bundle, read_elf, resolve_in_root
+
+HOST = os.uname().machine
+HOST_EM = min(HOST_MACHINES.get(HOST, {62}))
+OTHER_EM = 183 if HOST_EM != 183 else 62  # aarch64 on x86_64 hosts, x86_64 elsewhere
+
+
+def elf(machine: int, interp: str | None = None) -> bytes:
+    """A minimal 64-bit little-endian ELF executable header, with PT_INTERP if interp is set."""
+    phnum = 1 if interp else 0
+    head = struct.pack(
+        "<16sHHIQQQIHHHHHH",
+        b"\x7fELF\x02\x01\x01" + b"\0" * 9, 2, machine, 1, 0x400000, 64, 0, 0, 64, 56, phnum,
+        0, 0, 0,
+    )  # fmt: skip
+    if not interp:
+        return head
+    data = interp.encode() + b"\0"
+    ph = struct.pack("<IIQQQQQQ", 3, 4, 64 + 56, 0, 0, len(data), len(data), 1)
+    return head + ph + data
+
+
+def make_bundle(root: Path, entry: str = "/bin/plugin", content: bytes | None = None,
+                mode: int = 0o755, **cfg: object) -> Path:  # fmt: skip
+    """A bundle whose config is the local driver's, with entrypoint ENTRY holding CONTENT."""
+    config = json.loads(config_for_driver("local").to_json())
+    config["entrypoint"] = [entry, "serve"]
+    config.update(cfg)
+    (root / "rootfs/run/docker/plugins").mkdir(parents=True)
+    (root / "rootfs/bin").mkdir(parents=True)
+    if content is not None:
+        path = root / "rootfs" / entry.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        path.chmod(mode)
+    (root / "config.json").write_text(json.dumps(config))
+    return root
+
+
+def _iface(socket: str) -> dict[str, object]:
+    return {"types": ["docker.volumedriver/1.0"], "socket": socket}
+
+
+def _with_env(root: Path) -> Path:
+    (root / "rootfs/usr/bin").mkdir(parents=True)
+    (root / "rootfs/usr/bin/env").write_bytes(elf(HOST_EM))
+    (root / "rootfs/usr/bin/env").chmod(0o755)
+    return root
+
+
+def _with_sh(root: Path) -> Path:
+    (root / "rootfs/bin/sh").write_bytes(elf(HOST_EM))
+    (root / "rootfs/bin/sh").chmod(0o755)
+    return root
+
+
+CASES: dict[str, tuple[Callable[[Path], Path], str, str]] = {
+    "missing entrypoint": (lambda d: make_bundle(d), "entrypoint-missing", "does not exist"),
+    "not executable": (
+        lambda d: make_bundle(d, content=elf(HOST_EM), mode=0o644),
+        "entrypoint-not-executable",
+        "chmod +x",
+    ),
+    "wrong-arch ELF": (lambda d: make_bundle(d, content=elf(OTHER_EM)), "elf-arch", HOST),
+    "ELF interpreter missing": (
+        lambda d: make_bundle(d, content=elf(HOST_EM, "/lib/ld-missing.so.2")),
+        "elf-interpreter-missing",
+        "/lib/ld-missing.so.2",
+    ),
+    "shebang interpreter missing": (
+        lambda d: make_bundle(d, content=b"#!/usr/bin/python3\nprint()\n"),
+        "shebang-missing",
+        "/usr/bin/python3",
+    ),
+    "env shebang, program missing": (
+        lambda d: _with_env(make_bundle(d, content=b"#!/usr/bin/env python3\n")),
+        "shebang-missing",
+        "python3",
+    ),
+    "absolute socket path": (
+        lambda d: make_bundle(d, content=elf(HOST_EM), interface=_iface("/run/p.sock")),
+        "socket-absolute",
+        "file name",
+    ),
+    "socket name too long": (
+        lambda d: make_bundle(d, content=elf(HOST_EM), interface=_iface("a" * 30 + ".sock")),
+        "socket-too-long",
+        "107",
+    ),
+    "sshfs without /dev/fuse": (
+        lambda d: make_bundle(
+            d, content=elf(HOST_EM), args={"name": "args", "value": ["serve", "sshfs"]}
+        ),
+        "fuse-device",
+        "/dev/fuse",
+    ),
+    "misspelled key": (
+        lambda d: make_bundle(d, content=elf(HOST_EM), propagatedMounts="/mnt"),
+        "config",
+        "propagatedMounts",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_broken_bundle_yields_the_right_finding(tmp_path: Path, case: str) -> None:
+    make, check, words = CASES[case]
+    bundle = make(tmp_path)
+    findings = diagnose_bundle(bundle)
+    assert [f.check for f in findings] == [check], findings
+    line = str(findings[0])
+    assert words in line and "fix: " in line and "\n" not in line
+
+
+def test_good_bundles_have_no_findings(tmp_path: Path) -> None:
+    assert diagnose_bundle(make_bundle(tmp_path / "elf", content=elf(HOST_EM))) == []
+    script = _with_sh(make_bundle(tmp_path / "sh", content=b"#!/bin/sh\nexec true\n"))
+    assert diagnose_bundle(script) == []
+    # relative entrypoint found on PATH; ELF loader reached through an absolute symlink
+    b = make_bundle(tmp_path / "rel", "/usr/bin/plugin", elf(HOST_EM, "/lib64/ld.so"))
+    (b / "rootfs/usr/lib64").mkdir(parents=True)
+    (b / "rootfs/usr/lib64/ld-real.so").write_bytes(elf(HOST_EM))
+    (b / "rootfs/lib64").symlink_to("/usr/lib64")
+    (b / "rootfs/usr/lib64/ld.so").symlink_to("ld-real.so")
+    cfg = json.loads((b / "config.json").read_text())
+    cfg["entrypoint"] = ["plugin"]
+    (b / "config.json").write_text(json.dumps(cfg))
+    assert diagnose_bundle(b) == []
+
+
+def test_missing_rootfs_and_config(tmp_path: Path) -> None:
+    assert [f.check for f in diagnose_bundle(tmp_path)] == ["config"]
+    b = make_bundle(tmp_path / "b")
+    (b / "rootfs/run/docker/plugins").rmdir()
+    os.rename(b / "rootfs", b / "elsewhere")
+    assert [f.check for f in diagnose_bundle(b)] == ["rootfs-missing"]
+
+
+def test_resolve_in_root_stays_inside(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/link").symlink_to("/../../etc/target")
+    (tmp_path / "etc/target").write_text("x")
+    assert resolve_in_root(tmp_path, "/etc/link") == tmp_path / "etc/target"
+    assert resolve_in_root(tmp_path, "/nope") is None
+
+
+def test_read_elf(tmp_path: Path) -> None:
+    p = tmp_path / "e"
+    p.write_bytes(elf(OTHER_EM, "/lib/ld.so"))
+    info = read_elf(p)
+    assert info is not None and info.machine == OTHER_EM and info.interpreter == "/lib/ld.so"
+    p.write_bytes(b"#!/bin/sh\n")
+    assert read_elf(p) is None
+
+
+def test_cli_doctor_bundle(tmp_path: Path) -> None:
+    runner = CliRunner()
+    bad = make_bundle(tmp_path / "bad", content=elf(OTHER_EM))
+    res = runner.invoke(cli, ["doctor", str(bad)])
+    assert res.exit_code == 1 and "[elf-arch]" in res.output and "fix:" in res.output
+    good = make_bundle(tmp_path / "good", content=elf(HOST_EM))
+    res = runner.invoke(cli, ["doctor", str(good)])
+    assert res.exit_code == 0 and res.output.strip().endswith(": ok")
+
+
+def test_create_refuses_a_broken_bundle_before_calling_dockerd(tmp_path: Path) -> None:
+    from dockplug.packaging import engine
+
+    bundle = make_bundle(tmp_path, content=elf(OTHER_EM))
+    with pytest.raises(engine.EngineError, match=r"not a usable plugin bundle:\n.*\[elf-arch\]"):
+        engine.create("dpt-broken", bundle, client=object())
