@@ -6,10 +6,12 @@ library's ``http.client`` is enough: one persistent HTTP/1.1 connection per clie
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,3 +139,18 @@ class PluginClient:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def explained(target: str, timeout: float) -> Iterator[None]:
+    """Turns a transport failure talking to ``target`` into a one-line ConfigError."""
+    try:
+        yield
+    except ConnectionRefusedError as exc:
+        raise ConfigError(f"{target}: nothing listens there (connection refused)") from exc
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{target}: no such socket") from exc
+    except TimeoutError as exc:
+        raise ConfigError(f"{target}: no reply within {timeout:g}s") from exc
+    except http.client.HTTPException as exc:
+        raise ConfigError(f"{target}: did not answer with HTTP ({exc!r})") from exc

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 from pathlib import Path
 
 import click
@@ -68,22 +67,14 @@ def check(
     from rich.markup import escape
     from rich.table import Table
 
-    from dockplug.client import PluginClient, resolve
+    from dockplug.client import PluginClient, explained, resolve
     from dockplug.testing.harness import run
 
     create_opts = _parse_opts(opts)
     address = resolve(target)
-    try:
-        with PluginClient(address, timeout=min(timeout, 10.0)) as client:
-            client.call("Plugin.Activate")
-    except ConnectionRefusedError as exc:
-        raise ConfigError(f"{target}: nothing listens there (connection refused)") from exc
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{target}: no such socket") from exc
-    except TimeoutError as exc:
-        raise ConfigError(f"{target}: no reply within {timeout:g}s") from exc
-    except http.client.HTTPException as exc:
-        raise ConfigError(f"{target}: did not answer with HTTP ({exc!r})") from exc
+    wait = min(timeout, 10.0)
+    with explained(target, wait), PluginClient(address, timeout=wait) as client:
+        client.call("Plugin.Activate")
 
     result = run(address, kind, create_opts, timeout, set(only) or None)
     result.target = target

@@ -70,7 +70,7 @@ def call(target: str, endpoint: str, body: str | None, timeout: float, raw: bool
 
     Exit status: 0 on success, 1 if the plugin answered with an error.
     """
-    from dockplug.client import PluginClient
+    from dockplug.client import PluginClient, explained
 
     payload: Any = None
     if body == "-":
@@ -80,17 +80,8 @@ def call(target: str, endpoint: str, body: str | None, timeout: float, raw: bool
             payload = json.loads(body)
         except ValueError as exc:
             raise ConfigError(f"BODY is not valid JSON: {exc}") from exc
-    try:
-        with PluginClient(target, timeout=timeout) as client:
-            reply = client.call(endpoint, payload)
-    except ConnectionRefusedError as exc:
-        raise ConfigError(f"{target}: nothing listens there (connection refused)") from exc
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{target}: no such socket") from exc
-    except TimeoutError as exc:
-        raise ConfigError(f"{target}: no reply within {timeout:g}s") from exc
-    except http.client.HTTPException as exc:
-        raise ConfigError(f"{target}: did not answer with HTTP ({exc!r})") from exc
+    with explained(target, timeout), PluginClient(target, timeout=timeout) as client:
+        reply = client.call(endpoint, payload)
     if raw:
         click.echo(reply.raw.decode("utf-8", "replace"), nl=False)
     else:
