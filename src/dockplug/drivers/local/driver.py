@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,7 @@ class LocalDriver(StatefulVolumeDriver):
         self.keep_data = keep_data
         self.base_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         self.images = self.state_dir / "images"
+        self._janitor = ThreadPoolExecutor(1, thread_name_prefix="dockplug-trash")
         super().__init__(
             VolumeStore(self.state_dir / "volumes.db"),
             scope=scope,
@@ -198,7 +200,9 @@ class LocalDriver(StatefulVolumeDriver):
             trash = self.base_dir / TRASH / f"{rec.name[:200]}-{time.time_ns()}"
             trash.parent.mkdir(exist_ok=True, mode=0o700)
             os.replace(path, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            # deleting a big volume can outlast dockerd's 1-minute Remove timeout: the volume
+            # is gone once renamed; its bytes are freed in the background (and on restart)
+            self._janitor.submit(shutil.rmtree, trash, ignore_errors=True)
 
     def attach(self, rec: VolumeRecord) -> None:
         # a container must never get the bare folder under an image that is not mounted
@@ -231,6 +235,10 @@ class LocalDriver(StatefulVolumeDriver):
         return status
 
     # -- start-up ------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        self._janitor.shutdown(wait=True)  # finish freeing removed volumes' space
+        super().shutdown()
 
     def reconcile(self) -> None:
         fixed: list[str] = []
