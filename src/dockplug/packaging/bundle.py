@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from dockplug.errors import ConfigError
-from dockplug.packaging.config import config_for_driver, validate_config
+from dockplug.packaging.config import config_for_driver, driver_packages, validate_config
 from dockplug.packaging.rootfs import make_rootfs
 
 
@@ -69,7 +69,7 @@ def build(
     _clear(out)
     out.mkdir(parents=True)
     try:
-        cold = make_rootfs(out / "rootfs", console, cache)
+        cold = make_rootfs(out / "rootfs", console, cache, driver_packages(driver))
         text = config.to_json()
         validate_config(json.loads(text), str(out / "config.json"))
         (out / "config.json").write_text(text)

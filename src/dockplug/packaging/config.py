@@ -9,6 +9,7 @@ field and the fix (plugin-protocol.md §10, §12 P8).
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -281,25 +282,41 @@ def load_config(path: Path) -> PluginConfig:
     return validate_config(data, str(path))
 
 
-BUILTIN_DRIVERS = ("local",)
+#: The dockplug drivers that ship as managed plugins: each ``dockplug.drivers.NAME`` package
+#: holds a ``MANAGED`` descriptor (socket, args, propagated and state mounts, capabilities,
+#: devices, optional ``network`` type and extra Debian ``packages`` for the rootfs).
+BUILTIN_DRIVERS = ("local", "sshfs")
+STATE_DESCRIPTION = "host folder for the state database (survives upgrades)"
+
+
+def managed_descriptor(name: str) -> dict[str, Any]:
+    """The ``MANAGED`` descriptor of the built-in driver NAME."""
+    if name not in BUILTIN_DRIVERS:
+        raise ConfigError(
+            f"no built-in driver {name!r}; fix: use one of {', '.join(BUILTIN_DRIVERS)}"
+        )
+    managed = getattr(importlib.import_module(f"dockplug.drivers.{name}"), "MANAGED", None)
+    if not isinstance(managed, dict):  # pragma: no cover - every built-in driver has one
+        raise ConfigError(f"driver {name!r} has no MANAGED descriptor")
+    return managed
+
+
+def driver_packages(name: str) -> tuple[str, ...]:
+    """The Debian packages the rootfs of driver NAME needs besides python3 (sorted, unique)."""
+    return tuple(sorted({str(p) for p in managed_descriptor(name).get("packages", [])}))
 
 
 def config_for_driver(name: str) -> PluginConfig:
     """The managed-plugin config of a built-in dockplug driver (its ``MANAGED`` descriptor)."""
-    if name != "local":
-        raise ConfigError(
-            f"no built-in driver {name!r}; fix: use one of {', '.join(BUILTIN_DRIVERS)}"
-        )
-    from dockplug.drivers.local import MANAGED
-
-    state = MANAGED["state_mount"]
+    managed = managed_descriptor(name)
+    state = managed["state_mount"]
     assert isinstance(state, dict)
-    socket = str(MANAGED["socket"])
-    args = [str(a) for a in MANAGED["args"]]
-    caps = [str(c) for c in MANAGED["capabilities"]]
-    devices = [str(d) for d in MANAGED.get("devices", [])]
+    socket = str(managed["socket"])
+    args = [str(a) for a in managed["args"]]
+    caps = [str(c) for c in managed.get("capabilities", [])]
+    devices = [str(d) for d in managed.get("devices", [])]
     cfg = PluginConfig(
-        description=str(MANAGED["description"]),
+        description=str(managed["description"]),
         entrypoint=["/usr/bin/python3", "-m", "dockplug"],
         workdir="/",
         env=[
@@ -319,11 +336,11 @@ def config_for_driver(name: str) -> PluginConfig:
             settable=["value"],
         ),
         interface=Interface(types=["docker.volumedriver/1.0"], socket=socket),
-        network=Network(type=""),
+        network=Network(type=str(managed.get("network", ""))),
         mounts=[
             Mount(
                 name="state",
-                description="host folder for the state database (survives upgrades)",
+                description=str(state.get("description", STATE_DESCRIPTION)),
                 source=state["source"],
                 destination=state["destination"],
                 type="bind",
@@ -331,7 +348,7 @@ def config_for_driver(name: str) -> PluginConfig:
                 settable=["source"],
             )
         ],
-        propagated_mount=str(MANAGED["propagated_mount"]),
+        propagated_mount=str(managed["propagated_mount"]),
         linux=Linux(
             capabilities=caps,
             devices=[Device(name=Path(d).name, path=d, settable=["path"]) for d in devices],

@@ -1,5 +1,7 @@
-"""The plugin root filesystem: a cached Debian (debootstrap) base with python3, copied fresh for
-each build, with dockplug and its dependencies installed under ``/opt/dockplug/site``.
+"""The plugin root filesystem: a cached Debian (debootstrap) base with python3 (plus the extra
+Debian packages a driver declares), copied fresh for each build, with dockplug and its
+dependencies installed under ``/opt/dockplug/site``. Each package set has its own cached base
+(``bookworm-python3`` for none, ``bookworm-python3+fuse3+openssh-client+sshfs`` for sshfs's).
 
 The host's Python installs the dependencies (``pip install --target``), so the compiled wheels
 (pydantic_core, httptools, uvloop) are built for the host's Python minor version; the rootfs's
@@ -16,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -28,15 +30,37 @@ from dockplug.packaging.config import PLUGIN_SOCKET_DIR, SITE_DIR
 SUITE = "bookworm"
 DEFAULT_CACHE = Path("/var/cache/dockplug/rootfs/bookworm-python3")
 _MARKER = ".dockplug-base"
+_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 # not needed to run a plugin; ~140 MB of the ~260 MB debootstrap leaves
 _TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
          "var/cache/apt", "var/lib/apt/lists")  # fmt: skip
 
 
-def cache_dir() -> Path:
-    """Where the debootstrap base is cached (``DOCKPLUG_ROOTFS_CACHE`` overrides)."""
+def _packages(packages: Iterable[str]) -> tuple[str, ...]:
+    out = tuple(sorted(set(packages) - {"python3"}))
+    for name in out:
+        if not _PACKAGE.fullmatch(name):
+            raise ConfigError(f"{name!r} is not a Debian package name; fix the driver's packages")
+    return out
+
+
+def cache_dir(packages: Iterable[str] = ()) -> Path:
+    """Where the debootstrap base with python3 and PACKAGES is cached (``DOCKPLUG_ROOTFS_CACHE``
+    overrides the base without extra packages; a set of packages adds ``+pkg+pkg`` to its name)."""
     env = os.environ.get("DOCKPLUG_ROOTFS_CACHE")
-    return Path(env) if env else DEFAULT_CACHE
+    base = Path(env) if env else DEFAULT_CACHE
+    extra = _packages(packages)
+    return base.with_name("+".join((base.name, *extra))) if extra else base
+
+
+def _include(packages: tuple[str, ...]) -> str:
+    return "--include=" + ",".join(("python3", *packages))
+
+
+def _marker_text(packages: tuple[str, ...]) -> str:
+    """What the marker of a complete base holds (unchanged for python3 alone, so existing
+    caches stay valid)."""
+    return f"debootstrap --variant=minbase {_include(packages)} {SUITE}\n"
 
 
 def debian_mirror(etc: Path = Path("/etc/apt")) -> str:
@@ -99,10 +123,22 @@ def python_version(rootfs: Path) -> tuple[int, int]:
     return found[-1]
 
 
-def ensure_base(console: Console, cache: Path | None = None) -> tuple[Path, bool]:
-    """The cached base rootfs, made with debootstrap if absent. Returns (path, made_now)."""
-    cache = cache or cache_dir()
-    if (cache / _MARKER).exists() and (cache / "usr/bin/python3").exists():
+def _is_complete(cache: Path, packages: tuple[str, ...]) -> bool:
+    try:
+        marker = (cache / _MARKER).read_text()
+    except OSError:
+        return False
+    return marker == _marker_text(packages) and (cache / "usr/bin/python3").exists()
+
+
+def ensure_base(
+    console: Console, cache: Path | None = None, packages: Iterable[str] = ()
+) -> tuple[Path, bool]:
+    """The cached base rootfs with python3 and PACKAGES, made with debootstrap if absent (or
+    made for another package set). Returns (path, made_now)."""
+    extra = _packages(packages)
+    cache = cache or cache_dir(extra)
+    if _is_complete(cache, extra):
         return cache, False
     if shutil.which("debootstrap") is None:
         raise ConfigError("debootstrap is not installed; fix: apt-get install debootstrap")
@@ -112,15 +148,16 @@ def ensure_base(console: Console, cache: Path | None = None) -> tuple[Path, bool
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache.parent))
     try:
-        cmd = ["debootstrap", "--variant=minbase", "--include=python3", SUITE, str(tmp), mirror]
-        with _step(console, f"debootstrap {SUITE} + python3 from {mirror} (about a minute)"):
+        cmd = ["debootstrap", "--variant=minbase", _include(extra), SUITE, str(tmp), mirror]
+        what = " + ".join(("python3", *extra))
+        with _step(console, f"debootstrap {SUITE} + {what} from {mirror} (about a minute)"):
             res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             tail = "\n".join((res.stdout + res.stderr).strip().splitlines()[-10:])
             raise ConfigError(f"debootstrap failed ({res.returncode}):\n{tail}")
         for rel in _TRIM:
             shutil.rmtree(tmp / rel, ignore_errors=True)
-        (tmp / _MARKER).write_text(f"debootstrap --variant=minbase --include=python3 {SUITE}\n")
+        (tmp / _MARKER).write_text(_marker_text(extra))
         if cache.exists():
             shutil.rmtree(cache)
         tmp.rename(cache)
@@ -155,10 +192,12 @@ def install_dockplug(rootfs: Path, console: Console) -> None:
     shutil.copytree(src, site / "dockplug", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
-def make_rootfs(dest: Path, console: Console, cache: Path | None = None) -> bool:
-    """A fresh rootfs at dest: a copy of the cached base plus dockplug. Returns True if the
-    base had to be made (a cold build)."""
-    base, cold = ensure_base(console, cache)
+def make_rootfs(
+    dest: Path, console: Console, cache: Path | None = None, packages: Iterable[str] = ()
+) -> bool:
+    """A fresh rootfs at dest: a copy of the cached base (python3 and PACKAGES) plus dockplug.
+    Returns True if the base had to be made (a cold build)."""
+    base, cold = ensure_base(console, cache, packages)
     have = python_version(base)
     want = sys.version_info[:2]
     if have != want:

@@ -10,13 +10,19 @@ from dockplug.drivers.sshfs.driver import (
 
 # For the managed-plugin builder: sshfs needs FUSE (CAP_SYS_ADMIN and /dev/fuse) and the host's
 # network (the remote is reached from the host); mounts appear on the host through the
-# propagated mount, state and the secrets store live on a host folder that survives upgrades
-# (`dockplug secret set` on the host writes there).
+# propagated mount. State, ssh configs and the secrets store live on a host folder of its own
+# that survives upgrades (never shared with an sshfs driver run directly on the host); secrets
+# for the plugin are stored there with `dockplug secret set NAME --state-dir
+# /var/lib/dockplug/managed-sshfs`, and key files placed in it are /mnt/state/... inside.
+# The rootfs gets sshfs (which runs ssh) and fusermount on top of python3.
 MANAGED = {
     "description": "dockplug sshfs volumes: remote folders over SSH, secrets kept secret",
     "socket": "sshfs.sock",
     "propagated_mount": "/mnt/volumes",
-    "state_mount": {"source": "/var/lib/dockplug/sshfs", "destination": "/mnt/state"},
+    "state_mount": {
+        "source": "/var/lib/dockplug/managed-sshfs", "destination": "/mnt/state",
+        "description": "host folder for the state database, secrets store and ssh configs",
+    },
     "args": [
         "serve", "sshfs", "--socket", "/run/docker/plugins/sshfs.sock",
         "--base-dir", "/mnt/volumes", "--state-dir", "/mnt/state",
@@ -24,6 +30,7 @@ MANAGED = {
     "capabilities": ["CAP_SYS_ADMIN"],
     "devices": ["/dev/fuse"],
     "network": "host",
+    "packages": ["sshfs", "fuse3", "openssh-client"],
 }  # fmt: skip
 
 __all__ = [
