@@ -26,10 +26,9 @@ from dockplug.packaging.bundle import BuildResult, build
 from dockplug.packaging.doctor import diagnose_bundle, diagnose_installed
 from dockplug.packaging.rootfs import cache_dir, ensure_base
 from dockplug.testing.dockerd import Dockerd
+from dockplug.testing.sshd import Sshd
 
 pytestmark = pytest.mark.dockerd
-
-Sshd = Any  # conftest.Sshd: port, user, password, user_key, host_key_pub, folder(), sshcmd()
 
 
 @pytest.fixture(scope="session")

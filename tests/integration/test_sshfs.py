@@ -25,18 +25,11 @@ from dockplug.client import PluginClient, Reply
 from dockplug.drivers.local import loopfs
 from dockplug.drivers.sshfs import SshfsDriver
 from dockplug.testing.servers import SubprocessPlugin, ThreadedPlugin
+from dockplug.testing.sshd import Sshd, free_port
 
 pytestmark = pytest.mark.root
 
 Serve = Callable[..., ThreadedPlugin]
-Sshd = Any  # conftest.Sshd: port, user, password, user_key, host_key_pub, folder(), sshcmd()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def mounts_on(path: Path | str) -> int:

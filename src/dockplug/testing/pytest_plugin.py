@@ -21,6 +21,7 @@ from dockplug.server.runner import ServeOptions
 from dockplug.testing.dockerd import Dockerd, unavailable_reason
 from dockplug.testing.pki import Certificates, make_certificates
 from dockplug.testing.servers import ThreadedPlugin
+from dockplug.testing.sshd import Sshd, sshd_unavailable, throwaway_sshd
 
 
 @pytest.fixture
@@ -98,3 +99,14 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is needed to make test certificates")
     return make_certificates(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def sshd() -> Iterator[Sshd]:
+    """A real sshd on 127.0.0.1 with a throwaway user, key and password (skipped where it
+    cannot run: not root, no openssh-server/sshfs, no /dev/fuse)."""
+    reason = sshd_unavailable()
+    if reason:
+        pytest.skip(reason)
+    with throwaway_sshd() as server:
+        yield server

@@ -1,12 +1,13 @@
-"""Real services the integration tests talk to, started once per session and cleaned up.
+"""A throwaway OpenSSH server for testing remote-storage plugins (and benchmarking them).
 
-``sshd``: an OpenSSH server on 127.0.0.1 (a free port), with a throwaway host key and a test
-user made for the session (``useradd -m``, a random password set with ``chpasswd``, and an
-authorized key). Skipped, with the reason, where it cannot run (not root, no sshd/sshfs).
+An sshd on 127.0.0.1 (a free port) with a fresh host key and a user made for the occasion
+(``useradd -m``, a random password set with ``chpasswd``, an authorized key); everything is
+removed afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -17,8 +18,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 TOOLS = ("sshd", "ssh-keygen", "sshfs", "fusermount", "useradd", "userdel", "chpasswd")
 SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server")
@@ -120,11 +119,12 @@ def _run(*args: str, stdin: str | None = None) -> None:
     subprocess.run(args, input=stdin, capture_output=True, text=True, check=True)
 
 
-@pytest.fixture(scope="session")
-def sshd() -> Iterator[Sshd]:
+@contextlib.contextmanager
+def throwaway_sshd() -> Iterator[Sshd]:
+    """Starts an sshd and its user; stops and removes both on exit. Needs root."""
     reason = sshd_unavailable()
     if reason:
-        pytest.skip(reason)
+        raise RuntimeError(reason)
     root = Path(tempfile.mkdtemp(prefix="dp-sshd-"))
     user = f"dpt{secrets.token_hex(4)}"
     password = "pw-" + secrets.token_urlsafe(18)
