@@ -13,7 +13,20 @@ import click
 from dockplug import __version__, discovery
 from dockplug.cli.check import check
 from dockplug.cli.local import local
-from dockplug.cli.plugin import build, create, disable, doctor, enable, rm, set_
+from dockplug.cli.plugin import (
+    build,
+    create,
+    disable,
+    doctor,
+    enable,
+    export_,
+    import_,
+    install,
+    push,
+    rename,
+    rm,
+    set_,
+)
 from dockplug.cli.secret import secret
 from dockplug.cli.serve import serve
 from dockplug.errors import ConfigError, PluginError
@@ -51,6 +64,11 @@ cli.add_command(disable)
 cli.add_command(rm)
 cli.add_command(set_)
 cli.add_command(doctor)
+cli.add_command(push)
+cli.add_command(install)
+cli.add_command(export_)
+cli.add_command(import_)
+cli.add_command(rename)
 
 
 @cli.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,13 +183,18 @@ def remove(name: str, force: bool = False, client: Any = None) -> None:
         raise EngineError(f"removing {plugin.name}: {text}{fix}") from exc
 
 
+def check_pairs(pairs: list[str]) -> None:
+    """Refuse settings that are not ``KEY=VALUE``."""
+    for pair in pairs:
+        if "=" not in pair or pair.startswith("="):
+            raise EngineError(f"{pair!r} is not KEY=VALUE; fix: e.g. DOCKPLUG_DEBUG=1")
+
+
 def set_options(name: str, pairs: list[str], client: Any = None) -> None:
     """``docker plugin set NAME KEY=VALUE...`` (the plugin must be disabled)."""
     import docker.errors
 
-    for pair in pairs:
-        if "=" not in pair or pair.startswith("="):
-            raise EngineError(f"{pair!r} is not KEY=VALUE; fix: e.g. DOCKPLUG_DEBUG=1")
+    check_pairs(pairs)
     client = client or connect()
     plugin = get_plugin(client, name)
     if plugin.enabled:
@@ -204,3 +210,161 @@ def set_options(name: str, pairs: list[str], client: Any = None) -> None:
         if "not found" in text or "not settable" in text:
             fix = "; fix: only settable entries of the config can be set (docker plugin inspect)"
         raise EngineError(f"setting {' '.join(pairs)} on {plugin.name}: {text}{fix}") from exc
+
+
+def _registry_of(ref: str) -> str | None:
+    """The registry host of a reference, or None when it names no registry (Docker Hub)."""
+    first, sep, _rest = ref.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
+def check_pushable(name: str) -> None:
+    """Refuse a name ``docker plugin push`` cannot send anywhere useful."""
+    example = "127.0.0.1:5000/dockplug/local:0.1"
+    if "@" in name:
+        raise EngineError(
+            f"{name!r} is a digest reference and cannot be pushed; fix: use REGISTRY/REPO:TAG, "
+            f"e.g. {example}"
+        )
+    if _registry_of(name) is None:
+        raise EngineError(
+            f"{name!r} is not a pushable reference: it names no registry (host[:port]/...); "
+            f"fix: give the plugin a registry name, e.g. dockplug rename {name} {example}"
+        )
+
+
+ProgressFn = Callable[[str], None]
+
+
+def _follow(stream: Any, what: str, progress: ProgressFn | None) -> dict[str, Any]:
+    """Read an Engine API JSON progress stream; report each new status once, raise on an error
+    item, return the last ``aux`` item (push: Tag, Digest, Size)."""
+    seen: dict[str, str] = {}
+    aux: dict[str, Any] = {}
+    for item in stream:
+        if not isinstance(item, dict):
+            continue
+        if item.get("error") or item.get("errorDetail"):
+            detail = item.get("errorDetail") or {}
+            raise EngineError(f"{what}: {item.get('error') or detail.get('message')}")
+        if isinstance(item.get("aux"), dict):
+            aux = item["aux"]
+        status = str(item.get("status") or "")
+        if not status:
+            continue
+        key = str(item.get("id") or "")
+        if seen.get(key) == status:
+            continue  # the same status with a new progress bar: report once
+        seen[key] = status
+        if progress is not None:
+            progress(f"{key}: {status}" if key else status)
+    return aux
+
+
+@dataclass
+class PushResult:
+    name: str
+    digest: str
+    seconds: float
+
+
+def push(name: str, progress: ProgressFn | None = None, client: Any = None) -> PushResult:
+    """``docker plugin push NAME`` with the Engine API's progress lines."""
+    import docker.errors
+    from docker import auth
+
+    check_pushable(name)
+    client = client or connect()
+    plugin = get_plugin(client, name)
+    api = client.api
+    headers = {}
+    registry, _repo = auth.resolve_repository_name(plugin.name)
+    header = auth.get_config_header(api, registry)
+    if header:
+        headers["X-Registry-Auth"] = header
+    t0 = time.monotonic()
+    try:
+        # not APIClient.push_plugin: docker SDK 7.1 posts it to /plugins/NAME/pull
+        res = api._post(api._url("/plugins/{0}/push", plugin.name), headers=headers, stream=True)
+        api._raise_for_status(res)
+        aux = _follow(api._stream_helper(res, decode=True), f"pushing {plugin.name}", progress)
+    except docker.errors.APIError as exc:
+        raise EngineError(f"pushing {plugin.name}: {_explain(exc)}") from exc
+    except OSError as exc:
+        raise EngineError(
+            f"pushing {plugin.name}: {exc}; fix: is the registry {registry} running?"
+        ) from exc
+    return PushResult(plugin.name, str(aux.get("Digest", "")), time.monotonic() - t0)
+
+
+def privileges(ref: str, client: Any = None) -> list[dict[str, Any]]:
+    """What REF (a remote reference) asks to be granted: [{Name, Description, Value}]."""
+    import docker.errors
+
+    client = client or connect()
+    try:
+        found = client.api.plugin_privileges(ref)
+    except docker.errors.APIError as exc:
+        text = _explain(exc)
+        fix = ""
+        if "not found" in text or "unknown" in text or "manifest" in text:
+            fix = "; fix: check the reference (REGISTRY/REPO/NAME:TAG) and that it was pushed"
+        raise EngineError(f"fetching the privileges of {ref}: {text}{fix}") from exc
+    except OSError as exc:
+        raise EngineError(f"fetching the privileges of {ref}: {exc}") from exc
+    return list(found or [])
+
+
+@dataclass
+class InstallResult:
+    name: str
+    id: str
+    pull_seconds: float
+    enabled: EnableResult | None
+
+
+def install(
+    ref: str,
+    granted: list[dict[str, Any]],
+    *,
+    alias: str | None = None,
+    settings: list[str] | None = None,
+    enable_after: bool = True,
+    progress: ProgressFn | None = None,
+    client: Any = None,
+) -> InstallResult:
+    """Pull REF granting exactly GRANTED (from :func:`privileges`), apply SETTINGS, enable."""
+    import docker.errors
+
+    check_pairs(settings or [])
+    client = client or connect()
+    t0 = time.monotonic()
+    try:
+        stream = client.api.pull_plugin(ref, granted, name=alias)
+        _follow(stream, f"installing {ref}", progress)
+    except docker.errors.APIError as exc:
+        text = _explain(exc)
+        fix = ""
+        if "already exists" in text:
+            fix = f"; fix: dockplug rm {alias or ref} first, or use --alias"
+        elif "privileges" in text:
+            fix = "; fix: grant exactly the privileges dockplug install lists"
+        elif "connection refused" in text or "dial tcp" in text or "no such host" in text:
+            where = _registry_of(ref) or "docker.io"
+            fix = f"; fix: is the registry {where} running and reachable from dockerd?"
+        raise EngineError(f"installing {ref}: {text}{fix}") from exc
+    pull_seconds = time.monotonic() - t0
+    name = alias or ref
+    plugin = get_plugin(client, name)
+    try:
+        if settings:
+            set_options(plugin.name, list(settings), client)
+        result = enable(plugin.name, client=client) if enable_after else None
+    except EngineError as exc:
+        raise EngineError(
+            f"{exc}\n({plugin.name} is installed, disabled; fix the cause, then dockplug "
+            f"enable {plugin.name}, or dockplug rm {plugin.name})"
+        ) from exc
+    return InstallResult(plugin.name, plugin.id, pull_seconds, result)
