@@ -1,7 +1,8 @@
 """End-to-end volume benchmark through a real dockerd (not a test).
 
 For each driver — dockerd's builtin ``local``, ``dockplug serve local`` and ``rclone serve
-docker`` (type=local) — in the same run, against the same isolated dockerd:
+docker`` (type=local) — in the same run, against the same isolated dockerd, interleaved round by
+round:
 
 * volume ops: create + inspect + rm of N volumes (default 200) through the Engine API on one
   keep-alive connection; reported as ms per operation (3N operations) and as a ratio to builtin;
@@ -45,43 +46,56 @@ class Result:
     errors: list[str] = field(default_factory=list)
 
 
-def bench_driver(
-    api: docker.APIClient,
-    driver: str,
-    opts: dict[str, str],
-    image: str,
-    volumes: int,
-    runs: int,
-) -> Result:
-    result = Result(driver)
+@dataclass
+class Driver:
+    label: str
+    name: str
+    opts: dict[str, str]
+    result: Result = field(init=False)
+    op_seconds: float = 0.0
+    run_ms: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.result = Result(self.label)
+
+
+def bench(
+    api: docker.APIClient, drivers: list[Driver], image: str, volumes: int, runs: int
+) -> None:
+    """Interleaves the drivers in small rounds, so that drift in the machine's speed (other
+    load, page cache, dockerd's own state) hits every driver alike."""
     prefix = f"e2e-{uuid.uuid4().hex[:6]}"
-    names = [f"{prefix}-{i}" for i in range(volumes)]
-    # warm-up: activation, capabilities, connection
-    api.create_volume(f"{prefix}-warm", driver=driver, driver_opts=opts or None)
-    api.inspect_volume(f"{prefix}-warm")
-    started = time.perf_counter()
-    for name in names:
-        api.create_volume(name, driver=driver, driver_opts=opts or None)
-        api.inspect_volume(name)
-        api.remove_volume(name)
-    result.volume_op_ms = (time.perf_counter() - started) * 1000 / (3 * volumes)
-    vol = f"{prefix}-warm"
-    times = []
+    for d in drivers:  # warm-up: activation, capabilities, connection
+        api.create_volume(f"{prefix}-{d.name}-warm", driver=d.name, driver_opts=d.opts or None)
+        api.inspect_volume(f"{prefix}-{d.name}-warm")
+    chunk = 10
+    for first in range(0, volumes, chunk):
+        for d in drivers:
+            names = [f"{prefix}-{d.name}-{i}" for i in range(first, min(first + chunk, volumes))]
+            started = time.perf_counter()
+            for name in names:
+                api.create_volume(name, driver=d.name, driver_opts=d.opts or None)
+                api.inspect_volume(name)
+                api.remove_volume(name)
+            d.op_seconds += time.perf_counter() - started
     for _ in range(runs):
-        t0 = time.perf_counter()
-        ctr = api.create_container(
-            image, ["true"], host_config=api.create_host_config(binds=[f"{vol}:/data"])
-        )
-        api.start(ctr)
-        status = api.wait(ctr)
-        api.remove_container(ctr)
-        times.append((time.perf_counter() - t0) * 1000)
-        if status.get("StatusCode") != 0:
-            result.errors.append(f"container exited {status}")
-    api.remove_volume(vol)
-    result.run_ms = statistics.fmean(times)
-    result.run_ms_p50 = statistics.median(times)
-    return result
+        for d in drivers:
+            vol = f"{prefix}-{d.name}-warm"
+            t0 = time.perf_counter()
+            ctr = api.create_container(
+                image, ["true"], host_config=api.create_host_config(binds=[f"{vol}:/data"])
+            )
+            api.start(ctr)
+            status = api.wait(ctr)
+            api.remove_container(ctr)
+            d.run_ms.append((time.perf_counter() - t0) * 1000)
+            if status.get("StatusCode") != 0:
+                d.result.errors.append(f"container exited {status}")
+    for d in drivers:
+        api.remove_volume(f"{prefix}-{d.name}-warm")
+        d.result.volume_op_ms = d.op_seconds * 1000 / (3 * volumes)
+        d.result.run_ms = statistics.fmean(d.run_ms)
+        d.result.run_ms_p50 = statistics.median(d.run_ms)
 
 
 def main() -> int:
@@ -101,7 +115,7 @@ def main() -> int:
         api = docker.APIClient(base_url=daemon.host, timeout=300)
         console.print(f"dockerd {daemon.version}, {args.volumes} volumes, {args.runs} runs")
 
-        results.append(bench_driver(api, "local", {}, image, args.volumes, args.runs))
+        drivers = [Driver("local", "local", {})]
 
         name = f"dpbench-{tag}"
         sock = Path(f"/run/docker/plugins/{name}.sock")
@@ -112,8 +126,7 @@ def main() -> int:
                 wait_for=sock,
             ).start()
         )  # fmt: skip
-        results.append(bench_driver(api, name, {}, image, args.volumes, args.runs))
-        results[-1].driver = "dockplug local"
+        drivers.append(Driver("dockplug local", name, {}))
 
         rclone = shutil.which("rclone")
         if rclone:
@@ -132,10 +145,11 @@ def main() -> int:
                 ).start()
             )  # fmt: skip
             opts = {"type": "local", "path": str(root / "rc" / "data")}
-            results.append(bench_driver(api, rname, opts, image, args.volumes, args.runs))
-            results[-1].driver = "rclone serve docker"
+            drivers.append(Driver("rclone serve docker", rname, opts))
         else:
             console.print("[yellow]rclone not installed: skipped[/]")
+        bench(api, drivers, image, args.volumes, args.runs)
+        results = [d.result for d in drivers]
         api.close()
     finally:
         for plugin in plugins:
