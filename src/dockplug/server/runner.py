@@ -66,7 +66,6 @@ class ServeOptions:
     socket_group: str | None = None
     debug: bool = False
     graceful_timeout: int = 30
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
