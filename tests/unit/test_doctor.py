@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from dockplug.cli.main import cli
+from dockplug.packaging import doctor
 from dockplug.packaging.config import config_for_driver
 from dockplug.packaging.doctor import HOST_MACHINES, diagnose_bundle, read_elf, resolve_in_root
 
@@ -69,6 +74,41 @@ def _with_sh(root: Path) -> Path:
     return root
 
 
+LS = "/bin/ls"  # a real dynamically linked program of this host
+
+
+def host_libs(binary: str = LS) -> list[str]:
+    """The host paths of BINARY's libraries and loader, as the host's loader resolves them."""
+    pytest.importorskip("elftools")
+    if shutil.which("ldd") is None:
+        pytest.skip("no ldd on this host")
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+    paths = re.findall(r"(?:=>\s*)?(/\S+)\s+\(0x", out)
+    if not paths:
+        pytest.skip(f"{binary} is not dynamically linked here")
+    return paths
+
+
+def with_ls(root: Path, entry: str = "/bin/plugin", skip: tuple[str, ...] = ()) -> Path:
+    """A bundle whose entrypoint is the host's /bin/ls, with its loader and all its libraries
+    except those named in SKIP copied into the rootfs at the paths the host uses."""
+    libs = host_libs()
+    bundle = make_bundle(root, entry, Path(LS).read_bytes())
+    for lib in libs:
+        if Path(lib).name in skip:
+            continue
+        dest = bundle / "rootfs" / lib.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.realpath(lib), dest)
+    return bundle
+
+
+def loader_only(root: Path) -> Path:
+    """/bin/ls with its loader (PT_INTERP) but none of its libraries."""
+    libs = host_libs()
+    return with_ls(root, skip=tuple(Path(lib).name for lib in libs if "ld-" not in lib))
+
+
 CASES: dict[str, tuple[Callable[[Path], Path], str, str]] = {
     "missing entrypoint": (lambda d: make_bundle(d), "entrypoint-missing", "does not exist"),
     "not executable": (
@@ -108,6 +148,11 @@ CASES: dict[str, tuple[Callable[[Path], Path], str, str]] = {
         ),
         "fuse-device",
         "/dev/fuse",
+    ),
+    "ELF library missing": (
+        lambda d: with_ls(d, skip=("libc.so.6",)),
+        "library-missing",
+        "libc.so.6",
     ),
     "misspelled key": (
         lambda d: make_bundle(d, content=elf(HOST_EM), propagatedMounts="/mnt"),
@@ -184,3 +229,124 @@ def test_create_refuses_a_broken_bundle_before_calling_dockerd(tmp_path: Path) -
     bundle = make_bundle(tmp_path, content=elf(OTHER_EM))
     with pytest.raises(engine.EngineError, match=r"not a usable plugin bundle:\n.*\[elf-arch\]"):
         engine.create("dpt-broken", bundle, client=object())
+
+
+# -- shared libraries ------------------------------------------------------------------------
+
+
+def test_one_finding_per_missing_library(tmp_path: Path) -> None:
+    bundle = loader_only(tmp_path)
+    info = doctor.read_dynamic(Path(LS))
+    assert info is not None and info.needed
+    findings = diagnose_bundle(bundle)
+    assert [f.check for f in findings] == ["library-missing"] * len(info.needed), findings
+    for f, name in zip(findings, info.needed, strict=True):
+        line = str(f)
+        assert name in line and "/bin/plugin" in line and "\n" not in line
+        assert f"fix: install the package that provides {name} into the rootfs" in line
+
+
+def test_libraries_found_in_the_rootfs(tmp_path: Path) -> None:
+    assert diagnose_bundle(with_ls(tmp_path / "std")) == []
+    # found through the rootfs's ld.so.conf (include of ld.so.conf.d/*.conf)
+    b = loader_only(tmp_path / "conf")
+    (b / "rootfs/opt/libs").mkdir(parents=True)
+    for lib in host_libs():
+        if "ld-" not in lib:
+            shutil.copy2(os.path.realpath(lib), b / "rootfs/opt/libs" / Path(lib).name)
+    (b / "rootfs/etc/ld.so.conf.d").mkdir(parents=True)
+    (b / "rootfs/etc/ld.so.conf").write_text("# comment\ninclude ld.so.conf.d/*.conf\n")
+    (b / "rootfs/etc/ld.so.conf.d/opt.conf").write_text("/opt/libs\n")
+    assert diagnose_bundle(b) == []
+    # ... and through LD_LIBRARY_PATH in config.json's env
+    (b / "rootfs/etc/ld.so.conf").unlink()
+    assert {f.check for f in diagnose_bundle(b)} == {"library-missing"}
+    cfg = json.loads((b / "config.json").read_text())
+    cfg["env"] = [{"name": "LD_LIBRARY_PATH", "value": "/opt/libs"}]
+    (b / "config.json").write_text(json.dumps(cfg))
+    assert diagnose_bundle(b) == []
+
+
+def test_script_interpreter_libraries(tmp_path: Path) -> None:
+    b = loader_only(tmp_path)
+    os.rename(b / "rootfs/bin/plugin", b / "rootfs/bin/sh")
+    (b / "rootfs/bin/plugin").write_bytes(b"#!/bin/sh\nexec true\n")
+    (b / "rootfs/bin/plugin").chmod(0o755)
+    findings = diagnose_bundle(b)
+    assert findings and {f.check for f in findings} == {"library-missing"}
+    assert "interpreter /bin/sh of /bin/plugin" in str(findings[0])
+
+
+def test_library_check_skipped_without_pyelftools(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = loader_only(tmp_path)
+    monkeypatch.setitem(sys.modules, "elftools.elf.elffile", None)
+    findings = diagnose_bundle(bundle)
+    assert [(f.check, f.level) for f in findings] == [("libraries-skipped", "info")]
+    assert "pip install dockplug[packaging]" in str(findings[0])
+
+
+# -- dockerd's log ---------------------------------------------------------------------------
+
+PID = "a" * 64
+OTHER = "b" * 64
+LOG = f"""time="t1" level=info msg="starting" plugin={PID}
+time="t2" level=info msg="unrelated daemon line"
+time="t3" level=error msg="listen failed" plugin={OTHER}
+time="t4" level=error msg="no such command" plugin={PID}
+time="t5" level=info msg="prefix match only" plugin={PID}ff
+"""
+
+
+def test_plugin_log_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "dockerd.log"
+    log.write_text(LOG)
+    lines, source = doctor.plugin_log_lines(PID, log)
+    assert source == str(log)
+    assert lines is not None and [ln.split()[0] for ln in lines] == ['time="t1"', 'time="t4"']
+    lines, _ = doctor.plugin_log_lines(PID, log, lines=1)
+    assert lines is not None and len(lines) == 1 and "no such command" in lines[0]
+    monkeypatch.setenv(doctor.LOG_ENV, str(log))
+    assert doctor.plugin_log_lines(OTHER)[0] == [LOG.splitlines()[2]]
+    lines, note = doctor.plugin_log_lines(PID, tmp_path / "nope.log")
+    assert lines is None and "nope.log" in note
+
+
+class _Plugin:
+    def __init__(self, socket: str) -> None:
+        self.name, self.id = "dpt-fake:latest", PID
+        config = {"Interface": {"Socket": socket}, "Entrypoint": ["/bin/plugin"]}
+        self.attrs = {"Config": config, "Settings": {}, "Enabled": False}
+
+
+def _fake_engine(monkeypatch: pytest.MonkeyPatch, socket: str) -> None:
+    from dockplug.packaging import engine
+
+    def no_root(client: object) -> str:
+        raise OSError("no daemon")
+
+    monkeypatch.setattr(engine, "get_plugin", lambda client, name: _Plugin(socket))
+    monkeypatch.setattr(engine, "is_local", lambda client: False)
+    monkeypatch.setattr(engine, "data_root", no_root)
+
+
+def test_installed_plugin_shows_its_log_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_engine(monkeypatch, "p.sock")
+    log = tmp_path / "dockerd.log"
+    log.write_text(LOG)
+    findings = doctor.diagnose_installed("dpt-fake", object(), log_path=log)
+    assert [f.check for f in findings] == ["disabled", "dockerd-log", "dockerd-log"]
+    assert all(f.level == "info" for f in findings[1:])
+    assert "starting" in str(findings[1]) and "no such command" in str(findings[2])
+    assert all("\n" not in str(f) and "fix: " in str(f) for f in findings)
+    # no log: nothing added when nothing is wrong, a note saying where to look otherwise
+    missing = tmp_path / "nope.log"
+    assert [f.check for f in doctor.diagnose_installed("x", object(), log_path=missing)] == [
+        "disabled"
+    ]
+    _fake_engine(monkeypatch, "/abs.sock")
+    checks = [f.check for f in doctor.diagnose_installed("x", object(), log_path=missing)]
+    assert checks == ["socket-absolute", "disabled", "dockerd-log"]

@@ -6,10 +6,14 @@ API, plus its rootfs under ``<data-root>/plugins/<id>/rootfs`` where this proces
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
+import shutil
 import stat
 import struct
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -47,7 +51,7 @@ PT_INTERP = 3
 @dataclass(frozen=True)
 class Finding:
     check: str  # a short id, e.g. "entrypoint-missing"
-    level: str  # "error" or "warning"
+    level: str  # "error", "warning" or "info"
     message: str
     fix: str
 
@@ -160,6 +164,261 @@ def read_elf(path: Path) -> ElfInfo | None:
         return None
 
 
+# -- shared libraries ------------------------------------------------------------------------
+
+#: e_machine -> Debian multiarch triplets searched under /lib and /usr/lib
+MULTIARCH: dict[int, tuple[str, ...]] = {
+    62: ("x86_64-linux-gnu",),
+    183: ("aarch64-linux-gnu",),
+    3: ("i386-linux-gnu",),
+    40: ("arm-linux-gnueabihf", "arm-linux-gnueabi"),
+    21: ("powerpc64le-linux-gnu",),
+    22: ("s390x-linux-gnu",),
+    243: ("riscv64-linux-gnu",),
+}
+STANDARD_LIB_DIRS = ("/lib", "/usr/lib", "/lib64", "/usr/lib64")
+MAX_LIBRARIES = 256  # objects visited per binary; a real program needs far fewer
+PACKAGING_EXTRA = "pip install dockplug[packaging]"
+
+
+@dataclass
+class DynamicInfo:
+    needed: list[str]
+    rpath: list[str]
+    runpath: list[str]
+
+
+class ElfToolsMissing(Exception):
+    """pyelftools (the ``packaging`` extra) is not installed."""
+
+
+def read_dynamic(path: Path) -> DynamicInfo | None:
+    """DT_NEEDED, DT_RPATH and DT_RUNPATH of an ELF file (None if not ELF or unreadable);
+    a static binary has empty lists. Raises ElfToolsMissing without pyelftools."""
+    try:
+        from elftools.elf.dynamic import DynamicSegment
+        from elftools.elf.elffile import ELFFile
+    except ImportError as exc:
+        raise ElfToolsMissing(str(exc)) from exc
+    info = DynamicInfo([], [], [])
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"\x7fELF":
+                return None
+            f.seek(0)
+            elf = ELFFile(f)
+            for seg in elf.iter_segments():
+                if not isinstance(seg, DynamicSegment):
+                    continue
+                tag: Any  # pyelftools sets needed/rpath/runpath per tag kind
+                for tag in seg.iter_tags():
+                    kind = tag.entry.d_tag
+                    if kind == "DT_NEEDED":
+                        info.needed.append(str(tag.needed))
+                    elif kind == "DT_RPATH":
+                        info.rpath += str(tag.rpath).split(":")
+                    elif kind == "DT_RUNPATH":
+                        info.runpath += str(tag.runpath).split(":")
+                break
+    except Exception:  # malformed ELF: the arch/interpreter checks say what they can
+        return None
+    return info
+
+
+def _ld_so_conf(rootfs: Path, conf: str = "/etc/ld.so.conf", depth: int = 0) -> list[str]:
+    """Directories listed in the rootfs's ld.so.conf, following ``include`` lines."""
+    host = resolve_in_root(rootfs, conf)
+    if host is None or depth > 8:
+        return []
+    try:
+        text = host.read_text(errors="replace")
+    except OSError:
+        return []
+    dirs: list[str] = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line or line.startswith("hwcap "):
+            continue
+        if line.startswith("include "):
+            for pattern in line.split()[1:]:
+                if not pattern.startswith("/"):
+                    pattern = f"{PurePosixPath(conf).parent}/{pattern}"
+                for match in sorted(glob.glob(str(rootfs) + pattern)):
+                    inner = "/" + os.path.relpath(match, rootfs)
+                    dirs += _ld_so_conf(rootfs, inner, depth + 1)
+            continue
+        dirs += [d for d in re.split(r"[:,\s]+", line) if d.startswith("/")]
+    return dirs
+
+
+def _expand(entries: list[str], origin: str) -> list[str]:
+    out: list[str] = []
+    for entry in entries:
+        if not entry:
+            continue
+        entry = entry.replace("${ORIGIN}", origin).replace("$ORIGIN", origin)
+        if "$LIB" in entry or "${LIB}" in entry:
+            out += [entry.replace("${LIB}", x).replace("$LIB", x) for x in ("lib64", "lib")]
+        elif "$" not in entry and entry.startswith("/"):
+            out.append(entry)
+    return out
+
+
+def _inside(rootfs: Path, host: Path) -> str:
+    return "/" + os.path.relpath(host, rootfs)
+
+
+def check_libraries(
+    rootfs: Path, binary: Path, label: str, env_library_path: str = ""
+) -> list[Finding]:
+    """One finding per DT_NEEDED library of BINARY (a host path inside ROOTFS) and of the
+    libraries it pulls in that the dynamic loader would not find inside ROOTFS."""
+    try:
+        top = read_dynamic(binary)
+    except ElfToolsMissing:
+        return [
+            Finding(
+                "libraries-skipped",
+                "info",
+                f"shared libraries of {label} not checked (pyelftools is not installed)",
+                PACKAGING_EXTRA,
+            )
+        ]
+    elf = read_elf(binary)
+    if top is None or elf is None or not top.needed:
+        return []
+    machine = elf.machine
+    standard = list(STANDARD_LIB_DIRS)
+    for triplet in MULTIARCH.get(machine, ()):
+        standard += [f"/lib/{triplet}", f"/usr/lib/{triplet}"]
+    system = _ld_so_conf(rootfs) + standard
+    env_dirs = [d for d in env_library_path.split(":") if d.startswith("/")]
+    exe_rpath = (
+        _expand(top.rpath, str(PurePosixPath(_inside(rootfs, binary)).parent))
+        if not top.runpath
+        else []
+    )
+
+    def lookup(name: str, dirs: list[str]) -> Path | None:
+        if "/" in name:
+            return resolve_in_root(rootfs, name if name.startswith("/") else "/" + name)
+        for d in dirs:
+            found = resolve_in_root(rootfs, f"{d.rstrip('/')}/{name}")
+            if found is None or not found.is_file():
+                continue
+            lib = read_elf(found)
+            if lib is None or lib.machine == machine:  # the loader skips other arches
+                return found
+        return None
+
+    findings: list[Finding] = []
+    seen: set[str] = set()
+    queue: list[tuple[Path, DynamicInfo, str]] = [(binary, top, label)]
+    visited = 0
+    while queue and visited < MAX_LIBRARIES:
+        obj, info, who = queue.pop(0)
+        visited += 1
+        origin = str(PurePosixPath(_inside(rootfs, obj)).parent)
+        if info.runpath:
+            dirs = env_dirs + _expand(info.runpath, origin)
+        else:
+            own = _expand(info.rpath, origin) if obj != binary else []
+            dirs = own + exe_rpath + env_dirs
+        dirs += system
+        for name in info.needed:
+            if name in seen:
+                continue
+            seen.add(name)
+            found = lookup(name, dirs)
+            if found is None:
+                findings.append(
+                    Finding(
+                        "library-missing",
+                        "error",
+                        f"{who} needs the shared library {name}, which the loader would not "
+                        "find in the rootfs (searched RPATH/RUNPATH, ld.so.conf and "
+                        f"{', '.join(standard)})",
+                        f"install the package that provides {name} into the rootfs",
+                    )
+                )
+                continue
+            try:
+                sub = read_dynamic(found)
+            except ElfToolsMissing:  # pragma: no cover - imported above
+                sub = None
+            if sub is not None and sub.needed:
+                queue.append((found, sub, f"{name} (needed by {label})"))
+    return findings
+
+
+# -- dockerd's log -----------------------------------------------------------------------------
+
+LOG_ENV = "DOCKPLUG_DOCKERD_LOG"
+LOG_LINES = 20
+JOURNAL_CMD = ("journalctl", "-u", "docker", "--no-pager", "-n", "200")
+LOG_HINT = (
+    "dockerd's log (journalctl -u docker, /var/log/docker.log, or where dockerd's stderr goes)"
+)
+
+
+def plugin_log_lines(
+    plugin_id: str, log_path: str | Path | None = None, lines: int = LOG_LINES
+) -> tuple[list[str] | None, str]:
+    """The last LINES lines dockerd logged with ``plugin=<PLUGIN_ID>`` (a managed plugin's
+    stdout at info level, its stderr at error level) and where they came from: LOG_PATH, else
+    $DOCKPLUG_DOCKERD_LOG, else ``journalctl -u docker``. (None, hint) if no log was found."""
+    pattern = re.compile(rf"\bplugin={re.escape(plugin_id)}\b")
+    path = log_path or os.environ.get(LOG_ENV)
+    text: str | None = None
+    source = ""
+    if path:
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - 4 * 1024 * 1024))  # the tail is enough
+                text = f.read().decode(errors="replace")
+            source = str(path)
+        except OSError as exc:
+            return None, f"cannot read {path} ({exc.strerror}); look in {LOG_HINT}"
+    elif shutil.which(JOURNAL_CMD[0]):
+        try:
+            res = subprocess.run(JOURNAL_CMD, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            res = None
+        body = [] if res is None else [ln for ln in res.stdout.splitlines() if ln.strip()]
+        if res is not None and res.returncode == 0 and body and body != ["-- No entries --"]:
+            text = res.stdout
+            source = " ".join(JOURNAL_CMD)
+    if text is None:
+        return None, f"no dockerd log found (set {LOG_ENV}); look in {LOG_HINT}"
+    found = [ln.strip() for ln in text.splitlines() if pattern.search(ln)]
+    return found[-lines:] if lines > 0 else [], source
+
+
+def log_findings(
+    plugin_id: str, log_path: str | Path | None = None, lines: int = LOG_LINES
+) -> tuple[list[Finding], Finding | None]:
+    """(one info finding per log line of the plugin, the note to show when no log was found)."""
+    found, source = plugin_log_lines(plugin_id, log_path, lines)
+    if found is None:
+        note = Finding(
+            "dockerd-log",
+            "info",
+            f"dockerd's log lines for plugin={plugin_id} not shown: {source}",
+            f"grep plugin={plugin_id} in dockerd's log",
+        )
+        return [], note
+    return [
+        Finding(
+            "dockerd-log",
+            "info",
+            f"{source}: {line}",
+            "the plugin's own output (stdout at level=info, stderr at level=error)",
+        )
+        for line in found
+    ], None
+
+
 # -- checks ----------------------------------------------------------------------------------
 
 
@@ -202,9 +461,12 @@ def check_entrypoint(rootfs: Path, config: Any) -> list[Finding]:
         ]
     cmd = entry[0]
     path_var = DEFAULT_PATH
+    lib_path = ""
     for e in _get(config, "env") or []:
         if _get(e, "name") == "PATH" and isinstance(_get(e, "value"), str):
             path_var = _get(e, "value")
+        if _get(e, "name") == "LD_LIBRARY_PATH" and isinstance(_get(e, "value"), str):
+            lib_path = _get(e, "value")
     found = find_in_root(rootfs, cmd, path_var)
     if found is None or not found.exists():
         where = cmd if cmd.startswith("/") else f"{cmd} (searched {path_var})"
@@ -264,6 +526,7 @@ def check_entrypoint(rootfs: Path, config: Any) -> list[Finding]:
                     "the entrypoint statically",
                 )
             )
+        findings += check_libraries(rootfs, found, f"entrypoint {cmd}", lib_path)
         return findings
     try:
         with open(found, "rb") as f:
@@ -286,9 +549,9 @@ def check_entrypoint(rootfs: Path, config: Any) -> list[Finding]:
         target = interp
         if PurePosixPath(interp).name == "env" and len(words) > 1:
             target = words[1]
-        if find_in_root(rootfs, target, path_var) is None or (
-            interp != target and resolve_in_root(rootfs, interp) is None
-        ):
+        interp_host = resolve_in_root(rootfs, interp)
+        target_host = find_in_root(rootfs, target, path_var)
+        if target_host is None or (interp != target and interp_host is None):
             missing = interp if resolve_in_root(rootfs, interp) is None else target
             findings.append(
                 Finding(
@@ -298,6 +561,13 @@ def check_entrypoint(rootfs: Path, config: Any) -> list[Finding]:
                     f"install {PurePosixPath(missing).name} into the rootfs or fix the '#!' line",
                 )
             )
+        else:
+            # the interpreter (and the program env runs) must find their libraries too
+            for word, host_path in dict.fromkeys([(interp, interp_host), (target, target_host)]):
+                if host_path is not None and host_path.is_file() and read_elf(host_path):
+                    findings += check_libraries(
+                        rootfs, host_path, f"interpreter {word} of {cmd}", lib_path
+                    )
     elif not findings:
         findings.append(
             Finding(
@@ -394,8 +664,12 @@ def diagnose_bundle(bundle: Path) -> list[Finding]:
     return findings
 
 
-def diagnose_installed(name: str, client: Any = None) -> list[Finding]:
-    """Findings for the installed plugin NAME, through the Engine API."""
+def diagnose_installed(
+    name: str, client: Any = None, log_path: str | Path | None = None, log_lines: int = LOG_LINES
+) -> list[Finding]:
+    """Findings for the installed plugin NAME, through the Engine API, followed by the last
+    LOG_LINES lines dockerd logged for it (from LOG_PATH, $DOCKPLUG_DOCKERD_LOG or journalctl).
+    When no log is found, a note saying where to look is added if something is wrong."""
     from dockplug.packaging import engine
 
     client = client or engine.connect()
@@ -436,4 +710,9 @@ def diagnose_installed(name: str, client: Any = None) -> list[Finding]:
     if rootfs is not None and engine.is_local(client) and rootfs.is_dir():
         findings += check_entrypoint(rootfs, config)
     findings += check_devices(config, settings.get("Args"))
+    if log_lines > 0:
+        lines, note = log_findings(plugin.id, log_path, log_lines)
+        if note is not None and any(f.level == "error" for f in findings):
+            findings.append(note)
+        findings += lines
     return findings

@@ -49,6 +49,11 @@ class Dockerd:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def log_path(self) -> Path | None:
+        """The file this dockerd logs to (None for a dockerd someone else runs)."""
+        return None if self.root is None else self.root / "dockerd.log"
+
+    @property
     def env(self) -> dict[str, str]:
         return {**os.environ, "DOCKER_HOST": self.host}
 
@@ -89,10 +94,8 @@ class Dockerd:
             time.sleep(0.2)
 
     def log_tail(self, lines: int = 30) -> str:
-        if self.root is None:
-            return ""
-        path = self.root / "dockerd.log"
-        if not path.exists():
+        path = self.log_path
+        if path is None or not path.exists():
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
