@@ -25,7 +25,10 @@ def _size(n: int) -> str:
 )
 @click.option("--create", "do_create", is_flag=True, help="Also register it with dockerd.")
 def build(driver: str, name: str, output: Path | None, do_create: bool) -> None:
-    """Build a managed-plugin bundle (config.json + rootfs/) for a dockplug DRIVER (local, sshfs).
+    """Build a managed-plugin bundle (config.json + rootfs/) for a dockplug DRIVER (local, sshfs)
+    or for your own project: DRIVER is then a folder whose pyproject.toml names the driver class
+    in a [tool.dockplug] table (driver = "mypkg.plugin:MyDriver"); the project is pip-installed
+    into the rootfs next to dockplug.
 
     The rootfs is a Debian bookworm base with python3 (plus the driver's packages, e.g. sshfs)
     made by debootstrap once per package set and cached under /var/cache/dockplug/rootfs

@@ -13,7 +13,13 @@ from pathlib import Path
 from rich.console import Console
 
 from dockplug.errors import ConfigError
-from dockplug.packaging.config import config_for_driver, driver_packages, validate_config
+from dockplug.packaging.config import (
+    BUILTIN_DRIVERS,
+    PluginConfig,
+    config_for_driver,
+    driver_packages,
+    validate_config,
+)
 from dockplug.packaging.rootfs import make_rootfs
 
 
@@ -53,6 +59,49 @@ def _clear(output: Path) -> None:
     shutil.rmtree(output)
 
 
+def _write(
+    out: Path,
+    config: PluginConfig,
+    console: Console,
+    cache: Path | None,
+    packages: tuple[str, ...],
+    project: Path | None = None,
+) -> bool:
+    _clear(out)
+    out.mkdir(parents=True)
+    try:
+        cold = make_rootfs(out / "rootfs", console, cache, packages, project)
+        text = config.to_json()
+        validate_config(json.loads(text), str(out / "config.json"))
+        (out / "config.json").write_text(text)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return cold
+
+
+def build_project(
+    path: Path,
+    name: str,
+    output: Path | None = None,
+    *,
+    cache: Path | None = None,
+    console: Console | None = None,
+) -> BuildResult:
+    """Write config.json and rootfs/ for the user's project in folder PATH (its pyproject.toml
+    names the driver in ``[tool.dockplug]``) into OUTPUT (default build/NAME)."""
+    from dockplug.packaging.project import load_project, project_config
+
+    console = console or Console(stderr=True)
+    t0 = time.monotonic()
+    project = load_project(path)
+    config = project_config(project)
+    out = output or default_output(name)
+    packages = tuple(sorted(set(project.settings.packages)))
+    cold = _write(out, config, console, cache, packages, path)
+    return BuildResult(out, tree_size(out), time.monotonic() - t0, cold)
+
+
 def build(
     driver: str,
     name: str,
@@ -61,19 +110,19 @@ def build(
     cache: Path | None = None,
     console: Console | None = None,
 ) -> BuildResult:
-    """Write config.json and rootfs/ for the built-in DRIVER into OUTPUT (default build/NAME)."""
+    """Write config.json and rootfs/ for the built-in DRIVER (or, given a folder with a
+    pyproject.toml, the user's project there) into OUTPUT (default build/NAME)."""
+    from dockplug.packaging.project import is_project
+
+    if is_project(Path(driver)) and (driver not in BUILTIN_DRIVERS or "/" in driver):
+        return build_project(Path(driver), name, output, cache=cache, console=console)
+    if driver not in BUILTIN_DRIVERS and Path(driver).is_dir():
+        from dockplug.packaging.project import load_project
+
+        load_project(Path(driver))  # raises: no pyproject.toml, with an example
     console = console or Console(stderr=True)
     t0 = time.monotonic()
     config = config_for_driver(driver)
     out = output or default_output(name)
-    _clear(out)
-    out.mkdir(parents=True)
-    try:
-        cold = make_rootfs(out / "rootfs", console, cache, driver_packages(driver))
-        text = config.to_json()
-        validate_config(json.loads(text), str(out / "config.json"))
-        (out / "config.json").write_text(text)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
+    cold = _write(out, config, console, cache, driver_packages(driver))
     return BuildResult(out, tree_size(out), time.monotonic() - t0, cold)

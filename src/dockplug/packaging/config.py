@@ -306,17 +306,22 @@ def driver_packages(name: str) -> tuple[str, ...]:
     return tuple(sorted({str(p) for p in managed_descriptor(name).get("packages", [])}))
 
 
-def config_for_driver(name: str) -> PluginConfig:
-    """The managed-plugin config of a built-in dockplug driver (its ``MANAGED`` descriptor)."""
-    managed = managed_descriptor(name)
-    state = managed["state_mount"]
-    assert isinstance(state, dict)
-    socket = str(managed["socket"])
-    args = [str(a) for a in managed["args"]]
-    caps = [str(c) for c in managed.get("capabilities", [])]
-    devices = [str(d) for d in managed.get("devices", [])]
+def make_config(
+    *,
+    description: str,
+    socket: str,
+    args: list[str],
+    types: list[str] | None = None,
+    mounts: list[Mount] | None = None,
+    propagated_mount: str = "",
+    network: str = "",
+    capabilities: list[str] | None = None,
+    devices: list[str] | None = None,
+) -> PluginConfig:
+    """The config of a plugin whose process is ``python3 -m dockplug ARGS`` with dockplug (and
+    whatever else) installed under ``SITE_DIR``: shared by the built-in drivers and projects."""
     cfg = PluginConfig(
-        description=str(managed["description"]),
+        description=description,
         entrypoint=["/usr/bin/python3", "-m", "dockplug"],
         workdir="/",
         env=[
@@ -335,8 +340,28 @@ def config_for_driver(name: str) -> PluginConfig:
             value=args,
             settable=["value"],
         ),
-        interface=Interface(types=["docker.volumedriver/1.0"], socket=socket),
-        network=Network(type=str(managed.get("network", ""))),
+        interface=Interface(types=types or ["docker.volumedriver/1.0"], socket=socket),
+        network=Network(type=network),
+        mounts=mounts or [],
+        propagated_mount=propagated_mount,
+        linux=Linux(
+            capabilities=capabilities or [],
+            devices=[Device(name=Path(d).name, path=d, settable=["path"]) for d in devices or []],
+        ),
+    )
+    return validate_config(json.loads(cfg.to_json()))
+
+
+def config_for_driver(name: str) -> PluginConfig:
+    """The managed-plugin config of a built-in dockplug driver (its ``MANAGED`` descriptor)."""
+    managed = managed_descriptor(name)
+    state = managed["state_mount"]
+    assert isinstance(state, dict)
+    return make_config(
+        description=str(managed["description"]),
+        socket=str(managed["socket"]),
+        args=[str(a) for a in managed["args"]],
+        network=str(managed.get("network", "")),
         mounts=[
             Mount(
                 name="state",
@@ -349,9 +374,6 @@ def config_for_driver(name: str) -> PluginConfig:
             )
         ],
         propagated_mount=str(managed["propagated_mount"]),
-        linux=Linux(
-            capabilities=caps,
-            devices=[Device(name=Path(d).name, path=d, settable=["path"]) for d in devices],
-        ),
+        capabilities=[str(c) for c in managed.get("capabilities", [])],
+        devices=[str(d) for d in managed.get("devices", [])],
     )
-    return validate_config(json.loads(cfg.to_json()))

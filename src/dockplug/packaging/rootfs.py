@@ -192,11 +192,42 @@ def install_dockplug(rootfs: Path, console: Console) -> None:
     shutil.copytree(src, site / "dockplug", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
+_PROJECT_IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", "*.pyc", ".*_cache"
+)
+
+
+def install_project(rootfs: Path, project: Path, console: Console) -> None:
+    """The user's project (``pip install --target``, its own dependencies included) into
+    ROOTFS/opt/dockplug/site, next to dockplug. It is installed from a clean copy, so the
+    project folder gets no build/ or egg-info; packages already there (dockplug's) are kept."""
+    site = rootfs / SITE_DIR.lstrip("/")
+    with tempfile.TemporaryDirectory(prefix="dockplug-project-") as tmp:
+        copy = Path(tmp) / project.resolve().name
+        shutil.copytree(project, copy, ignore=_PROJECT_IGNORE, symlinks=True)
+        with _step(console, f"installing the project {project} (pip install --target)"):
+            res = subprocess.run(
+                [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                 "--no-warn-script-location", "--no-compile", "--target", str(site), str(copy)],
+                capture_output=True, text=True,
+            )  # fmt: skip
+    if res.returncode != 0:
+        tail = "\n".join(res.stderr.strip().splitlines()[-10:])
+        raise ConfigError(
+            f"pip install of {project} into the rootfs failed:\n{tail}\nfix: check that "
+            f"'pip install {project}' works here (dockplug itself need not be a dependency)"
+        )
+
+
 def make_rootfs(
-    dest: Path, console: Console, cache: Path | None = None, packages: Iterable[str] = ()
+    dest: Path,
+    console: Console,
+    cache: Path | None = None,
+    packages: Iterable[str] = (),
+    project: Path | None = None,
 ) -> bool:
-    """A fresh rootfs at dest: a copy of the cached base (python3 and PACKAGES) plus dockplug.
-    Returns True if the base had to be made (a cold build)."""
+    """A fresh rootfs at dest: a copy of the cached base (python3 and PACKAGES) plus dockplug
+    (and the user's PROJECT, if given). Returns True if the base had to be made (a cold build)."""
     base, cold = ensure_base(console, cache, packages)
     have = python_version(base)
     want = sys.version_info[:2]
@@ -216,5 +247,7 @@ def make_rootfs(
         raise ConfigError(f"copying {base} failed: {res.stderr.strip()}")
     (dest / _MARKER).unlink(missing_ok=True)
     install_dockplug(dest, console)
+    if project is not None:
+        install_project(dest, project, console)
     (dest / PLUGIN_SOCKET_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
     return cold
