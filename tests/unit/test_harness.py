@@ -23,7 +23,7 @@ from dockplug.drivers.local import LocalDriver
 from dockplug.errors import VolumeInUse, VolumeNotFound
 from dockplug.protocol.base import Driver, Empty
 from dockplug.protocol.volume import VOLUME, CreateRequest, MountRequest, NameRequest
-from dockplug.testing.harness import Result, run
+from dockplug.testing.harness import Report, Result, run
 from dockplug.testing.harness.shapes import volume_problems
 from dockplug.testing.servers import SubprocessPlugin, ThreadedPlugin
 
@@ -291,3 +291,15 @@ def test_hand_rolled_wire_mistakes(short_tmp: Path) -> None:
     assert "HTTP 201 (dockerd wants exactly 200)" in by_id["V18"].evidence
     assert "without a non-empty Err" in by_id["V18"].evidence
     assert "carry no Err" in by_id["R01"].evidence
+
+
+def test_conformance_fixture_lets_authors_assert_in_one_line(
+    serve_plugin: Serve, short_tmp: Path, conformance: Callable[..., Report]
+) -> None:
+    plugin = _local(serve_plugin, short_tmp)
+    report = conformance(plugin.url, only={"V01", "V04", "V07", "V12", "V17"}, timeout=10)
+    assert report.ok, report.failures()
+    broken = serve_plugin(BrokenDriver(short_tmp / "b"), name="harness-broken-fixture")
+    report = conformance(broken.url, only=SEQUENCE, timeout=10)
+    assert not report.ok
+    assert "V12" in report.failures()

@@ -18,7 +18,9 @@ import pytest
 
 from dockplug.protocol.base import Driver
 from dockplug.server.runner import ServeOptions
+from dockplug.testing import harness
 from dockplug.testing.dockerd import Dockerd, unavailable_reason
+from dockplug.testing.harness import Report
 from dockplug.testing.pki import Certificates, make_certificates
 from dockplug.testing.servers import ThreadedPlugin
 from dockplug.testing.sshd import Sshd, sshd_unavailable, throwaway_sshd
@@ -110,3 +112,16 @@ def sshd() -> Iterator[Sshd]:
         pytest.skip(reason)
     with throwaway_sshd() as server:
         yield server
+
+
+@pytest.fixture
+def conformance() -> Callable[..., Report]:
+    """``conformance(plugin.url, opts={...})`` plays dockerd against a plugin (the checks of
+    ``dockplug check``) and returns the report: ``assert report.ok, report.failures()``."""
+
+    def run_checks(
+        target: str, kind: str = "volume", opts: dict[str, str] | None = None, **kw: Any
+    ) -> Report:
+        return harness.run(target, kind=kind, opts=opts, **kw)
+
+    return run_checks

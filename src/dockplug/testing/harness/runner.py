@@ -54,6 +54,12 @@ class Report:
         parts = [f"{self.count(r)} {r.value}" for r in Result if self.count(r)]
         return f"{self.kind} checks on {self.target}: " + ", ".join(parts or ["nothing run"])
 
+    def failures(self) -> str:
+        """The failed checks, one per line with their evidence (for assertion messages)."""
+        return "\n".join(
+            f"{r.id} {r.title}: {r.evidence}" for r in self.results if r.result is Result.FAIL
+        )
+
     def by_id(self) -> dict[str, CheckResult]:
         return {r.id: r for r in self.results}
 
