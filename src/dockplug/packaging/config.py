@@ -59,6 +59,45 @@ def socket_problem(socket: str) -> tuple[str, str] | None:
     return None
 
 
+# Field checks shared by config.json's models and a project's [tool.dockplug] table; each
+# returns the value or raises ValueError with the problem and the fix.
+
+
+def check_socket(v: str) -> str:
+    problem = socket_problem(v)
+    if problem:
+        raise ValueError(f"{problem[0]}; fix: {problem[1]}")
+    return v
+
+
+def check_destination(v: str) -> str:
+    if not v.startswith("/"):
+        raise ValueError(f"{v!r} is not an absolute path; fix: use e.g. '/mnt/{v or 'data'}'")
+    return v
+
+
+def check_absolute_or_empty(v: str | None) -> str | None:
+    if v and not v.startswith("/"):
+        raise ValueError(f"{v!r} is not an absolute path; fix: use e.g. '/{v}'")
+    return v
+
+
+def check_device(v: str) -> str:
+    if not v.startswith("/dev/"):
+        raise ValueError(f"{v!r} is not a device path; fix: use a path like '/dev/fuse'")
+    return v
+
+
+def check_capabilities(v: list[str]) -> list[str]:
+    for cap in v:
+        if not re.fullmatch(r"CAP_[A-Z_]+", cap):
+            raise ValueError(
+                f"{cap!r} is not a capability name; fix: write it like "
+                f"'CAP_{cap.upper().removeprefix('CAP_')}'"
+            )
+    return v
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=False
@@ -117,9 +156,7 @@ class Mount(_Model):
     @field_validator("destination")
     @classmethod
     def _absolute(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError(f"{v!r} is not an absolute path; fix: use e.g. '/mnt/{v or 'data'}'")
-        return v
+        return check_destination(v)
 
 
 class Device(_Model):
@@ -131,9 +168,7 @@ class Device(_Model):
     @field_validator("path")
     @classmethod
     def _dev(cls, v: str) -> str:
-        if not v.startswith("/dev/"):
-            raise ValueError(f"{v!r} is not a device path; fix: use a path like '/dev/fuse'")
-        return v
+        return check_device(v)
 
 
 class Linux(_Model):
@@ -144,13 +179,7 @@ class Linux(_Model):
     @field_validator("capabilities")
     @classmethod
     def _caps(cls, v: list[str]) -> list[str]:
-        for cap in v:
-            if not re.fullmatch(r"CAP_[A-Z_]+", cap):
-                raise ValueError(
-                    f"{cap!r} is not a capability name; fix: write it like "
-                    f"'CAP_{cap.upper().removeprefix('CAP_')}'"
-                )
-        return v
+        return check_capabilities(v)
 
 
 class Interface(_Model):
@@ -173,10 +202,7 @@ class Interface(_Model):
     @field_validator("socket")
     @classmethod
     def _socket(cls, v: str) -> str:
-        problem = socket_problem(v)
-        if problem:
-            raise ValueError(f"{problem[0]}; fix: {problem[1]}")
-        return v
+        return check_socket(v)
 
     @field_validator("protocolscheme")
     @classmethod
@@ -219,10 +245,8 @@ class PluginConfig(_Model):
 
     @field_validator("propagated_mount", "workdir")
     @classmethod
-    def _abs_or_empty(cls, v: str) -> str:
-        if v and not v.startswith("/"):
-            raise ValueError(f"{v!r} is not an absolute path; fix: use e.g. '/{v}'")
-        return v
+    def _abs_or_empty(cls, v: str) -> str | None:
+        return check_absolute_or_empty(v)
 
     @field_validator("env")
     @classmethod

@@ -24,10 +24,15 @@ from dockplug.packaging.config import (
     PLUGIN_SOCKET_DIR,
     Mount,
     PluginConfig,
+    check_absolute_or_empty,
+    check_capabilities,
+    check_destination,
+    check_device,
+    check_socket,
     format_errors,
     make_config,
-    socket_problem,
 )
+from dockplug.packaging.rootfs import PACKAGE_NAME
 
 VOLUME_TYPE = "docker.volumedriver/1.0"
 DEFAULT_PROPAGATED_MOUNT = "/mnt/volumes"
@@ -51,9 +56,7 @@ class ProjectMount(BaseModel):
     @field_validator("destination")
     @classmethod
     def _absolute(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError(f"{v!r} is not an absolute path; fix: use e.g. '/mnt/{v or 'data'}'")
-        return v
+        return check_destination(v)
 
 
 class ProjectSettings(BaseModel):
@@ -84,10 +87,7 @@ class ProjectSettings(BaseModel):
     @field_validator("socket")
     @classmethod
     def _socket(cls, v: str) -> str:
-        problem = socket_problem(v)
-        if problem:
-            raise ValueError(f"{problem[0]}; fix: {problem[1]}")
-        return v
+        return check_socket(v)
 
     @field_validator("settings")
     @classmethod
@@ -103,36 +103,25 @@ class ProjectSettings(BaseModel):
     @field_validator("capabilities")
     @classmethod
     def _caps(cls, v: list[str]) -> list[str]:
-        for cap in v:
-            if not re.fullmatch(r"CAP_[A-Z_]+", cap):
-                raise ValueError(
-                    f"{cap!r} is not a capability name; fix: write it like "
-                    f"'CAP_{cap.upper().removeprefix('CAP_')}'"
-                )
-        return v
+        return check_capabilities(v)
 
     @field_validator("devices")
     @classmethod
     def _devices(cls, v: list[str]) -> list[str]:
-        for path in v:
-            if not path.startswith("/dev/"):
-                raise ValueError(f"{path!r} is not a device path; fix: use a path like '/dev/fuse'")
-        return v
+        return [check_device(path) for path in v]
 
     @field_validator("packages")
     @classmethod
     def _packages(cls, v: list[str]) -> list[str]:
         for name in v:
-            if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", name):
+            if not PACKAGE_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not a Debian package name; fix: e.g. 'sshfs'")
         return v
 
     @field_validator("propagated_mount")
     @classmethod
     def _absolute(cls, v: str | None) -> str | None:
-        if v and not v.startswith("/"):
-            raise ValueError(f"{v!r} is not an absolute path; fix: use e.g. '/{v}'")
-        return v
+        return check_absolute_or_empty(v)
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

@@ -30,7 +30,7 @@ from dockplug.packaging.config import PLUGIN_SOCKET_DIR, SITE_DIR
 SUITE = "bookworm"
 DEFAULT_CACHE = Path("/var/cache/dockplug/rootfs/bookworm-python3")
 _MARKER = ".dockplug-base"
-_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 # not needed to run a plugin; ~140 MB of the ~260 MB debootstrap leaves
 _TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
          "var/cache/apt", "var/lib/apt/lists")  # fmt: skip
@@ -39,7 +39,7 @@ _TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
 def _packages(packages: Iterable[str]) -> tuple[str, ...]:
     out = tuple(sorted(set(packages) - {"python3"}))
     for name in out:
-        if not _PACKAGE.fullmatch(name):
+        if not PACKAGE_NAME.fullmatch(name):
             raise ConfigError(f"{name!r} is not a Debian package name; fix the driver's packages")
     return out
 
