@@ -22,7 +22,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dockplug.errors import ConfigError, PluginError
+from dockplug.errors import (
+    ConfigError,
+    EndpointNotFound,
+    InvalidRequest,
+    PluginError,
+    RequestTooLarge,
+)
 from dockplug.protocol.base import (
     Driver,
     Endpoint,
@@ -51,10 +57,6 @@ class Route:
     is_async: bool
     inline: bool
     executor: ThreadPoolExecutor | None
-
-
-class _BadBody(PluginError):
-    status = 400
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -157,13 +159,16 @@ class PluginApp:
             if self.log.debug and body:
                 self.log.body(rid, "<", body)
             if scope["method"] != "POST":
-                raise _BadBody(f"{path}: plugin endpoints take POST, not {scope['method']}")
+                raise InvalidRequest(f"{path}: plugin endpoints take POST, not {scope['method']}")
             if route is None:
                 if path == "/Plugin.Activate":
                     await self._reply(send, 200, self.activate_body)
                     self.log.request(rid, path, None, 200, time.perf_counter() - started)
                     return
-                raise _NotFound(path, self.implements)
+                raise EndpointNotFound(
+                    f"{path.lstrip('/') or '/'} is not implemented by this plugin "
+                    f"(it implements {', '.join(self.implements)})"
+                )
             ep = route.endpoint
             req = self._parse(ep, body)
             subject = ep.subject(req)
@@ -208,7 +213,7 @@ class PluginApp:
             if chunk:
                 size += len(chunk)
                 if size > self.body_limit:
-                    raise _TooLarge(self.body_limit)
+                    raise RequestTooLarge(f"request body exceeds the {self.body_limit} byte limit")
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -224,7 +229,7 @@ class PluginApp:
                 return model.model_validate({})
             return model.model_validate_json(stripped)
         except ValidationError as exc:
-            raise _BadBody(describe_validation(ep.path.lstrip("/"), exc)) from None
+            raise InvalidRequest(describe_validation(ep.path.lstrip("/"), exc)) from None
 
     async def _reply(self, send: Send, status: int, data: bytes) -> None:
         await send(
@@ -274,23 +279,6 @@ class PluginApp:
         with contextlib.suppress(Exception):
             await self._reply(send, status, json.dumps(payload).encode())
         self.log.request(rid, path, subject, status, time.perf_counter() - started, message)
-
-
-class _NotFound(PluginError):
-    status = 404
-
-    def __init__(self, path: str, implements: list[str]) -> None:
-        super().__init__(
-            f"{path.lstrip('/') or '/'} is not implemented by this plugin "
-            f"(it implements {', '.join(implements)})"
-        )
-
-
-class _TooLarge(PluginError):
-    status = 413
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body exceeds the {limit} byte limit")
 
 
 async def _aiter(result: Any) -> AsyncIterator[bytes]:

@@ -7,7 +7,6 @@ be replaced but a live one must never be stolen, and the mode is 0660, not 0666.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import grp
 import os
@@ -142,14 +141,3 @@ def socket_address(sock: socket.socket) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"tcp://{host}:{port}"
-
-
-def remove_socket_file(sock: socket.socket) -> None:
-    """Unlink a unix socket's file if it is still ours (same inode as when we bound it)."""
-    if sock.family != socket.AF_UNIX:
-        return
-    with contextlib.suppress(OSError):
-        name = sock.getsockname()
-        path = name.decode() if isinstance(name, bytes) else name
-        if path and not path.startswith("\0"):
-            os.unlink(path)
