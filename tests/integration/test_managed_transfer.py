@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tarfile
 import tempfile
@@ -25,13 +24,7 @@ from dockplug.packaging import engine
 from dockplug.packaging.bundle import BuildResult, build
 from dockplug.packaging.transfer import authored_config, settings_pairs, unpack
 from dockplug.testing.dockerd import Dockerd
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from dockplug.testing.servers import free_port
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +34,7 @@ def registry() -> Iterator[str]:
     if binary is None:
         pytest.skip("docker-registry not installed (apt-get install docker-registry)")
     root = Path(tempfile.mkdtemp(prefix="dp-registry-"))
-    addr = f"127.0.0.1:{_free_port()}"
+    addr = f"127.0.0.1:{free_port()}"
     config = root / "config.yml"
     config.write_text(
         "version: 0.1\n"

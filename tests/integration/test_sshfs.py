@@ -24,8 +24,8 @@ import pytest
 from dockplug.client import PluginClient, Reply
 from dockplug.drivers.local import loopfs
 from dockplug.drivers.sshfs import SshfsDriver
-from dockplug.testing.servers import SubprocessPlugin, ThreadedPlugin
-from dockplug.testing.sshd import Sshd, free_port
+from dockplug.testing.servers import SubprocessPlugin, ThreadedPlugin, free_port
+from dockplug.testing.sshd import Sshd
 
 pytestmark = pytest.mark.root
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,14 @@ from typing import Any
 from dockplug.client import PluginClient
 from dockplug.protocol.base import Driver
 from dockplug.server.runner import PluginServer, ServeOptions, new_runner
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class ThreadedPlugin:

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from dockplug.testing.servers import free_port
+
 TOOLS = ("sshd", "ssh-keygen", "sshfs", "fusermount", "useradd", "userdel", "chpasswd")
 SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server")
 
@@ -35,13 +37,6 @@ def sshd_unavailable() -> str | None:
     if not os.path.exists("/dev/fuse"):
         return "no /dev/fuse: FUSE is unavailable here"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
