@@ -16,6 +16,7 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner, Result
+from stubs import FixedVolumes
 
 import dockplug
 from dockplug import discovery
@@ -30,21 +31,9 @@ HELLO = f"{REPO}/examples/hello_volume.py:HelloDriver"
 Serve = Callable[..., ThreadedPlugin]
 
 
-class Volumes(dockplug.VolumeDriver):
-    def create(self, req: Any) -> None:
-        pass
-
+class Volumes(FixedVolumes):
     def remove(self, req: Any) -> None:
         raise dockplug.VolumeInUse(req.name, 2)
-
-    def mount(self, req: Any) -> str:
-        return "/mnt"
-
-    def unmount(self, req: Any) -> None:
-        pass
-
-    def path(self, req: Any) -> str:
-        return "/mnt"
 
     def get(self, req: Any) -> dockplug.Volume:
         raise dockplug.VolumeNotFound(req.name)

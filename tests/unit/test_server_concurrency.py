@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from stubs import FixedVolumes
 
 import dockplug
 from dockplug.client import PluginClient
@@ -27,7 +28,7 @@ MOUNT_SECONDS = 2.0
 FAST = 0.050  # seconds, measured by the client
 
 
-class SlowMounts(dockplug.VolumeDriver):
+class SlowMounts(FixedVolumes):
     """Mount takes 2 s; counts the mounts in progress."""
 
     def __init__(self) -> None:
@@ -52,20 +53,8 @@ class SlowMounts(dockplug.VolumeDriver):
             self._leave()
         return f"/mnt/{req.name}"
 
-    def create(self, req: Any) -> None:
-        pass
-
-    def remove(self, req: Any) -> None:
-        pass
-
-    def unmount(self, req: Any) -> None:
-        pass
-
     def path(self, req: NameRequest) -> str:
         return f"/mnt/{req.name}"
-
-    def get(self, req: NameRequest) -> dockplug.Volume:
-        return dockplug.Volume(name=req.name)
 
     def list(self, req: Empty) -> list[dockplug.Volume]:
         return [dockplug.Volume(name=f"v{i}") for i in range(MOUNTS)]

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from stubs import FixedVolumes
 
-import dockplug
 from dockplug import discovery
 from dockplug.client import PluginClient
 from dockplug.errors import ConfigError
-from dockplug.protocol.base import Empty
-from dockplug.protocol.volume import MountRequest, NameRequest
+from dockplug.protocol.volume import MountRequest
 from dockplug.server.listeners import PLUGIN_DIR, SOCKET_PATH_MAX
 from dockplug.server.runner import ServeOptions, TLSSettings
 from dockplug.testing.servers import SubprocessPlugin, ThreadedPlugin
@@ -35,27 +34,7 @@ Serve = Callable[..., ThreadedPlugin]
 Connect = Callable[..., Any]  # the raw_connection fixture (conftest.py)
 
 
-class Volumes(dockplug.VolumeDriver):
-    def create(self, req: Any) -> None:
-        pass
-
-    def remove(self, req: Any) -> None:
-        pass
-
-    def mount(self, req: MountRequest) -> str:
-        return "/mnt"
-
-    def unmount(self, req: Any) -> None:
-        pass
-
-    def path(self, req: NameRequest) -> str:
-        return "/mnt"
-
-    def get(self, req: NameRequest) -> dockplug.Volume:
-        return dockplug.Volume(name=req.name)
-
-    def list(self, req: Empty) -> list[dockplug.Volume]:
-        return []
+Volumes = FixedVolumes
 
 
 def answers(url_or_path: str | Path) -> bool:

@@ -9,38 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from stubs import FixedVolumes
 
-import dockplug
 from dockplug import discovery
 from dockplug.client import PluginClient
-from dockplug.protocol.base import Empty
 from dockplug.server.runner import TLSSettings
 from dockplug.testing.servers import ThreadedPlugin
 
 Serve = Callable[..., ThreadedPlugin]
 
 
-class Volumes(dockplug.VolumeDriver):
-    def create(self, req: Any) -> None:
-        pass
-
-    def remove(self, req: Any) -> None:
-        pass
-
-    def mount(self, req: Any) -> str:
-        return "/mnt"
-
-    def unmount(self, req: Any) -> None:
-        pass
-
-    def path(self, req: Any) -> str:
-        return "/mnt"
-
-    def get(self, req: Any) -> dockplug.Volume:
-        return dockplug.Volume(name=req.name)
-
-    def list(self, req: Empty) -> list[dockplug.Volume]:
-        return [dockplug.Volume(name="over-tls")]
+class Volumes(FixedVolumes):
+    listed = ["over-tls"]
 
 
 def serve_tls(serve_plugin: Serve, spec_dir: Path, tls: TLSSettings) -> ThreadedPlugin:
