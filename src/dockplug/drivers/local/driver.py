@@ -29,6 +29,7 @@ DEFAULT_BASE_DIR = Path("/var/lib/dockplug/local/volumes")
 DEFAULT_STATE_DIR = Path("/var/lib/dockplug/local")
 FORBIDDEN = (Path("/proc"), Path("/sys"), Path("/dev"))
 TRASH = ".trash"
+TRASH_DELAY = 0.05  # seconds between a Remove and freeing the folder's space
 NAME_MAX = 255  # bytes in one file name
 
 
@@ -63,6 +64,13 @@ LOCAL_OPTIONS = OptionSet(
                "10G"),
     ],
 )  # fmt: skip
+
+
+def _free_later(trash: Path, not_before: float) -> None:
+    # a moment later, not while the Remove's reply is on its way: a thread deleting files
+    # right then competes with the event loop for the interpreter
+    time.sleep(max(0.0, not_before - time.monotonic()))
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _within(path: Path, root: Path) -> bool:
@@ -202,7 +210,7 @@ class LocalDriver(StatefulVolumeDriver):
             os.replace(path, trash)
             # deleting a big volume can outlast dockerd's 1-minute Remove timeout: the volume
             # is gone once renamed; its bytes are freed in the background (and on restart)
-            self._janitor.submit(shutil.rmtree, trash, ignore_errors=True)
+            self._janitor.submit(_free_later, trash, time.monotonic() + TRASH_DELAY)
 
     def attach(self, rec: VolumeRecord) -> None:
         # a container must never get the bare folder under an image that is not mounted
