@@ -23,7 +23,7 @@ if TYPE_CHECKING:
         VolumeNotFound,
     )
     from dockplug.protocol.authz import AuthzPlugin
-    from dockplug.protocol.base import Driver, nonblocking
+    from dockplug.protocol.base import Driver, WouldBlock, may_block, nonblocking, try_inline
     from dockplug.protocol.ipam import IpamDriver
     from dockplug.protocol.log import LogDriver
     from dockplug.protocol.metrics import MetricsCollector
@@ -60,6 +60,9 @@ _EXPORTS = {
     "NameRequest": "dockplug.protocol.volume",
     "Driver": "dockplug.protocol.base",
     "nonblocking": "dockplug.protocol.base",
+    "try_inline": "dockplug.protocol.base",
+    "may_block": "dockplug.protocol.base",
+    "WouldBlock": "dockplug.protocol.base",
     "add_secret": "dockplug.server.reqlog",
     "ServeOptions": "dockplug.server.runner",
     "TLSSettings": "dockplug.server.runner",
@@ -90,11 +93,14 @@ __all__ = [
     "VolumeDriver",
     "VolumeInUse",
     "VolumeNotFound",
+    "WouldBlock",
     "__version__",
     "add_secret",
+    "may_block",
     "nonblocking",
     "run",
     "serve_async",
+    "try_inline",
 ]
 
 

@@ -64,7 +64,7 @@ def test_close_syncs_and_stops_the_background_thread(tmp_path: Path) -> None:
     s = VolumeStore(tmp_path / "volumes.db")
     s.put(VolumeRecord(name="v1", mountpoint="/x/v1", options={}))
     s.set_mount("v1", "id-a", 1)
-    flusher = s._flusher
+    flusher = s._background
     s.close()
     assert not flusher.is_alive()
     reopened = VolumeStore(tmp_path / "volumes.db")
@@ -83,3 +83,13 @@ def test_a_burst_of_lazy_commits_needs_few_syncs(store: VolumeStore) -> None:
         store.set_mount("v1", f"id-{i}", 1)
     assert store.wait_synced(5.0)
     assert 1 <= len(spy.calls) < 200
+
+
+def test_the_wal_is_checkpointed_in_the_background(store: VolumeStore) -> None:
+    store.put(VolumeRecord(name="v1", mountpoint="/x/v1", options={}))
+    for i in range(3000):  # a few pages each: ~30 MB of WAL if nothing checkpointed it
+        store.set_mount("v1", f"id-{i % 50}", 1 + i)
+        if i % 100 == 99:  # dockerd's calls come one after another, not all at once
+            assert store.wait_synced(10.0)
+    size = store.wal.stat().st_size
+    assert size < 12 * 1024 * 1024, f"WAL grew to {size} bytes: no checkpoint ran"

@@ -7,8 +7,10 @@ the other and the few irregular names are spelled out with ``Field(alias=...)``.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
@@ -149,6 +151,47 @@ def nonblocking(func: Callable[..., Any]) -> Callable[..., Any]:
     """
     func.__dockplug_nonblocking__ = True  # type: ignore[attr-defined]
     return func
+
+
+class WouldBlock(Exception):
+    """Raised by a :func:`try_inline` method that is running on the event loop and would have
+    to wait (a busy lock, slow storage work). Raise it before changing anything: the server
+    then runs the method again, from the start, in a worker thread."""
+
+
+_on_loop: ContextVar[bool] = ContextVar("dockplug_on_loop", default=False)
+
+
+def try_inline(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks a sync method to be tried on the event loop first, in a worker thread if it
+    raises :class:`WouldBlock`.
+
+    A thread hand-off costs dockerd more than the work of a Remove or Unmount that only updates
+    a table; a method that can tell up front when it would wait gets the fast path without
+    ever stalling the loop. It asks :func:`may_block` to know where it runs.
+    """
+    func.__dockplug_try_inline__ = True  # type: ignore[attr-defined]
+    return func
+
+
+def tries_inline(method: Callable[..., Any]) -> bool:
+    return bool(getattr(method, "__dockplug_try_inline__", False))
+
+
+def may_block() -> bool:
+    """False while a :func:`try_inline` method runs on the event loop: then wait for nothing,
+    raise :class:`WouldBlock` instead."""
+    return not _on_loop.get()
+
+
+@contextlib.contextmanager
+def running_on_loop() -> Iterator[None]:
+    """The server's side of :func:`try_inline`: marks the current call as on the loop."""
+    token = _on_loop.set(True)
+    try:
+        yield
+    finally:
+        _on_loop.reset(token)
 
 
 def runs_inline(method: Callable[..., Any]) -> bool:

@@ -35,9 +35,12 @@ from dockplug.protocol.base import (
     Lane,
     Protocol,
     WireModel,
+    WouldBlock,
     implemented,
     protocols_of,
+    running_on_loop,
     runs_inline,
+    tries_inline,
 )
 from dockplug.server.reqlog import RequestLog, redact
 
@@ -56,6 +59,7 @@ class Route:
     method: Callable[[Any], Any]
     is_async: bool
     inline: bool
+    try_inline: bool
     executor: ThreadPoolExecutor | None
 
 
@@ -129,6 +133,7 @@ class PluginApp:
                 method=method,
                 is_async=inspect.iscoroutinefunction(method),
                 inline=inline,
+                try_inline=not inline and tries_inline(method),
                 executor=None if inline else pool,
             )
         if missing:
@@ -177,8 +182,7 @@ class PluginApp:
             elif route.inline:
                 result = route.method(req)
             else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(route.executor, route.method, req)
+                result = await self._call_sync(route, req)
             if ep.streams:
                 await self._stream(send, result)
                 self.log.request(rid, path, subject, 200, time.perf_counter() - started)
@@ -201,6 +205,16 @@ class PluginApp:
                     # the traceback repeats the message: a secret in it must not reach the log
                     sys.stderr.write(redact(traceback.format_exc()))
             await self._fail(send, rid, path, subject, proto, 500, message, started)
+
+    async def _call_sync(self, route: Route, req: Any) -> Any:
+        if route.try_inline:
+            try:
+                with running_on_loop():
+                    return route.method(req)
+            except WouldBlock:
+                pass  # nothing was changed: run it again where it may wait
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(route.executor, route.method, req)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         chunks: list[bytes] = []

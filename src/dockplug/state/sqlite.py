@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 SYNC_DELAY = 0.002  # seconds from a lazily synced commit to its fsync
+CHECKPOINT_EVERY = 500  # commits between checkpoints (a few pages each: a WAL of ~4 MiB)
+WAL_SIZE_LIMIT = 8 * 1024 * 1024  # the WAL file is cut back to this when it starts over
 
 
 def _to_stderr(message: str) -> None:
@@ -67,30 +69,41 @@ class VolumeRecord:
 
 
 class VolumeStore:
-    """Volumes and mount counts; thread-safe (one connection behind a lock)."""
+    """Volumes and mount counts; thread-safe (one connection behind a lock).
+
+    The lock is only ever held for SQLite's in-memory work and its writes to the WAL, never
+    across an fsync or a checkpoint (those run outside it, or on the background thread), so
+    the event loop may take it without stalling on the disk.
+    """
 
     def __init__(self, path: Path, on_error: Callable[[str], None] = _to_stderr) -> None:
         self.path = Path(path)
         self.wal = self.path.with_name(self.path.name + "-wal")
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=30
-        )
+        self._db = self._connect()
         os.chmod(self.path, 0o600)
         self._db.execute("PRAGMA journal_mode=WAL")
-        # commits write the WAL; fsyncs are ours to place (see the module docstring)
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        # checkpoints happen on the background thread, not inside some request's commit
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")  # after a burst
         self._db.executescript(SCHEMA)
         self._on_error = on_error
         self._cond = threading.Condition()
         self._requested = self._synced = 0  # generations of lazily synced commits
+        self._commits_since_checkpoint = 0
         self._closing = False
-        self._flusher = threading.Thread(
-            target=self._flush_loop, name="dockplug-state-sync", daemon=True
+        self._background = threading.Thread(
+            target=self._background_loop, name="dockplug-state-sync", daemon=True
         )
-        self._flusher.start()
+        self._background.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        # commits write the WAL; fsyncs are ours to place (see the module docstring)
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
 
     def sync(self) -> None:
         """Makes every committed change durable (fdatasync of the WAL, where commits live)."""
@@ -103,31 +116,58 @@ class VolumeStore:
         finally:
             os.close(fd)
 
-    def _sync_soon(self) -> None:
+    def _committed(self, durable: bool) -> None:
+        """After each commit: sync it now (durable) or soon, and checkpoint now and then."""
+        if durable:
+            self.sync()
         with self._cond:
-            self._requested += 1
-            self._cond.notify_all()
-
-    def _flush_loop(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._requested > self._synced or self._closing)
-                if self._closing:
-                    return
-                target = self._requested
-            # not in the same instant as the reply that follows the commit: both need the
-            # interpreter, and the reply is what dockerd waits for
-            time.sleep(SYNC_DELAY)
-            try:
-                self.sync()
-            except OSError as exc:  # the next durable commit retries; never kill the thread
-                self._on_error(f"state: fsync of {self.wal} failed: {exc}")
-                with self._cond:
-                    self._cond.wait(1.0)
-                continue
-            with self._cond:
-                self._synced = target
+            self._commits_since_checkpoint += 1
+            if not durable:
+                self._requested += 1
+            if not durable or self._commits_since_checkpoint >= CHECKPOINT_EVERY:
                 self._cond.notify_all()
+
+    def _background_loop(self) -> None:
+        checkpointer = self._connect()
+        try:
+            while self._background_turn(checkpointer):
+                pass
+        finally:
+            checkpointer.close()
+
+    def _background_turn(self, checkpointer: sqlite3.Connection) -> bool:
+        with self._cond:
+            self._cond.wait_for(
+                lambda: (
+                    self._requested > self._synced
+                    or self._commits_since_checkpoint >= CHECKPOINT_EVERY
+                    or self._closing
+                )
+            )
+            if self._closing:
+                return False
+            target = self._requested
+            checkpoint = self._commits_since_checkpoint >= CHECKPOINT_EVERY
+            if checkpoint:
+                self._commits_since_checkpoint = 0
+        # not in the same instant as the reply that follows the commit: both need the
+        # interpreter, and the reply is what dockerd waits for
+        time.sleep(SYNC_DELAY)
+        try:
+            self.sync()
+            if checkpoint:
+                # copies the WAL into the database (fsyncing both); the next commit then
+                # starts the WAL over instead of growing it
+                checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except (OSError, sqlite3.Error) as exc:  # retried; never kill the thread
+            self._on_error(f"state: sync of {self.path} failed: {exc}")
+            with self._cond:
+                self._cond.wait(1.0)
+            return True
+        with self._cond:
+            self._synced = max(self._synced, target)
+            self._cond.notify_all()
+        return True
 
     def wait_synced(self, timeout: float = 5.0) -> bool:
         """True once every change committed so far has reached the disk."""
@@ -139,10 +179,10 @@ class VolumeStore:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._flusher.join(timeout=10)
+        self._background.join(timeout=10)
         with self._lock:
             self.sync()
-            self._db.close()
+            self._db.close()  # the last connection checkpoints and removes the WAL
 
     def load(self) -> tuple[list[VolumeRecord], list[tuple[str, str, int]]]:
         """All volumes and all (volume, mount id, count) rows."""
@@ -177,14 +217,14 @@ class VolumeStore:
                     rec.created_at.isoformat(),
                 ),
             )
-            self.sync()
+        self._committed(durable=True)
 
     def delete(self, name: str) -> None:
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM mounts WHERE volume = ?", (name,))
             self._db.execute("DELETE FROM volumes WHERE name = ?", (name,))
-        self._sync_soon()
+        self._committed(durable=False)
 
     def set_mount(self, volume: str, mount_id: str, count: int) -> None:
         with self._lock:
@@ -196,9 +236,9 @@ class VolumeStore:
                 self._db.execute(
                     "DELETE FROM mounts WHERE volume = ? AND id = ?", (volume, mount_id)
                 )
-        self._sync_soon()
+        self._committed(durable=False)
 
     def clear_mounts(self, volume: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM mounts WHERE volume = ?", (volume,))
-        self._sync_soon()
+        self._committed(durable=False)

@@ -212,6 +212,11 @@ class LocalDriver(StatefulVolumeDriver):
             # is gone once renamed; its bytes are freed in the background (and on restart)
             self._janitor.submit(_free_later, trash, time.monotonic() + TRASH_DELAY)
 
+    def is_quick(self, rec: VolumeRecord) -> bool:
+        # a plain folder: Mount, Unmount and Remove are a table update and a rename; a
+        # size-limited volume mounts and unmounts its image, which may take a while
+        return not rec.extra.get("image")
+
     def attach(self, rec: VolumeRecord) -> None:
         # a container must never get the bare folder under an image that is not mounted
         image = rec.extra.get("image")
