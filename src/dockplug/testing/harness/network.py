@@ -1,0 +1,10 @@
+from dataclasses import dataclass
+
+from dockplug.testing.harness.checks import Check, Context
+
+CHECKS: list[Check] = []
+
+
+@dataclass
+class NetworkContext(Context):
+    pass
