@@ -284,7 +284,8 @@ def list_unchanged(ctx: VolumeContext) -> Outcome:
 
 def _garbage(st: Any, endpoints: list[str], fields: dict[str, str]) -> Any:
     """Malformed JSON, bodies that are not objects, and the protocol's own fields with values of
-    the wrong type (``fields``: name -> "str", "bool", "int", "map" or "list"): nothing Go
+    the wrong type (``fields``: name -> "str", "bool", "int", "map",
+    "list" or "struct"): nothing Go
     would decode."""
     wrong = {
         "str": st.one_of(st.integers(), st.booleans(), st.lists(st.integers(), max_size=2)),
@@ -295,6 +296,7 @@ def _garbage(st: Any, endpoints: list[str], fields: dict[str, str]) -> Any:
             st.dictionaries(st.just("k"), st.integers(), min_size=1),
         ),
         "list": st.one_of(st.integers(), st.text(max_size=4), st.just({"a": 1})),
+        "struct": st.one_of(st.integers(), st.text(max_size=4), st.lists(st.integers())),
         "int": st.one_of(st.text(max_size=4), st.booleans(), st.just([1]), st.floats(0.5, 9.5)),
     }
     typed = st.sampled_from(sorted(fields)).flatmap(
