@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +21,8 @@ from dockplug.testing.harness.checks import (
     Skip,
     announces,
     check,
+    concurrently,
+    connection_failures,
     describe,
     failed,
     passed,
@@ -206,15 +207,10 @@ def reasons(ctx: AuthzContext) -> Outcome:
 
 @check(CHECKS, "Z08", "20 AuthZReq calls at once all get a verdict", "protocol §1.9, §6")
 def parallel(ctx: AuthzContext) -> Outcome:
-    body = request("GET", f"{API}/containers/json")
-
-    def one(_: int) -> Reply:
-        with ctx.client() as client:
-            return ctx.call(REQ, body, client=client)
-
-    with ThreadPoolExecutor(max_workers=20) as workers:
-        replies = list(workers.map(one, range(20)))
-    outcomes = [verdict(ctx, r) for r in replies]
+    results = concurrently(ctx, REQ, request("GET", f"{API}/containers/json"))
+    if (lost := connection_failures(results)) is not None:
+        return failed(lost)
+    outcomes = [verdict(ctx, r) for r in results if isinstance(r, Reply)]
     bad = [p for _, problems in outcomes for p in problems]
     if bad:
         return failed(f"{len(bad)} malformed verdicts, e.g. {bad[0]}")
@@ -234,10 +230,11 @@ def garbage(ctx: AuthzContext) -> Outcome:
         "RequestUri": "str",
         "RequestBody": "str",
         "RequestHeaders": "map",
-        "ResponseStatusCode": "int",
         "RequestPeerCertificates": "list",
+        "User": "str",
     }
-    outcome = reject_garbage(ctx, {REQ: True, RES: True}, fields, allowed)
+    res = fields | {"ResponseStatusCode": "int", "ResponseBody": "str", "ResponseHeaders": "map"}
+    outcome = reject_garbage(ctx, {REQ: (True, fields), RES: (True, res)}, allowed)
     if outcome.result.value == "fail":
         return outcome
     # JSON that decodes but carries a body dockerd would never send

@@ -287,7 +287,8 @@ def reply_format(ctx: Context, streaming: tuple[str, ...] = (), err_on_200: bool
             if ex.endpoint not in streaming and not isinstance(data, dict):
                 problems.append(f"{ex.endpoint}: 200 with a non-JSON body {ex.body[:60]!r}")
             elif (
-                isinstance(data, dict)
+                err_on_200
+                and isinstance(data, dict)
                 and data.get("Err")
                 and ctx.error(Reply(ex.status, ex.body, {})) is None
             ):
@@ -302,3 +303,30 @@ def reply_format(ctx: Context, streaming: tuple[str, ...] = (), err_on_200: bool
         unique = list(dict.fromkeys(problems))
         return failed(f"{len(problems)} of {seen} replies: " + "; ".join(unique[:4]))
     return passed(f"{seen} replies conform")
+
+
+def concurrently(ctx: Context, endpoint: str, body: Any, n: int = 20) -> list[Reply | Exception]:
+    """``n`` identical calls at once, each on its own connection as dockerd's would be; a call
+    that could not even connect (a listen backlog too small) comes back as its exception."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_: int) -> Reply | Exception:
+        try:
+            with ctx.client() as client:
+                return ctx.call(endpoint, body, client=client)
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=n) as workers:
+        return list(workers.map(one, range(n)))
+
+
+def connection_failures(results: list[Reply | Exception]) -> str | None:
+    """The evidence if some concurrent calls got no reply at all."""
+    errors = [r for r in results if isinstance(r, Exception)]
+    if not errors:
+        return None
+    return (
+        f"{len(errors)}/{len(results)} concurrent calls got no reply, e.g. {errors[0]!r:.100} "
+        "(is the listen backlog too small? dockerd opens a connection per concurrent call)"
+    )

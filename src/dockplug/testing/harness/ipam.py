@@ -9,7 +9,6 @@ Options (``--opt``): ``subnet`` (default 198.18.0.0/24) is the pool asked for by
 from __future__ import annotations
 
 import ipaddress
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from dockplug.client import Reply
@@ -20,6 +19,8 @@ from dockplug.testing.harness.checks import (
     Skip,
     announces,
     check,
+    concurrently,
+    connection_failures,
     describe,
     failed,
     lowered,
@@ -426,16 +427,15 @@ def parallel(ctx: IpamContext) -> Outcome:
     if pool.num_addresses < 64:
         raise Skip(f"{pool} is too small")
 
-    def one(_: int) -> Reply:
-        with ctx.client() as client:
-            return ctx.call(
-                _P + "RequestAddress",
-                {"PoolID": pool_id, "Address": "", "Options": None},
-                client=client,
-            )
-
-    with ThreadPoolExecutor(max_workers=20) as workers:
-        replies = list(workers.map(one, range(20)))
+    body = {"PoolID": pool_id, "Address": "", "Options": None}
+    results = concurrently(ctx, _P + "RequestAddress", body)
+    replies = [r for r in results if isinstance(r, Reply)]
+    for reply in replies:  # held before judging, so cleanup releases every one
+        address = lowered(reply_json(reply)).get("address")
+        if ctx.error(reply) is None and isinstance(address, str) and "/" in address:
+            ctx.addresses.append((pool_id, address.split("/")[0]))
+    if (lost := connection_failures(results)) is not None:
+        return failed(lost)
     got: list[Interface] = []
     problems: list[str] = []
     for reply in replies:
@@ -444,7 +444,6 @@ def parallel(ctx: IpamContext) -> Outcome:
             problems.append(address)
         else:
             got.append(address)
-            ctx.addresses.append((pool_id, str(address.ip)))
     if problems:
         return failed(f"{len(problems)}/20 failed, e.g. {problems[0]}")
     if len({g.ip for g in got}) != len(got):
@@ -460,11 +459,22 @@ def replies(ctx: IpamContext) -> Outcome:
 
 @check(CHECKS, "I17", "Bad bodies get an error; the plugin stays up", "protocol §1.6")
 def garbage(ctx: IpamContext) -> Outcome:
+    pool = {"PoolID": "str"}
+    address = {"PoolID": "str", "Address": "str"}
     endpoints = {
-        _P + "RequestPool": True,
-        _P + "RequestAddress": True,
-        _P + "ReleaseAddress": False,
-        _P + "ReleasePool": False,
+        _P + "RequestPool": (
+            True,
+            {
+                "AddressSpace": "str",
+                "Pool": "str",
+                "SubPool": "str",
+                "V6": "bool",
+                "Options": "map",
+            },
+        ),
+        _P + "RequestAddress": (True, address | {"Options": "map"}),
+        _P + "ReleaseAddress": (False, address),
+        _P + "ReleasePool": (False, pool),
     }
 
     def accepted(endpoint: str, reply: Reply) -> bool:
@@ -479,18 +489,10 @@ def garbage(ctx: IpamContext) -> Outcome:
             return bool(data.get("address"))
         return True
 
-    fields = {
-        "PoolID": "str",
-        "Pool": "str",
-        "Address": "str",
-        "AddressSpace": "str",
-        "V6": "bool",
-        "Options": "map",
-    }
-    outcome = reject_garbage(ctx, endpoints, fields, accepted)
-    pool = ctx.state.get("any")
-    if pool is not None and outcome.result.value != "fail":
-        after = ctx.request_address(pool[0], "")
+    outcome = reject_garbage(ctx, endpoints, accepted)
+    held = ctx.state.get("any")
+    if held is not None and outcome.result.value != "fail":
+        after = ctx.request_address(held[0], "")
         if ctx.error(after) is not None:
             return failed(f"after the bad bodies, RequestAddress fails: {describe(after)}")
     return outcome

@@ -453,6 +453,9 @@ def replies(ctx: LogContext) -> Outcome:
 
 @check(CHECKS, "L13", "Bad bodies get an error; the plugin stays up", "protocol §1.6")
 def garbage(ctx: LogContext) -> Outcome:
-    endpoints = {_P + "StartLogging": True, _P + "StopLogging": False, _P + "ReadLogs": False}
-    fields = {"File": "str", "Info": "struct", "Config": "struct"}
-    return reject_garbage(ctx, endpoints, fields)
+    endpoints = {
+        _P + "StartLogging": (True, {"File": "str", "Info": "struct"}),
+        _P + "StopLogging": (False, {"File": "str"}),
+        _P + "ReadLogs": (False, {"Info": "struct", "Config": "struct"}),
+    }
+    return reject_garbage(ctx, endpoints)

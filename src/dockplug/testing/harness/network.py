@@ -434,20 +434,17 @@ def replies(ctx: NetworkContext) -> Outcome:
 
 @check(CHECKS, "N15", "Bad bodies get an error; the plugin stays up", "protocol §4")
 def garbage(ctx: NetworkContext) -> Outcome:
+    ids = {"NetworkID": "str", "EndpointID": "str"}
+    options = {"Options": "struct"}  # map[string]interface{}: any object decodes
     endpoints = {
-        _P + "CreateNetwork": True,
-        _P + "CreateEndpoint": True,
-        _P + "Join": True,
-        _P + "Leave": False,
-        _P + "DeleteEndpoint": False,
-        _P + "DeleteNetwork": False,
+        _P + "CreateNetwork": (
+            True,
+            {"NetworkID": "str", "IPv4Data": "list", "IPv6Data": "list"} | options,
+        ),
+        _P + "CreateEndpoint": (True, ids | options | {"Interface": "struct"}),
+        _P + "Join": (True, ids | options | {"SandboxKey": "str"}),
+        _P + "Leave": (False, ids),
+        _P + "DeleteEndpoint": (False, ids),
+        _P + "DeleteNetwork": (False, {"NetworkID": "str"}),
     }
-    fields = {
-        "NetworkID": "str",
-        "EndpointID": "str",
-        "Options": "struct",  # map[string]interface{}: any object decodes
-        "IPv4Data": "list",
-        "Interface": "struct",
-        "SandboxKey": "str",
-    }
-    return reject_garbage(ctx, endpoints, fields)
+    return reject_garbage(ctx, endpoints)

@@ -282,11 +282,13 @@ def list_unchanged(ctx: VolumeContext) -> Outcome:
     return passed(f"{len(after)} volumes, same names as before")
 
 
-def _garbage(st: Any, endpoints: list[str], fields: dict[str, str]) -> Any:
-    """Malformed JSON, bodies that are not objects, and the protocol's own fields with values of
-    the wrong type (``fields``: name -> "str", "bool", "int", "map",
-    "list" or "struct"): nothing Go
-    would decode."""
+Fields = dict[str, str]  # a request's field -> "str", "bool", "int", "map", "list" or "struct"
+
+
+def _garbage(st: Any, endpoints: dict[str, tuple[bool, Fields]]) -> Any:
+    """Per endpoint: malformed JSON, bodies that are not objects, and the endpoint's own fields
+    with values of the wrong type; nothing Go would decode. (A field of another endpoint would
+    be ignored, so a valid request.)"""
     wrong = {
         "str": st.one_of(st.integers(), st.booleans(), st.lists(st.integers(), max_size=2)),
         "bool": st.one_of(st.integers(1, 9), st.text(max_size=4), st.just({})),
@@ -299,27 +301,31 @@ def _garbage(st: Any, endpoints: list[str], fields: dict[str, str]) -> Any:
         "struct": st.one_of(st.integers(), st.text(max_size=4), st.lists(st.integers())),
         "int": st.one_of(st.text(max_size=4), st.booleans(), st.just([1]), st.floats(0.5, 9.5)),
     }
-    typed = st.sampled_from(sorted(fields)).flatmap(
-        lambda name: wrong[fields[name]].map(lambda v: json.dumps({name: v}).encode() + b"\n")
-    )
+
+    def typed(fields: Fields) -> Any:
+        return st.sampled_from(sorted(fields)).flatmap(
+            lambda name: wrong[fields[name]].map(lambda v: json.dumps({name: v}).encode() + b"\n")
+        )
+
     not_object = st.sampled_from([b"[]\n", b'"x"\n', b"0\n", b"true\n"])
     malformed = st.one_of(
         st.sampled_from([b"{", b'{"a":', b"{}}", b"\xff\xfe", b"{'a':1}", b"NaN", b'{"a":1,}']),
         st.binary(min_size=1, max_size=48).filter(lambda b: b.strip() not in (b"", b"null")),
     )
-    return st.tuples(st.sampled_from(endpoints), st.one_of(typed, not_object, malformed))
+    return st.sampled_from(sorted(endpoints)).flatmap(
+        lambda ep: st.tuples(st.just(ep), st.one_of(typed(endpoints[ep][1]), not_object, malformed))
+    )
 
 
 def reject_garbage(
     ctx: Context,
-    endpoints: dict[str, bool],
-    fields: dict[str, str],
+    endpoints: dict[str, tuple[bool, Fields]],
     accepted: Callable[[str, Reply], bool] | None = None,
 ) -> Outcome:
-    """The robustness check of the non-volume kinds: bad bodies on ``endpoints`` (value: True
-    if taking garbage as valid there is serious) must be answered, rejected, and leave the
-    plugin up. ``accepted`` says whether a reply took the call as valid (default: no error as
-    ``ctx.error`` reads it)."""
+    """The robustness check of the non-volume kinds: bad bodies on ``endpoints`` (value: whether
+    taking garbage as valid there is serious, and the endpoint's fields) must be answered,
+    rejected, and leave the plugin up. ``accepted`` says whether a reply took the call as valid
+    (default: no error as ``ctx.error`` reads it)."""
     st = _hypothesis()
     ctx.phase = "robustness"
     took = accepted or (lambda _endpoint, reply: ctx.error(reply) is None)
@@ -341,7 +347,7 @@ def reject_garbage(
             ctx.close()
             return
         if took(endpoint, reply):
-            (serious if endpoints[endpoint] else lenient).append(
+            (serious if endpoints[endpoint][0] else lenient).append(
                 f"{endpoint} {short(raw, 60)} -> {describe(reply)}"
             )
         elif reply.status != 200 and not (
@@ -349,7 +355,7 @@ def reject_garbage(
         ):
             bare.append(f"{endpoint}: {describe(reply)}")
 
-    _explore(_garbage(st, list(endpoints), fields), one)
+    _explore(_garbage(st, endpoints), one)
     sent = sum(1 for ex in ctx.log if ex.phase == "robustness")
     ctx.phase = "sequence"
     if problems:
