@@ -146,3 +146,52 @@ def test_authz_example_guards_a_dedicated_dockerd(serve_plugin: Serve, plugin_na
 
     report = run(plugin.url, "authz", timeout=10)
     assert report.ok, report.failures()
+
+
+NETWORK_METHODS = (
+    "create_network",
+    "create_endpoint",
+    "endpoint_oper_info",
+    "join",
+    "leave",
+    "delete_endpoint",
+    "delete_network",
+)
+
+
+def test_network_example_connects_a_real_container(
+    dockerd: Dockerd, serve_plugin: Serve, plugin_name: str, busybox_image: str, short_tmp: Path
+) -> None:
+    """dockerd moves the example's veth into a container, which then reaches the bridge."""
+    driver = example("network_veth").VethDriver(str(short_tmp / "state.json"))
+    calls = Recorder(driver, NETWORK_METHODS)
+    plugin = serve_plugin(driver, name=plugin_name, socket=PLUGINS / f"{plugin_name}.sock")
+    net = f"{plugin_name}-net"
+    dockerd.docker("network", "create", "-d", plugin_name, "--subnet", "198.18.10.0/24",
+                   "-o", "color=blue", net)  # fmt: skip
+    try:
+        script = "ip -4 -o addr show eth0 && ping -c1 -W2 198.18.10.1"
+        out = dockerd.docker("run", "--rm", "--network", net, busybox_image, "sh", "-c", script)
+        out = out.stdout
+        assert "inet 198.18.10.2/24" in out and "1 packets received" in out, out
+    finally:
+        dockerd.docker("network", "rm", net)
+
+    names = calls.names()
+    order = [n for n in names if n != "endpoint_oper_info"]
+    assert order == [
+        "create_network", "create_endpoint", "join", "leave", "delete_endpoint", "delete_network"
+    ]  # fmt: skip
+    (created,) = calls.of("create_network")
+    # the body the harness's NetworkContext.create_network sends, except that it plays the
+    # current engine (plugin-protocol.md §4.2: enable_ipv4 present, IPv6Data null) where
+    # 20.10 sends no enable_ipv4 and IPv6Data []
+    assert created.driver_options == {"color": "blue"}
+    assert created.option("com.docker.network.enable_ipv6") is False
+    assert created.ipv4_data[0].gateway == "198.18.10.1/24" and not created.ipv6_data
+    (endpoint,) = calls.of("create_endpoint")
+    assert endpoint.interface.address == "198.18.10.2/24"
+    assert driver.networks == {}
+
+    report = run(plugin.url, "network", timeout=10)
+    assert report.ok, report.failures()
