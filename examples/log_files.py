@@ -7,6 +7,7 @@ Run ``sudo python examples/log_files.py [NAME] [BASE_DIR]``, then
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -18,7 +19,7 @@ from typing import Any
 
 import dockplug
 from dockplug.protocol.log import FrameReader, frame
-from dockplug.testing.harness.logentry import LogEntry, decode
+from dockplug.testing.harness.logentry import LogEntry, decode, encode
 
 
 class Container:
@@ -44,12 +45,22 @@ class Container:
                 out.writelines(lines)
 
     def entries(self) -> list[tuple[bytes, LogEntry]]:
+        """(payload, entry) for every record stored so far."""
         with self.lock:
             try:
                 data = self.frames.read_bytes()
             except FileNotFoundError:
                 return []
         return [(p, decode(p)) for p in FrameReader().feed(data)]
+
+
+def _for_docker_logs(entry: LogEntry) -> bytes:
+    """A framed entry for ReadLogs. The FIFO's lines come without their newline and dockerd
+    prints ReadLogs lines as they are, so complete lines get it back (as json-file stores them)."""
+    meta = entry.partial_log_metadata
+    if not entry.partial or (meta is not None and meta.last):
+        entry = dataclasses.replace(entry, line=entry.line + b"\n")
+    return frame(encode(entry))
 
 
 class FilesDriver(dockplug.LogDriver):
@@ -108,16 +119,16 @@ class FilesDriver(dockplug.LogDriver):
                 until is None or entry.time_nano <= until
             )
 
-        found = [p for p, e in container.entries() if wanted(e)]
+        found = [e for _, e in container.entries() if wanted(e)]
         if config.tail >= 0:
             found = found[-config.tail :] if config.tail else []
-        yield from (frame(p) for p in found)
+        yield from (_for_docker_logs(e) for e in found)
         sent = len(container.entries())
         while config.follow and container.readers:  # until the container's logger stops
             time.sleep(0.2)
             fresh = container.entries()[sent:]
             sent += len(fresh)
-            yield from (frame(p) for p, e in fresh if wanted(e))
+            yield from (_for_docker_logs(e) for _, e in fresh if wanted(e))
 
 
 if __name__ == "__main__":

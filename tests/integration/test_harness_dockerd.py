@@ -195,3 +195,36 @@ def test_network_example_connects_a_real_container(
 
     report = run(plugin.url, "network", timeout=10)
     assert report.ok, report.failures()
+
+
+def test_log_example_logs_a_real_container(
+    dockerd: Dockerd, serve_plugin: Serve, plugin_name: str, busybox_image: str, short_tmp: Path
+) -> None:
+    """dockerd's FIFO, framing and Info are what the harness's log checks play; docker logs goes
+    through the example's ReadLogs, after the container stopped."""
+    driver = example("log_files").FilesDriver(str(short_tmp / "logs"))
+    calls = Recorder(driver, ("start_logging", "stop_logging", "read_logs"))
+    plugin = serve_plugin(driver, name=plugin_name, socket=PLUGINS / f"{plugin_name}.sock")
+    script = "echo hello; echo oops >&2; printf 'no newline'"
+    cid = dockerd.docker("run", "-d", "--log-driver", plugin_name, "--log-opt", "my-opt=x",
+                         busybox_image, "sh", "-c", script).stdout.strip()  # fmt: skip
+    try:
+        dockerd.docker("wait", cid)
+        logs = dockerd.docker("logs", cid)
+        assert logs.stdout == "hello\nno newline" and logs.stderr == "oops\n", logs
+    finally:
+        dockerd.docker("rm", "-f", cid)
+
+    start = calls.of("start_logging")
+    assert len(start) == 2  # the run, then docker logs on the stopped container (§7.2)
+    first = start[0]
+    assert first.file.startswith("/run/docker/logging/") and first.file != start[1].file
+    assert first.info.container_id == cid and first.info.container_name.startswith("/")
+    assert first.info.config["my-opt"] == "x"
+    (read,) = calls.of("read_logs")
+    assert read.config.tail == -1 and read.config.follow is False and read.config.since is None
+    text = (short_tmp / "logs" / f"{cid}.log").read_text()
+    assert " stdout hello\n" in text and " stderr oops\n" in text
+
+    report = run(plugin.url, "log", timeout=10, opts={"fifo_dir": str(short_tmp / "fifos")})
+    assert report.ok, report.failures()

@@ -261,6 +261,21 @@ def test_broken_log_fails_the_right_checks(serve_plugin: Serve, short_tmp: Path)
     assert by_id["L10"].result is Result.WARN  # a FIFO that does not exist was accepted
 
 
+def test_read_logs_without_newlines_is_a_finding(serve_plugin: Serve, short_tmp: Path) -> None:
+    """Lines as the FIFO carries them (no newline) make docker logs run them together."""
+    from dockplug.protocol.log import frame
+
+    class AsStored(example("log_files").FilesDriver):  # type: ignore[misc]
+        def read_logs(self, req: Any) -> list[bytes]:
+            return [frame(p) for p, _ in self._container(req.info.container_id).entries()]
+
+    plugin = serve_plugin(AsStored(str(short_tmp / "logs")), name="h-log-nl")
+    only = {"L02", "L03", "L04", "L05"}
+    report = run(plugin.url, "log", timeout=10, only=only, opts={"fifo_dir": str(short_tmp)})
+    assert failed(report) == {"L05"}, not_passed(report)
+    assert "without its trailing newline" in report.by_id()["L05"].evidence
+
+
 def test_logentry_codec_round_trips() -> None:
     entries = [
         LogEntry(),

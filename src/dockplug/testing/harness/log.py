@@ -227,13 +227,27 @@ def _read_logs(ctx: LogContext, info: dict[str, Any], tail: int = -1) -> list[Lo
         )
 
 
+def as_read(entry: LogEntry) -> bytes:
+    """The line as ReadLogs must return it: with its ``\n`` again unless it is a partial piece
+    before the last. dockerd writes ReadLogs lines to ``docker logs`` as they are (its json-file
+    driver stores the newline the same way), so lines without it run together."""
+    meta = entry.partial_log_metadata
+    complete = not entry.partial or (meta is not None and meta.last)
+    return entry.line + b"\n" if complete else entry.line
+
+
 def _same(got: list[LogEntry], want: list[LogEntry]) -> str | None:
     """None if ``got`` has ``want``'s lines, sources and times in order, else the difference."""
     if len(got) != len(want):
         extra = f"; first got {short(got[0].line, 40)}" if got else ""
         return f"{len(got)} entries back, {len(want)} written{extra}"
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
-        if (g.line, g.source, g.time_nano) != (w.line, w.source, w.time_nano):
+        if (g.source, g.time_nano) == (w.source, w.time_nano) and g.line == w.line != as_read(w):
+            return (
+                f"entry {i}: {short(g.line, 40)!r} came back without its trailing newline; "
+                "docker logs prints ReadLogs lines as they are, so they run together"
+            )
+        if (g.line, g.source, g.time_nano) != (as_read(w), w.source, w.time_nano):
             return (
                 f"entry {i}: got {g.source} {g.time_nano} {short(g.line, 40)!r}, "
                 f"wrote {w.source} {w.time_nano} {short(w.line, 40)!r}"
