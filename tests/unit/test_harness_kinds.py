@@ -208,8 +208,12 @@ def sloppy_authz(short_tmp: Path) -> Iterator[str]:
     server.server_close()
 
 
-def test_broken_authz_fails_the_right_checks(sloppy_authz: str) -> None:
+def test_broken_authz_fails_the_right_checks(sloppy_authz: str, tmp_path: Path) -> None:
+    out = tmp_path / "authz.json"
+    result = CliRunner().invoke(cli, ["check", sloppy_authz, "--report", str(out)])
+    assert result.exit_code == 1 and "(authz)" in result.output, result.output
     report = run(sloppy_authz, "authz", timeout=10)
+    assert json.loads(out.read_text())["counts"]["fail"] == 3
     by_id = report.by_id()
     assert failed(report) == {"Z01", "Z04", "Z09"}, not_passed(report)
     assert "'Authz' has the wrong casing" in by_id["Z01"].evidence
@@ -392,8 +396,9 @@ def test_detect_kind_from_implements() -> None:
     assert detect_kind(["authz"]) == "authz"
     with pytest.raises(ValueError, match="network and ipam"):
         detect_kind(["NetworkDriver", "IpamDriver", "NetworkDriver"])
+    assert detect_kind(["Authz"]) == "authz"  # so that Z01 can report the casing
     with pytest.raises(ValueError, match="give the protocol with --type"):
-        detect_kind(["Authz"])
+        detect_kind(["GraphDriver"])
 
 
 class Both(example("ipam_pools").PoolsDriver, BrokenNetwork):  # type: ignore[misc]

@@ -84,9 +84,9 @@ def check(
     TARGET  a plugin name (found like dockerd finds it), a socket path,
             or a URL: unix:///path, tcp://host:port, https://host:port
 
-    The run creates what dockerd would (volumes, networks, pools, FIFOs, all named or tagged
-    dpcheck-*) and removes it again. Exit status: 0 if no check failed (warnings allowed),
-    1 otherwise.
+    The run creates what dockerd would (volumes named dpcheck-*, networks, endpoints, pools,
+    addresses, log FIFOs) and removes it again. Exit status: 0 if no check failed (warnings
+    allowed), 1 otherwise.
     """
     from rich.console import Console
     from rich.markup import escape

@@ -52,8 +52,12 @@ IMPLEMENTS = {
 
 def detect_kind(implements: list[str]) -> str:
     """The kind to check from Activate's ``Implements``; a ValueError naming the choice if
-    there is none or more than one."""
+    there is none or more than one. A name in the wrong case still picks its kind, so that the
+    run can report the casing (dockerd's match is exact) instead of refusing to start."""
     kinds = list(dict.fromkeys(IMPLEMENTS[i] for i in implements if i in IMPLEMENTS))
+    if not kinds:
+        lower = {name.lower(): kind for name, kind in IMPLEMENTS.items()}
+        kinds = list(dict.fromkeys(lower[i.lower()] for i in implements if i.lower() in lower))
     if len(kinds) == 1:
         return kinds[0]
     if not kinds:
