@@ -183,9 +183,8 @@ def test_network_example_connects_a_real_container(
         "create_network", "create_endpoint", "join", "leave", "delete_endpoint", "delete_network"
     ]  # fmt: skip
     (created,) = calls.of("create_network")
-    # the body the harness's NetworkContext.create_network sends, except that it plays the
-    # current engine (plugin-protocol.md §4.2: enable_ipv4 present, IPv6Data null) where
-    # 20.10 sends no enable_ipv4 and IPv6Data []
+    # the body the harness's NetworkContext.create_network(legacy=True) sends (N14); N04 plays
+    # the current engine (plugin-protocol.md §4.2: enable_ipv4 present, IPv6Data null)
     assert created.driver_options == {"color": "blue"}
     assert created.option("com.docker.network.enable_ipv6") is False
     assert created.ipv4_data[0].gateway == "198.18.10.1/24" and not created.ipv6_data

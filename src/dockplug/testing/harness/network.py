@@ -63,24 +63,26 @@ class NetworkContext(Context):
     def subnet(self) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(self.opts.get("subnet", "198.18.2.0/24"), strict=False)
 
-    def options(self) -> dict[str, Any]:
-        """CreateNetwork's Options as dockerd sends them for ``docker network create -d P -o``."""
+    def options(self, legacy: bool = False) -> dict[str, Any]:
+        """CreateNetwork's Options as dockerd sends them for ``docker network create -d P -o``
+        (``legacy``: as 20.10 does, without enable_ipv4)."""
         generic = {k: v for k, v in self.opts.items() if k != "subnet"}
-        return {
-            GENERIC: generic,
-            "com.docker.network.enable_ipv4": True,
-            "com.docker.network.enable_ipv6": False,
-        }
+        options: dict[str, Any] = {GENERIC: generic, "com.docker.network.enable_ipv6": False}
+        if not legacy:
+            options["com.docker.network.enable_ipv4"] = True
+        return options
 
-    def create_network(self, network_id: str) -> Reply:
+    def create_network(self, network_id: str, legacy: bool = False) -> Reply:
+        """The current engine's body (§4.2), or with ``legacy`` the one dockerd 20.10 sends
+        (recorded: no enable_ipv4, ``IPv6Data: []`` instead of null)."""
         gateway = f"{next(self.subnet.hosts())}/{self.subnet.prefixlen}"
         body = {
             "NetworkID": network_id,
-            "Options": self.options(),
+            "Options": self.options(legacy),
             "IPv4Data": [
                 {"AddressSpace": "LocalDefault", "Pool": str(self.subnet), "Gateway": gateway}
             ],
-            "IPv6Data": None,
+            "IPv6Data": [] if legacy else None,
         }
         reply = self.call(_P + "CreateNetwork", body, expect_ok=True)
         if self.error(reply) is None:
@@ -427,12 +429,24 @@ def delete_network(ctx: NetworkContext) -> Outcome:
     return passed(f"{describe(reply)}; the network is gone")
 
 
-@check(CHECKS, "N14", "Replies: exactly 200 + JSON, Err on error", "protocol §1.6")
+@check(CHECKS, "N14", "CreateNetwork as dockerd 20.10 sends it, then DeleteNetwork", "§4.2")
+def create_legacy(ctx: NetworkContext) -> Outcome:
+    network_id = _hex()
+    reply = ctx.create_network(network_id, legacy=True)
+    if (bad := _ok(ctx, reply, "CreateNetwork without enable_ipv4, IPv6Data []")) is not None:
+        return failed(bad)
+    reply = ctx.delete_network(network_id)
+    if (bad := _ok(ctx, reply, "DeleteNetwork")) is not None:
+        return failed(bad)
+    return passed("created and deleted")
+
+
+@check(CHECKS, "N15", "Replies: exactly 200 + JSON, Err on error", "protocol §1.6")
 def replies(ctx: NetworkContext) -> Outcome:
     return reply_format(ctx)
 
 
-@check(CHECKS, "N15", "Bad bodies get an error; the plugin stays up", "protocol §4")
+@check(CHECKS, "N16", "Bad bodies get an error; the plugin stays up", "protocol §4")
 def garbage(ctx: NetworkContext) -> Outcome:
     ids = {"NetworkID": "str", "EndpointID": "str"}
     options = {"Options": "struct"}  # map[string]interface{}: any object decodes
