@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from dockplug.errors import ConfigError
 
 _STYLE = {"pass": "green", "fail": "bold red", "warn": "yellow", "skip": "dim"}
+# spelled out rather than read from the harness's KINDS, so --help does not import it
+KIND_NAMES = ["volume", "network", "ipam", "authz", "log"]
+
+
+def _kind_from(activate: Any, detect: Callable[[list[str]], str]) -> str:
+    """The kind Activate's ``Implements`` names; a ConfigError saying to use --type otherwise."""
+    try:
+        data = activate.json
+    except ValueError:
+        data = None
+    implements = data.get("Implements") if isinstance(data, dict) else None
+    if activate.status != 200 or not isinstance(implements, list):
+        raise ConfigError(
+            f"Plugin.Activate answered HTTP {activate.status} {activate.raw[:80]!r}, with no "
+            "Implements list to pick the protocol from: give it with --type"
+        )
+    try:
+        return detect([str(i) for i in implements])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _parse_opts(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -26,10 +48,9 @@ def _parse_opts(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option(
     "--type",
     "kind",
-    type=click.Choice(["volume"]),
-    default="volume",
-    show_default=True,
-    help="Which plugin protocol to check.",
+    type=click.Choice(KIND_NAMES),
+    default=None,
+    help="Which plugin protocol to check (default: the one Plugin.Activate announces).",
 )
 @click.option(
     "-o",
@@ -37,18 +58,21 @@ def _parse_opts(pairs: tuple[str, ...]) -> dict[str, str]:
     "opts",
     multiple=True,
     metavar="KEY=VALUE",
-    help="A driver option for the test volume's Create (repeatable), like docker volume create -o.",
+    help="An option for the run (repeatable): volume: the test volume's Create options, like "
+    "docker volume create -o; network: driver options, and subnet=CIDR; ipam: subnet=CIDR, "
+    "subnet_small=CIDR; log: fifo_dir=DIR.",
 )
 @click.option(
     "--report",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Also write the results as JSON to this file.",
+    help="Also write the results to this file: a self-contained HTML page if it ends in "
+    ".html, JSON otherwise.",
 )
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for a reply.")
 @click.option("--only", multiple=True, metavar="ID", help="Run only these check ids (repeatable).")
 def check(
     target: str,
-    kind: str,
+    kind: str | None,
     opts: tuple[str, ...],
     report: Path | None,
     timeout: float,
@@ -60,8 +84,9 @@ def check(
     TARGET  a plugin name (found like dockerd finds it), a socket path,
             or a URL: unix:///path, tcp://host:port, https://host:port
 
-    The run creates, mounts and removes volumes named dpcheck-*; it cleans up after itself.
-    Exit status: 0 if no check failed (warnings allowed), 1 otherwise.
+    The run creates what dockerd would (volumes named dpcheck-*, networks, endpoints, pools,
+    addresses, log FIFOs) and removes it again. Exit status: 0 if no check failed (warnings
+    allowed), 1 otherwise.
     """
     from rich.console import Console
     from rich.markup import escape
@@ -69,16 +94,19 @@ def check(
 
     from dockplug.client import PluginClient, explained, resolve
     from dockplug.testing.harness import run
+    from dockplug.testing.harness.runner import detect_kind
 
     create_opts = _parse_opts(opts)
     address = resolve(target)
     wait = min(timeout, 10.0)
     with explained(target, wait), PluginClient(address, timeout=wait) as client:
-        client.call("Plugin.Activate")
+        activate = client.call("Plugin.Activate")
+    if kind is None:
+        kind = _kind_from(activate, detect_kind)
 
     result = run(address, kind, create_opts, timeout, set(only) or None)
     result.target = target
-    table = Table(title=f"dockplug check {escape(target)}")
+    table = Table(title=f"dockplug check {escape(target)} ({kind})")
     table.add_column("ID", no_wrap=True)
     table.add_column("CHECK", ratio=2)
     table.add_column("RESULT", no_wrap=True)

@@ -1,7 +1,9 @@
 """The conformance harness behind ``dockplug check``: dockerd's role, played against a plugin.
 
-``run(target, kind="volume", opts={...})`` returns a :class:`Report`; see ``checks.py`` for what
-a check is, ``volume.py`` and ``robustness.py`` for the volume checks.
+``run(target, kind="volume", opts={...})`` returns a :class:`Report`; ``kind`` is one of
+``KINDS`` (volume, network, ipam, authz, log). See ``checks.py`` for what a check is and the
+context it runs in, then one module per kind (``volume.py`` + ``robustness.py``, ``network.py``,
+``ipam.py``, ``authz.py``, ``log.py``); ``html.py`` renders a report as a page.
 """
 
 from dockplug.testing.harness.checks import Result

@@ -52,13 +52,14 @@ class Check:
     id: str
     title: str
     ref: str  # where the rule comes from, e.g. "plugin-protocol.md §3.2"
-    func: Callable[[Context], Outcome]
+    # Any, not Context: each kind's checks take that kind's Context subclass
+    func: Callable[[Any], Outcome]
 
 
 def check(registry: list[Check], id: str, title: str, ref: str) -> Callable[..., Any]:
     """``@check(VOLUME_CHECKS, "V01", "Activate", "§2")`` adds the function to a registry."""
 
-    def register(func: Callable[[Context], Outcome]) -> Callable[[Context], Outcome]:
+    def register(func: Callable[[Any], Outcome]) -> Callable[[Any], Outcome]:
         registry.append(Check(id, title, ref, func))
         return func
 
@@ -96,7 +97,11 @@ def describe(reply: Reply) -> str:
 
 @dataclass
 class Context:
-    """What checks share: the target, create options, names created, state between steps."""
+    """What every kind's checks share: the target, options, state between steps, the call log.
+
+    Subclasses add the helpers of one protocol (what the run created, how to clean it up) and
+    how dockerd reads that protocol's errors (:meth:`error`).
+    """
 
     address: PluginAddress
     opts: dict[str, str] = field(default_factory=dict)
@@ -104,8 +109,6 @@ class Context:
     timeout: float = 30.0
     phase: str = "sequence"
     state: dict[str, Any] = field(default_factory=dict)
-    created: list[str] = field(default_factory=list)
-    mounted: list[tuple[str, str]] = field(default_factory=list)  # (name, id), one per Mount
     log: list[Exchange] = field(default_factory=list)
     _client: PluginClient | None = None
 
@@ -147,8 +150,38 @@ class Context:
         )
         return reply
 
+    def error(self, reply: Reply) -> str | None:
+        """The error dockerd reads from a reply (None: success). Generic rule, §1.6: non-200,
+        or a non-empty ``Err`` on 200."""
+        return reply.error
+
     def name(self, suffix: str) -> str:
         return f"{self.prefix}{suffix}"
+
+    def alive(self) -> bool:
+        """Does the plugin still answer Activate (on a fresh connection)?"""
+        try:
+            with self.client(timeout=min(self.timeout, 10.0)) as c:
+                return c.call("Plugin.Activate").status == 200
+        except Exception:
+            return False
+
+    def cleanup(self) -> list[str]:
+        """Best effort: undo what the run created; returns what could not be undone."""
+        return []
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+@dataclass
+class VolumeContext(Context):
+    """The volume checks' context: the volumes created and the mounts held."""
+
+    created: list[str] = field(default_factory=list)
+    mounted: list[tuple[str, str]] = field(default_factory=list)  # (name, id), one per Mount
 
     def create(self, name: str, opts: dict[str, str] | None) -> Reply:
         reply = self.call("VolumeDriver.Create", {"Name": name, "Opts": opts}, expect_ok=True)
@@ -185,18 +218,22 @@ class Context:
             return None
         return [str(v.get("Name")) for v in vols if isinstance(v, dict)]
 
-    def alive(self) -> bool:
-        """Does the plugin still answer Activate (on a fresh connection)?"""
-        try:
-            with self.client(timeout=min(self.timeout, 10.0)) as c:
-                return c.call("Plugin.Activate").status == 200
-        except Exception:
-            return False
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    def cleanup(self) -> list[str]:
+        """Unmounts what is still mounted, removes every volume the run created."""
+        left: list[str] = []
+        for name, mount_id in reversed(list(self.mounted)):
+            try:
+                self.unmount(name, mount_id)
+            except Exception as exc:
+                left.append(f"Unmount {name} {mount_id[:12]}: {exc!r}")
+        for name in list(self.created):
+            try:
+                reply = self.remove(name, expect_ok=None)
+                if reply.error is not None:
+                    left.append(f"Remove {name}: {reply.error[:120]}")
+            except Exception as exc:
+                left.append(f"Remove {name}: {exc!r}")
+        return left
 
 
 def reply_json(reply: Reply) -> Any:
@@ -205,3 +242,91 @@ def reply_json(reply: Reply) -> Any:
         return reply.json
     except ValueError:
         return None
+
+
+def lowered(data: Any) -> dict[str, Any]:
+    """A reply object's keys lower-cased, the way Go's decoder matches them; {} if not an object."""
+    return {k.lower(): v for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def announces(ctx: Context, implements: str) -> Outcome:
+    """The Activate check of every kind: ``Implements`` lists ``implements`` exactly (§2)."""
+    reply = ctx.call("Plugin.Activate", expect_ok=True)
+    data = reply_json(reply)
+    if reply.error is not None:
+        return failed(f"Activate: {describe(reply)}")
+    if not isinstance(data, dict):
+        return failed(f"Activate: HTTP 200 but the body is not a JSON object: {describe(reply)}")
+    if "Implements" not in data:
+        return failed(f"no 'Implements' key (exact casing): {describe(reply)}")
+    implemented = data["Implements"]
+    if not isinstance(implemented, list):
+        return failed(f"Implements is not a list: {describe(reply)}")
+    if implements not in implemented:
+        near = [i for i in implemented if str(i).lower() == implements.lower()]
+        hint = f" ({near[0]!r} has the wrong casing; the match is exact)" if near else ""
+        return failed(f"Implements {implemented} lacks {implements!r}{hint}")
+    return passed(f"Implements {implemented}")
+
+
+def reply_format(ctx: Context, streaming: tuple[str, ...] = (), err_on_200: bool = True) -> Outcome:
+    """Every reply of the sequence phase: exactly 200 with a JSON object on success, and a
+    non-empty ``Err`` on a non-200 reply (the key dockerd's generic client reads, §1.6).
+    ``streaming`` endpoints answer raw bytes on success and are only checked on error;
+    ``err_on_200`` flags an ``Err`` that dockerd ignores on a 200 reply (IPAM's trap)."""
+    problems: list[str] = []
+    seen = 0
+    for ex in ctx.log:
+        if ex.phase != "sequence" or ex.status is None:
+            continue
+        seen += 1
+        data = reply_json(Reply(ex.status, ex.body, {}))
+        if 200 < ex.status < 300:
+            problems.append(f"{ex.endpoint}: HTTP {ex.status} (dockerd wants exactly 200)")
+        elif ex.status == 200:
+            if ex.endpoint not in streaming and not isinstance(data, dict):
+                problems.append(f"{ex.endpoint}: 200 with a non-JSON body {ex.body[:60]!r}")
+            elif (
+                err_on_200
+                and isinstance(data, dict)
+                and data.get("Err")
+                and ctx.error(Reply(ex.status, ex.body, {})) is None
+            ):
+                problems.append(f"{ex.endpoint}: Err on a 200 reply, which dockerd ignores here")
+        elif not (isinstance(data, dict) and data.get("Err")):
+            problems.append(
+                f"{ex.endpoint}: error HTTP {ex.status} without a non-empty Err: {ex.body[:60]!r}"
+            )
+    if not seen:
+        raise Skip("no replies recorded")
+    if problems:
+        unique = list(dict.fromkeys(problems))
+        return failed(f"{len(problems)} of {seen} replies: " + "; ".join(unique[:4]))
+    return passed(f"{seen} replies conform")
+
+
+def concurrently(ctx: Context, endpoint: str, body: Any, n: int = 20) -> list[Reply | Exception]:
+    """``n`` identical calls at once, each on its own connection as dockerd's would be; a call
+    that could not even connect (a listen backlog too small) comes back as its exception."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_: int) -> Reply | Exception:
+        try:
+            with ctx.client() as client:
+                return ctx.call(endpoint, body, client=client)
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=n) as workers:
+        return list(workers.map(one, range(n)))
+
+
+def connection_failures(results: list[Reply | Exception]) -> str | None:
+    """The evidence if some concurrent calls got no reply at all."""
+    errors = [r for r in results if isinstance(r, Exception)]
+    if not errors:
+        return None
+    return (
+        f"{len(errors)}/{len(results)} concurrent calls got no reply, e.g. {errors[0]!r:.100} "
+        "(is the listen backlog too small? dockerd opens a connection per concurrent call)"
+    )

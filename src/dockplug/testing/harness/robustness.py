@@ -16,6 +16,7 @@ from dockplug.testing.harness.checks import (
     Context,
     Outcome,
     Skip,
+    VolumeContext,
     check,
     describe,
     failed,
@@ -73,7 +74,7 @@ def _hypothesis() -> Any:
 
 
 def _send(
-    ctx: Context,
+    ctx: VolumeContext,
     endpoint: str,
     raw: bytes,
     problems: list[str],
@@ -98,7 +99,7 @@ def _send(
         ctx.state.setdefault("bare_errors", []).append(f"{path}: {describe(reply)}")
 
 
-def _bare(ctx: Context, evidence: str) -> Outcome:
+def _bare(ctx: VolumeContext, evidence: str) -> Outcome:
     """Pass, or warn if some rejections came without an ``Err`` (dockerd then shows the raw
     body, and network/IPAM callers lose the message)."""
     bare: list[str] = ctx.state.pop("bare_errors", [])
@@ -107,7 +108,7 @@ def _bare(ctx: Context, evidence: str) -> Outcome:
     return passed(evidence)
 
 
-def _escaped(ctx: Context, name: str) -> list[str]:
+def _escaped(ctx: VolumeContext, name: str) -> list[str]:
     """Folders a path-like name made outside the plugin's volume folder (the parent of V11's
     Mountpoint); removed again when empty and named with this run's prefix."""
     mountpoint = ctx.state.get("mountpoint")
@@ -156,7 +157,7 @@ def _bad_bodies(st: Any) -> Any:
 
 
 @check(CHECKS, "R01", "Malformed JSON, wrong types, missing fields", "protocol §1.6, §3.1")
-def bad_bodies(ctx: Context) -> Outcome:
+def bad_bodies(ctx: VolumeContext) -> Outcome:
     st = _hypothesis()
     ctx.phase = "robustness"
     ctx.state.pop("bare_errors", None)
@@ -196,7 +197,7 @@ def _names(st: Any, prefix: str) -> Any:
 
 
 @check(CHECKS, "R02", "Names with /, .., NUL and unicode", "protocol §3.3")
-def hostile_names(ctx: Context) -> Outcome:
+def hostile_names(ctx: VolumeContext) -> Outcome:
     st = _hypothesis()
     ctx.phase = "robustness"
     ctx.state.pop("bare_errors", None)
@@ -238,7 +239,7 @@ def hostile_names(ctx: Context) -> Outcome:
 
 
 @check(CHECKS, "R03", "A 20 MB body gets an error, not a hang", "protocol §1.7")
-def huge_body(ctx: Context) -> Outcome:
+def huge_body(ctx: VolumeContext) -> Outcome:
     name = ctx.prefix + "x" * HUGE
     raw = json.dumps({"Name": name, "Opts": dict(ctx.opts)}).encode() + b"\n"
     try:
@@ -258,7 +259,7 @@ def huge_body(ctx: Context) -> Outcome:
 
 
 @check(CHECKS, "R04", "Still up, List unchanged by rejected calls", "issue 6: robustness")
-def list_unchanged(ctx: Context) -> Outcome:
+def list_unchanged(ctx: VolumeContext) -> Outcome:
     before = ctx.state.get("names_before")
     if not ctx.alive():
         return failed("the plugin no longer answers Activate")
@@ -279,3 +280,92 @@ def list_unchanged(ctx: Context) -> Outcome:
     if added:
         return warned(f"accepted names could not be removed: {[short(n, 40) for n in added[:3]]}")
     return passed(f"{len(after)} volumes, same names as before")
+
+
+Fields = dict[str, str]  # a request's field -> "str", "bool", "int", "map", "list" or "struct"
+
+
+def _garbage(st: Any, endpoints: dict[str, tuple[bool, Fields]]) -> Any:
+    """Per endpoint: malformed JSON, bodies that are not objects, and the endpoint's own fields
+    with values of the wrong type; nothing Go would decode. (A field of another endpoint would
+    be ignored, so a valid request.)"""
+    wrong = {
+        "str": st.one_of(st.integers(), st.booleans(), st.lists(st.integers(), max_size=2)),
+        "bool": st.one_of(st.integers(1, 9), st.text(max_size=4), st.just({})),
+        "map": st.one_of(
+            st.integers(),
+            st.text(max_size=4),
+            st.dictionaries(st.just("k"), st.integers(), min_size=1),
+        ),
+        "list": st.one_of(st.integers(), st.text(max_size=4), st.just({"a": 1})),
+        "struct": st.one_of(st.integers(), st.text(max_size=4), st.lists(st.integers())),
+        "int": st.one_of(st.text(max_size=4), st.booleans(), st.just([1]), st.floats(0.5, 9.5)),
+    }
+
+    def typed(fields: Fields) -> Any:
+        return st.sampled_from(sorted(fields)).flatmap(
+            lambda name: wrong[fields[name]].map(lambda v: json.dumps({name: v}).encode() + b"\n")
+        )
+
+    not_object = st.sampled_from([b"[]\n", b'"x"\n', b"0\n", b"true\n"])
+    malformed = st.one_of(
+        st.sampled_from([b"{", b'{"a":', b"{}}", b"\xff\xfe", b"{'a':1}", b"NaN", b'{"a":1,}']),
+        st.binary(min_size=1, max_size=48).filter(lambda b: b.strip() not in (b"", b"null")),
+    )
+    return st.sampled_from(sorted(endpoints)).flatmap(
+        lambda ep: st.tuples(st.just(ep), st.one_of(typed(endpoints[ep][1]), not_object, malformed))
+    )
+
+
+def reject_garbage(
+    ctx: Context,
+    endpoints: dict[str, tuple[bool, Fields]],
+    accepted: Callable[[str, Reply], bool] | None = None,
+) -> Outcome:
+    """The robustness check of the non-volume kinds: bad bodies on ``endpoints`` (value: whether
+    taking garbage as valid there is serious, and the endpoint's fields) must be answered,
+    rejected, and leave the plugin up. ``accepted`` says whether a reply took the call as valid
+    (default: no error as ``ctx.error`` reads it)."""
+    st = _hypothesis()
+    ctx.phase = "robustness"
+    took = accepted or (lambda _endpoint, reply: ctx.error(reply) is None)
+    problems: list[str] = []
+    serious: list[str] = []
+    lenient: list[str] = []
+    bare: list[str] = []
+
+    def one(value: tuple[str, bytes]) -> None:
+        endpoint, raw = value
+        try:
+            reply = ctx.call(endpoint, raw=raw, expect_ok=False)
+        except Exception as exc:
+            alive = ctx.alive()
+            problems.append(
+                f"{endpoint} {short(raw, 60)}: no reply ({type(exc).__name__})"
+                + ("" if alive else "; the plugin is down")
+            )
+            ctx.close()
+            return
+        if took(endpoint, reply):
+            (serious if endpoints[endpoint][0] else lenient).append(
+                f"{endpoint} {short(raw, 60)} -> {describe(reply)}"
+            )
+        elif reply.status != 200 and not (
+            isinstance(data := reply_json(reply), dict) and data.get("Err")
+        ):
+            bare.append(f"{endpoint}: {describe(reply)}")
+
+    _explore(_garbage(st, endpoints), one)
+    sent = sum(1 for ex in ctx.log if ex.phase == "robustness")
+    ctx.phase = "sequence"
+    if problems:
+        return failed(f"{len(problems)} calls unanswered: " + "; ".join(problems[:3]))
+    if not ctx.alive():
+        return failed("the plugin no longer answers Activate after the bad bodies")
+    if serious:
+        return failed(f"{len(serious)} bad bodies accepted, e.g. " + "; ".join(serious[:3]))
+    if lenient:
+        return warned(f"{len(lenient)} bad bodies answered as success, e.g. {lenient[0]}")
+    if bare:
+        return warned(f"{sent} calls rejected, but {len(bare)} without an Err, e.g. {bare[0]}")
+    return passed(f"{sent} calls, every bad body rejected; still up")

@@ -12,10 +12,62 @@ from typing import Any
 
 from dockplug.client import resolve
 from dockplug.discovery import PluginAddress
-from dockplug.testing.harness import robustness, volume
-from dockplug.testing.harness.checks import Check, Context, Outcome, Result, Skip, failed
+from dockplug.testing.harness import authz, ipam, log, network, robustness, volume
+from dockplug.testing.harness.checks import (
+    Check,
+    Context,
+    Outcome,
+    Result,
+    Skip,
+    VolumeContext,
+    failed,
+)
 
-KINDS: dict[str, list[Check]] = {"volume": [*volume.CHECKS, *robustness.CHECKS]}
+KINDS: dict[str, list[Check]] = {
+    "volume": [*volume.CHECKS, *robustness.CHECKS],
+    "network": network.CHECKS,
+    "ipam": ipam.CHECKS,
+    "authz": authz.CHECKS,
+    "log": log.CHECKS,
+}
+
+# Each kind's context class; a kind registered without one gets the volume context.
+CONTEXTS: dict[str, type[Context]] = {
+    "volume": VolumeContext,
+    "network": network.NetworkContext,
+    "ipam": ipam.IpamContext,
+    "authz": authz.AuthzContext,
+    "log": log.LogContext,
+}
+
+# ``Plugin.Activate`` interface names (§2) -> kind
+IMPLEMENTS = {
+    "VolumeDriver": "volume",
+    "NetworkDriver": "network",
+    "IpamDriver": "ipam",
+    "authz": "authz",
+    "LogDriver": "log",
+}
+
+
+def detect_kind(implements: list[str]) -> str:
+    """The kind to check from Activate's ``Implements``; a ValueError naming the choice if
+    there is none or more than one. A name in the wrong case still picks its kind, so that the
+    run can report the casing (dockerd's match is exact) instead of refusing to start."""
+    kinds = list(dict.fromkeys(IMPLEMENTS[i] for i in implements if i in IMPLEMENTS))
+    if not kinds:
+        lower = {name.lower(): kind for name, kind in IMPLEMENTS.items()}
+        kinds = list(dict.fromkeys(lower[i.lower()] for i in implements if i.lower() in lower))
+    if len(kinds) == 1:
+        return kinds[0]
+    if not kinds:
+        raise ValueError(
+            f"Activate announces {implements!r}, none of {', '.join(IMPLEMENTS)}: "
+            "give the protocol with --type"
+        )
+    raise ValueError(
+        f"Activate announces {' and '.join(kinds)} ({implements!r}): choose one with --type"
+    )
 
 
 @dataclass
@@ -73,6 +125,12 @@ class Report:
         return data
 
     def write(self, path: Path) -> None:
+        """JSON, or a self-contained HTML page when the file name ends in .html/.htm."""
+        if path.suffix.lower() in (".html", ".htm"):
+            from dockplug.testing.harness.html import render
+
+            path.write_text(render(self), encoding="utf-8")
+            return
         path.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
 
 
@@ -100,24 +158,6 @@ def _run_one(chk: Check, ctx: Context) -> CheckResult:
     )
 
 
-def _cleanup(ctx: Context) -> list[str]:
-    """Best effort: unmount what is still mounted, remove every volume the run created."""
-    left: list[str] = []
-    for name, mount_id in reversed(list(ctx.mounted)):
-        try:
-            ctx.unmount(name, mount_id)
-        except Exception as exc:
-            left.append(f"Unmount {name} {mount_id[:12]}: {exc!r}")
-    for name in list(ctx.created):
-        try:
-            reply = ctx.remove(name, expect_ok=None)
-            if reply.error is not None:
-                left.append(f"Remove {name}: {reply.error[:120]}")
-        except Exception as exc:
-            left.append(f"Remove {name}: {exc!r}")
-    return left
-
-
 def run(
     target: str | PluginAddress,
     kind: str = "volume",
@@ -130,7 +170,8 @@ def run(
         raise ValueError(f"unknown plugin type {kind!r} (have: {', '.join(KINDS)})")
     address = resolve(target) if isinstance(target, str) else target
     prefix = f"dpcheck-{uuid.uuid4().hex[:8]}-"
-    ctx = Context(address, opts=dict(opts or {}), prefix=prefix, timeout=timeout)
+    context = CONTEXTS.get(kind, VolumeContext)
+    ctx = context(address, opts=dict(opts or {}), prefix=prefix, timeout=timeout)
     report = Report(
         target=target if isinstance(target, str) else target.name,
         url=address.url,
@@ -143,7 +184,8 @@ def run(
             if only is None or chk.id in only:
                 report.results.append(_run_one(chk, ctx))
     finally:
-        report.cleanup = _cleanup(ctx)
+        ctx.phase = "cleanup"
+        report.cleanup = ctx.cleanup()
         report.calls = len(ctx.log)
         ctx.close()
     return report

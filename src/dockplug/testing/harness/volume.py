@@ -12,13 +12,15 @@ from typing import Any
 from dockplug.client import Reply
 from dockplug.testing.harness.checks import (
     Check,
-    Context,
     Outcome,
     Skip,
+    VolumeContext,
+    announces,
     check,
     describe,
     failed,
     passed,
+    reply_format,
     reply_json,
     warned,
 )
@@ -31,7 +33,7 @@ def _id() -> str:
     return uuid.uuid4().hex + uuid.uuid4().hex  # 64 hex, like dockerd's mount IDs
 
 
-def _main(ctx: Context) -> str:
+def _main(ctx: VolumeContext) -> str:
     if not ctx.state.get("main_created"):
         raise Skip("the test volume could not be created (see V04)")
     if ctx.state.get("main_removed"):
@@ -50,25 +52,12 @@ def _ok(reply: Reply, what: str) -> str | None:
 
 
 @check(CHECKS, "V01", "Activate announces VolumeDriver", "protocol §2")
-def activate(ctx: Context) -> Outcome:
-    reply = ctx.call("Plugin.Activate", expect_ok=True)
-    if (bad := _ok(reply, "Activate")) is not None:
-        return failed(bad)
-    data = reply_json(reply)
-    implements = data.get("Implements")
-    if "Implements" not in data:
-        return failed(f"no 'Implements' key (exact casing): {describe(reply)}")
-    if not isinstance(implements, list):
-        return failed(f"Implements is not a list: {describe(reply)}")
-    if "VolumeDriver" not in implements:
-        near = [i for i in implements if str(i).lower() == "volumedriver"]
-        hint = f" ({near[0]!r} has the wrong casing; the match is exact)" if near else ""
-        return failed(f"Implements {implements} lacks 'VolumeDriver'{hint}")
-    return passed(f"Implements {implements}")
+def activate(ctx: VolumeContext) -> Outcome:
+    return announces(ctx, "VolumeDriver")
 
 
 @check(CHECKS, "V02", "Capabilities: Scope local or global", "protocol §3.2 Capabilities")
-def capabilities(ctx: Context) -> Outcome:
+def capabilities(ctx: VolumeContext) -> Outcome:
     reply = ctx.call("VolumeDriver.Capabilities", {})
     if reply.status == 404:
         return warned("404: optional endpoint missing; dockerd assumes Scope local")
@@ -92,7 +81,7 @@ def capabilities(ctx: Context) -> Outcome:
 
 
 @check(CHECKS, "V03", "Get of a missing volume fails quickly", "protocol §3.2 Get")
-def get_missing(ctx: Context) -> Outcome:
+def get_missing(ctx: VolumeContext) -> Outcome:
     name = ctx.name("missing")
     started = time.monotonic()
     reply = ctx.call("VolumeDriver.Get", {"Name": name}, expect_ok=False)
@@ -111,7 +100,7 @@ def get_missing(ctx: Context) -> Outcome:
 
 
 @check(CHECKS, "V04", "Create with the plugin's options", "trace: docker volume create -o")
-def create_main(ctx: Context) -> Outcome:
+def create_main(ctx: VolumeContext) -> Outcome:
     name = ctx.name("main")
     ctx.state["main"] = name
     ctx.call("VolumeDriver.Get", {"Name": name}, expect_ok=False)  # dockerd probes first
@@ -124,7 +113,7 @@ def create_main(ctx: Context) -> Outcome:
 
 
 @check(CHECKS, "V05", 'Create with "Opts": {} (docker volume create)', "protocol §3.2 Create")
-def create_empty(ctx: Context) -> Outcome:
+def create_empty(ctx: VolumeContext) -> Outcome:
     reply = ctx.create(ctx.name("empty"), {})
     ctx.state["empty_ok"] = reply.error is None
     if (bad := _ok(reply, "Create Opts={}")) is not None:
@@ -135,7 +124,7 @@ def create_empty(ctx: Context) -> Outcome:
 
 
 @check(CHECKS, "V06", 'Create with "Opts": null (docker run -v)', "protocol §3.2 Create, §1.5")
-def create_null(ctx: Context) -> Outcome:
+def create_null(ctx: VolumeContext) -> Outcome:
     reply = ctx.create(ctx.name("null"), None)
     if (bad := _ok(reply, "Create Opts=null")) is None:
         return passed("HTTP 200: implicit create works")
@@ -148,7 +137,7 @@ def create_null(ctx: Context) -> Outcome:
 
 
 @check(CHECKS, "V07", "Get after Create: Name echoed, CreatedAt, Status", "protocol §3.1-3.2 Get")
-def get_created(ctx: Context) -> Outcome:
+def get_created(ctx: VolumeContext) -> Outcome:
     name = _main(ctx)
     reply = ctx.call("VolumeDriver.Get", {"Name": name}, expect_ok=True)
     if (bad := _ok(reply, "Get")) is not None:
@@ -167,7 +156,7 @@ def get_created(ctx: Context) -> Outcome:
 
 
 @check(CHECKS, "V08", "List contains the volume, PascalCase keys", "protocol §3.1 List")
-def list_contains(ctx: Context) -> Outcome:
+def list_contains(ctx: VolumeContext) -> Outcome:
     name = _main(ctx)
     reply = ctx.call("VolumeDriver.List", {}, expect_ok=True)
     if (bad := _ok(reply, "List")) is not None:
@@ -192,7 +181,7 @@ def list_contains(ctx: Context) -> Outcome:
 
 
 @check(CHECKS, "V09", "Create again with the same options succeeds", "protocol §3.3")
-def create_again(ctx: Context) -> Outcome:
+def create_again(ctx: VolumeContext) -> Outcome:
     name = _main(ctx)
     reply = ctx.create(name, dict(ctx.opts))
     if (bad := _ok(reply, "second Create")) is not None:
@@ -206,7 +195,7 @@ def create_again(ctx: Context) -> Outcome:
 Timed = tuple[Any, float]  # a Reply or the exception raised, and when it came back
 
 
-def _parallel_gets(ctx: Context, name: str, mount_id: str) -> tuple[Timed, list[Timed]]:
+def _parallel_gets(ctx: VolumeContext, name: str, mount_id: str) -> tuple[Timed, list[Timed]]:
     def one(endpoint: str, body: dict[str, Any]) -> Timed:
         try:
             with ctx.client() as client:
@@ -226,7 +215,7 @@ def _parallel_gets(ctx: Context, name: str, mount_id: str) -> tuple[Timed, list[
 
 
 @check(CHECKS, "V10", "20 Gets and a List answer during a Mount", "protocol §1.9, trace")
-def concurrency(ctx: Context) -> Outcome:
+def concurrency(ctx: VolumeContext) -> Outcome:
     name = _main(ctx)
     mount_id = _id()
     (mount, mount_done), results = _parallel_gets(ctx, name, mount_id)
@@ -267,7 +256,7 @@ def _mountpoint(reply: Reply) -> tuple[str | None, list[str]]:
 
 
 @check(CHECKS, "V11", "Mount returns an existing directory", "protocol §3.2 Mount")
-def mount_first(ctx: Context) -> Outcome:
+def mount_first(ctx: VolumeContext) -> Outcome:
     name = _main(ctx)
     mount_id = _id()
     reply = ctx.mount(name, mount_id)
@@ -289,7 +278,7 @@ def mount_first(ctx: Context) -> Outcome:
     return passed(f"{mp} ({kind})")
 
 
-def _still_mounted(ctx: Context, name: str) -> str | None:
+def _still_mounted(ctx: VolumeContext, name: str) -> str | None:
     """None if the volume is still usable by the holder of the remaining mount."""
     mp: str = ctx.state["mountpoint"]
     path = ctx.call("VolumeDriver.Path", {"Name": name}, expect_ok=True)
@@ -305,7 +294,7 @@ def _still_mounted(ctx: Context, name: str) -> str | None:
 
 
 @check(CHECKS, "V12", "docker cp: same ID mounted twice, one Unmount keeps it", "trace, §3.2")
-def docker_cp(ctx: Context) -> Outcome:
+def docker_cp(ctx: VolumeContext) -> Outcome:
     name = _main(ctx)
     mount_id = ctx.state.get("id_a")
     if not mount_id:
@@ -326,7 +315,7 @@ def docker_cp(ctx: Context) -> Outcome:
 
 
 @check(CHECKS, "V13", "A second ID mounts the same volume", "protocol §3.2 Mount")
-def second_id(ctx: Context) -> Outcome:
+def second_id(ctx: VolumeContext) -> Outcome:
     name = _main(ctx)
     mount_id = _id()
     reply = ctx.mount(name, mount_id)
@@ -340,7 +329,7 @@ def second_id(ctx: Context) -> Outcome:
 
 
 @check(CHECKS, "V14", "Remove of a mounted volume is refused", "protocol §3.2 Remove")
-def remove_in_use(ctx: Context) -> Outcome:
+def remove_in_use(ctx: VolumeContext) -> Outcome:
     name = _main(ctx)
     if not any(n == name for n, _ in ctx.mounted):
         raise Skip("the volume is not mounted (V11/V13 failed)")
@@ -352,7 +341,7 @@ def remove_in_use(ctx: Context) -> Outcome:
 
 
 @check(CHECKS, "V15", "Unmount of an unknown ID does not break the plugin", "protocol §3.2")
-def unmount_unknown(ctx: Context) -> Outcome:
+def unmount_unknown(ctx: VolumeContext) -> Outcome:
     name = _main(ctx)
     try:
         reply = ctx.call("VolumeDriver.Unmount", {"Name": name, "ID": _id()})
@@ -367,7 +356,7 @@ def unmount_unknown(ctx: Context) -> Outcome:
 
 
 @check(CHECKS, "V16", "Unmount in reverse order: B, then A", "protocol §3.2 Unmount")
-def unmount_reverse(ctx: Context) -> Outcome:
+def unmount_reverse(ctx: VolumeContext) -> Outcome:
     name = _main(ctx)
     id_a, id_b = ctx.state.get("id_a"), ctx.state.get("id_b")
     if not id_a or not id_b:
@@ -384,7 +373,7 @@ def unmount_reverse(ctx: Context) -> Outcome:
 
 
 @check(CHECKS, "V17", "Remove, then Get fails and List drops it", "trace: docker volume rm")
-def remove_last(ctx: Context) -> Outcome:
+def remove_last(ctx: VolumeContext) -> Outcome:
     name = _main(ctx)
     for n, mount_id in [m for m in ctx.mounted if m[0] == name]:
         ctx.unmount(n, mount_id)
@@ -406,26 +395,5 @@ def remove_last(ctx: Context) -> Outcome:
 
 
 @check(CHECKS, "V18", "Replies: exactly 200 + JSON on success, Err on error", "protocol §1.6")
-def reply_format(ctx: Context) -> Outcome:
-    problems: list[str] = []
-    seen = 0
-    for ex in ctx.log:
-        if ex.phase != "sequence" or ex.status is None:
-            continue
-        seen += 1
-        reply = Reply(ex.status, ex.body, {})
-        data = reply_json(reply)
-        if 200 < ex.status < 300:
-            problems.append(f"{ex.endpoint}: HTTP {ex.status} (dockerd wants exactly 200)")
-        elif ex.status == 200 and not isinstance(data, dict):
-            problems.append(f"{ex.endpoint}: 200 with a non-JSON body {ex.body[:60]!r}")
-        elif reply.error is not None and not (isinstance(data, dict) and data.get("Err")):
-            problems.append(
-                f"{ex.endpoint}: error HTTP {ex.status} without a non-empty Err: {ex.body[:60]!r}"
-            )
-    if not seen:
-        raise Skip("no replies recorded")
-    if problems:
-        unique = list(dict.fromkeys(problems))
-        return failed(f"{len(problems)} of {seen} replies: " + "; ".join(unique[:4]))
-    return passed(f"{seen} replies conform")
+def reply_format_volume(ctx: VolumeContext) -> Outcome:
+    return reply_format(ctx)

@@ -1,0 +1,68 @@
+"""The report as one self-contained HTML page: inline CSS, no scripts, no external assets, every
+value escaped (evidence quotes plugin replies, which may contain anything)."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import TYPE_CHECKING
+
+from dockplug.testing.harness.checks import Result
+
+if TYPE_CHECKING:
+    from dockplug.testing.harness.runner import Report
+
+_CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#222}
+h1{font-size:1.4em;margin:0 0 .3em}
+.meta{color:#555;margin:0 0 1em}
+.meta code{background:#f3f3f3;padding:0 .3em}
+.summary span{display:inline-block;margin-right:.6em;padding:.1em .6em;border-radius:.3em}
+table{border-collapse:collapse;width:100%;margin-top:1em}
+th,td{border-bottom:1px solid #ddd;padding:.35em .5em;text-align:left;vertical-align:top}
+th{background:#f6f6f6}
+td.ev{font-family:ui-monospace,monospace;font-size:12px;white-space:pre-wrap;word-break:break-word}
+.pass{background:#e5f6e8;color:#17622a}.fail{background:#fde4e4;color:#9b1c1c;font-weight:bold}
+.warn{background:#fff4d6;color:#7a5300}.skip{background:#eee;color:#666}
+ul.cleanup{color:#7a5300}
+"""
+
+
+def _e(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def render(report: Report) -> str:
+    """The whole page for one run."""
+    counts = "".join(
+        f'<span class="{r.value}">{report.count(r)} {r.value}</span>'
+        for r in Result
+        if report.count(r)
+    )
+    rows = "\n".join(
+        f"<tr><td>{_e(r.id)}</td><td>{_e(r.title)}<br><small>{_e(r.ref)}</small></td>"
+        f'<td class="{_e(r.result.value)}">{_e(r.result.value.upper())}</td>'
+        f'<td class="ev">{_e(r.evidence)}</td><td>{r.seconds:.3f}s</td></tr>'
+        for r in report.results
+    )
+    cleanup = ""
+    if report.cleanup:
+        items = "".join(f"<li>{_e(line)}</li>" for line in report.cleanup)
+        cleanup = f'<h2>Left behind</h2><ul class="cleanup">{items}</ul>'
+    opts = ", ".join(f"{k}={v}" for k, v in report.opts.items()) or "none"
+    verdict = "passed" if report.ok else "FAILED"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
+<title>dockplug check {_e(report.target)}: {verdict}</title>
+<style>{_CSS}</style></head><body>
+<h1>dockplug check: {_e(report.kind)} plugin {_e(report.target)} {verdict}</h1>
+<p class="meta">URL <code>{_e(report.url)}</code> · started {_e(report.started)} ·
+options {_e(opts)} · {report.calls} calls</p>
+<p class="summary">{counts}</p>
+<table><thead><tr><th>ID</th><th>Check</th><th>Result</th><th>Evidence</th><th>Time</th>
+</tr></thead><tbody>
+{rows}
+</tbody></table>
+{cleanup}
+</body></html>
+"""
