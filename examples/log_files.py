@@ -19,7 +19,7 @@ from typing import Any
 
 import dockplug
 from dockplug.protocol.log import FrameReader, frame
-from dockplug.testing.harness.logentry import LogEntry, decode, encode
+from dockplug.protocol.logentry import LogEntry, decode, encode
 
 
 class Container:

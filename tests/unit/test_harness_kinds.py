@@ -27,15 +27,15 @@ from dockplug.cli.main import cli
 from dockplug.protocol.base import Driver, Protocol
 from dockplug.protocol.ipam import IPAM
 from dockplug.protocol.log import LOG
-from dockplug.protocol.network import NETWORK
-from dockplug.testing.harness import KINDS, Report, Result, run
-from dockplug.testing.harness.logentry import (
+from dockplug.protocol.logentry import (
     EntryError,
     LogEntry,
     PartialMetadata,
     decode,
     encode,
 )
+from dockplug.protocol.network import NETWORK
+from dockplug.testing.harness import KINDS, Report, Result, run
 from dockplug.testing.harness.runner import detect_kind
 from dockplug.testing.servers import SubprocessPlugin, ThreadedPlugin
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from dockplug.client import Reply
 from dockplug.protocol.log import FrameError, FrameReader, frame
+from dockplug.protocol.logentry import EntryError, LogEntry, PartialMetadata, decode, encode
 from dockplug.testing.harness.checks import (
     Check,
     Context,
@@ -41,7 +42,6 @@ from dockplug.testing.harness.checks import (
     short,
     warned,
 )
-from dockplug.testing.harness.logentry import EntryError, LogEntry, PartialMetadata, decode, encode
 from dockplug.testing.harness.robustness import reject_garbage
 from dockplug.testing.harness.shapes import casing_problems
 
