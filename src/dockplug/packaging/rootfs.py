@@ -1,6 +1,7 @@
 """The plugin root filesystem: a cached Debian (debootstrap) base with python3 (plus the extra
-Debian packages a driver declares), copied fresh for each build, with dockplug and its
-dependencies installed under ``/opt/dockplug/site``. Each package set has its own cached base
+Debian packages a driver declares), copied fresh for each build, or another base (an image, a
+tarball, a Dockerfile: bases.py), with dockplug and its dependencies installed under
+``/opt/dockplug/site``. Each package set has its own cached base
 (``bookworm-python3`` for none, ``bookworm-python3+fuse3+openssh-client+sshfs`` for sshfs's).
 
 The host's Python installs the dependencies (``pip install --target``), so the compiled wheels
@@ -25,6 +26,7 @@ from pathlib import Path
 from rich.console import Console
 
 from dockplug.errors import ConfigError
+from dockplug.packaging.bases import DEBOOTSTRAP, Base, check_base, populate
 from dockplug.packaging.config import PLUGIN_SOCKET_DIR, SITE_DIR
 
 SUITE = "bookworm"
@@ -107,7 +109,8 @@ def _step(console: Console, text: str) -> Iterator[None]:
 
 
 def python_version(rootfs: Path) -> tuple[int, int]:
-    """The minor version of ``/usr/bin/python3`` inside rootfs (from its symlink or libdir)."""
+    """The minor version of ``/usr/bin/python3`` inside rootfs (from its symlink or libdir,
+    ``/usr/local/lib`` too: python:* images)."""
     link = rootfs / "usr/bin/python3"
     with contextlib.suppress(OSError):
         m = re.fullmatch(r"python(\d+)\.(\d+)", os.readlink(link).rsplit("/", 1)[-1])
@@ -115,7 +118,8 @@ def python_version(rootfs: Path) -> tuple[int, int]:
             return int(m[1]), int(m[2])
     found = sorted(
         (int(m[1]), int(m[2]))
-        for p in (rootfs / "usr/lib").glob("python3.*")
+        for lib in ("usr/lib", "usr/local/lib")
+        for p in (rootfs / lib).glob("python3.*")
         if (m := re.fullmatch(r"python(\d+)\.(\d+)", p.name))
     )
     if not found:
@@ -225,9 +229,29 @@ def make_rootfs(
     cache: Path | None = None,
     packages: Iterable[str] = (),
     project: Path | None = None,
+    base: Base = DEBOOTSTRAP,
 ) -> bool:
-    """A fresh rootfs at dest: a copy of the cached base (python3 and PACKAGES) plus dockplug
-    (and the user's PROJECT, if given). Returns True if the base had to be made (a cold build)."""
+    """A fresh rootfs at dest: a copy of BASE (the cached debootstrap base with python3 and
+    PACKAGES, or an image, tarball or Dockerfile checked to hold them) plus dockplug (and the
+    user's PROJECT, if given). Returns True if the debootstrap base had to be made (cold)."""
+    cold = False
+    if base.kind == "debootstrap":
+        cold = _copy_debootstrap(dest, console, cache, packages)
+    else:
+        t0 = time.monotonic()
+        populate(base, dest, console)  # shows its own progress (a bar: no status spinner here)
+        console.print(f"[green]✓[/green] read the base {base} ({time.monotonic() - t0:.1f}s)")
+        check_base(dest, base, packages, console)
+    install_dockplug(dest, console)
+    if project is not None:
+        install_project(dest, project, console)
+    (dest / PLUGIN_SOCKET_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    return cold
+
+
+def _copy_debootstrap(
+    dest: Path, console: Console, cache: Path | None, packages: Iterable[str]
+) -> bool:
     base, cold = ensure_base(console, cache, packages)
     have = python_version(base)
     want = sys.version_info[:2]
@@ -246,8 +270,4 @@ def make_rootfs(
     if res.returncode != 0:
         raise ConfigError(f"copying {base} failed: {res.stderr.strip()}")
     (dest / _MARKER).unlink(missing_ok=True)
-    install_dockplug(dest, console)
-    if project is not None:
-        install_project(dest, project, console)
-    (dest / PLUGIN_SOCKET_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
     return cold

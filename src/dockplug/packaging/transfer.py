@@ -25,17 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
 
 from dockplug.errors import ConfigError
 from dockplug.packaging import engine
+from dockplug.packaging.bases import CountingReader, byte_progress, rootfs_member
 from dockplug.packaging.config import PluginConfig, validate_config
 from dockplug.packaging.engine import EngineError
 
@@ -86,18 +79,6 @@ def settings_pairs(
             if value is not None and value != now[i].get(field) and declared[i][0]:
                 pairs.append(f"{declared[i][0]}.{field.lower()}={value}")
     return pairs
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
 
 
 @dataclass
@@ -190,7 +171,7 @@ def export(
     try:
         with (
             tarfile.open(partial, "w:gz", compresslevel=compresslevel) as tar,
-            _progress(console) as bar,
+            byte_progress(console) as bar,
         ):
             _add_bytes(tar, "config.json", src.config.to_json().encode())
             _add_bytes(tar, SETTINGS_FILE, (json.dumps(src.meta, indent=2) + "\n").encode())
@@ -207,29 +188,13 @@ def export(
     return ExportResult(src.name, output, output.stat().st_size, total, time.monotonic() - t0)
 
 
-class _Counting(io.RawIOBase):
-    """A read-only file that advances a progress task by the bytes read."""
-
-    def __init__(self, f: Any, bar: Progress, task: Any) -> None:
-        self.f, self.bar, self.task = f, bar, task
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        n: int = self.f.readinto(b)
-        self.bar.advance(self.task, n)
-        return n
-
-
 def _member_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-    """Only config.json, settings.json and rootfs/...; nothing may land outside PATH (the
-    ``tar`` filter), but the rootfs keeps its modes (setuid bits included), as docker's does."""
+    """Only config.json, settings.json and rootfs/...; nothing may land or point outside PATH,
+    but the rootfs keeps its modes (setuid bits included), as docker's does."""
     top = member.name.lstrip("./").split("/", 1)[0]
     if top not in ("config.json", SETTINGS_FILE, "rootfs"):
         return None
-    checked = tarfile.tar_filter(member, path)
-    return checked.replace(mode=member.mode, deep=False)
+    return rootfs_member(member, path)
 
 
 def unpack(archive: Path, dest: Path, console: Console | None = None) -> dict[str, Any]:
@@ -238,10 +203,10 @@ def unpack(archive: Path, dest: Path, console: Console | None = None) -> dict[st
     try:
         with (
             open(archive, "rb", buffering=0) as raw,
-            _progress(console) as bar,
+            byte_progress(console) as bar,
         ):
             task = bar.add_task(f"unpacking {archive.name}", total=archive.stat().st_size)
-            counted = io.BufferedReader(_Counting(raw, bar, task), 1 << 20)
+            counted = io.BufferedReader(CountingReader(raw, bar, task), 1 << 20)
             with tarfile.open(fileobj=counted, mode="r|gz") as tar:
                 tar.extractall(dest, numeric_owner=True, filter=_member_filter)
     except (tarfile.TarError, EOFError, OSError) as exc:
