@@ -54,10 +54,18 @@ def authored_config(api_config: dict[str, Any], source: str = "plugin") -> Plugi
     return validate_config(data, f"{source}: Config from the Engine API")
 
 
+def settable_args(args: list[str]) -> bool:
+    """Whether ``plugin set args=...`` can give exactly ARGS: dockerd splits the value on single
+    spaces, so an argument holding a space, or no argument at all, cannot be set."""
+    return bool(args) and " ".join(args).split(" ") == args
+
+
 def settings_pairs(
     config: PluginConfig, wanted: dict[str, Any], current: dict[str, Any]
 ) -> list[str]:
-    """``KEY=VALUE`` pairs for ``plugin set`` that turn CURRENT Settings into WANTED ones."""
+    """``KEY=VALUE`` pairs for ``plugin set`` that turn CURRENT Settings into WANTED ones (args
+    that cannot be set, see :func:`settable_args`, are left out: :func:`create_with_settings`
+    writes them into config.json instead)."""
     pairs: list[str] = []
     have = dict(e.split("=", 1) for e in current.get("Env") or [] if "=" in e)
     for entry in wanted.get("Env") or []:
@@ -65,7 +73,7 @@ def settings_pairs(
         if sep and have.get(key) != value:
             pairs.append(f"{key}={value}")
     want_args = [str(a) for a in wanted.get("Args") or []]
-    if want_args != list(current.get("Args") or []):
+    if want_args != list(current.get("Args") or []) and settable_args(want_args):
         pairs.append(f"{config.args.name}={' '.join(want_args)}")
     for kind, declared, field in (
         ("Mounts", [(m.name, m.destination) for m in config.mounts], "Source"),
@@ -252,11 +260,22 @@ def create_with_settings(
     console: Console,
 ) -> ImportResult:
     """``create`` NAME from BUNDLE, re-apply META's settings, enable if asked; on failure the
-    half-made plugin is removed again."""
+    half-made plugin is removed again. Args ``plugin set`` cannot express (an argument with a
+    space, as an upgraded plugin or a config default may hold) go into config.json instead."""
     import docker.errors
 
     t0 = time.monotonic()
     config = validate_config(json.loads((bundle / "config.json").read_text()))
+    want_args = [str(a) for a in (meta.get("settings") or {}).get("Args") or []]
+    if want_args != config.args.value and not settable_args(want_args):
+        # plugin set would split them on spaces: the plugin starts with them instead
+        config.args.value = want_args
+        (bundle / "config.json").write_text(config.to_json())
+        console.print(
+            f"args {want_args!r} cannot be set through dockerd (it splits on spaces); they "
+            "become the default args of the new plugin's config",
+            markup=False,
+        )
     with console.status(f"creating {name} (dockerd packs the rootfs)"):
         engine.create(name, bundle, client)
     create_seconds = time.monotonic() - t0
