@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -201,25 +202,82 @@ _PROJECT_IGNORE = shutil.ignore_patterns(
 )
 
 
+def _requirement_type() -> Any:
+    """``packaging``'s Requirement (pip's vendored copy if packaging is not installed)."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # pragma: no cover - pip always carries it
+        from pip._vendor.packaging.requirements import Requirement  # type: ignore[assignment]
+    return Requirement
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _project_requirements(dist_info: Path) -> list[str]:
+    """The project's requirements, dockplug's replaced by the running dockplug: checked against
+    its version and its extras' requirements added (dockplug is on no index)."""
+    import dockplug
+
+    requirement = _requirement_type()
+    meta = (dist_info / "METADATA").read_text(errors="replace")
+    out: list[str] = []
+    for line in re.findall(r"^Requires-Dist: (.+)$", meta, re.M):
+        req = requirement(line.strip())
+        if _canonical(req.name) != "dockplug":
+            out.append(line.strip())
+            continue
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        if not req.specifier.contains(dockplug.__version__, prereleases=True):
+            raise ConfigError(
+                f"the project needs {line.strip()} but dockplug build runs dockplug "
+                f"{dockplug.__version__}, which is what the rootfs gets; fix: build with a "
+                f"dockplug that matches, or relax the requirement in pyproject.toml"
+            )
+        for extra in sorted(req.extras):
+            for dep in metadata.requires("dockplug") or []:
+                r = requirement(dep)
+                if r.marker is not None and r.marker.evaluate({"extra": extra}):
+                    r.marker = None
+                    out.append(str(r))
+    return out
+
+
 def install_project(rootfs: Path, project: Path, console: Console) -> None:
     """The user's project (``pip install --target``, its own dependencies included) into
     ROOTFS/opt/dockplug/site, next to dockplug. It is installed from a clean copy, so the
-    project folder gets no build/ or egg-info; packages already there (dockplug's) are kept."""
+    project folder gets no build/ or egg-info; packages already there (dockplug's) are kept.
+    The project goes in alone (``--no-deps``), then its requirements but dockplug: a project
+    may well list dockplug, which pip would look for on an index that does not have it."""
     site = rootfs / SITE_DIR.lstrip("/")
+    before = set(site.glob("*.dist-info"))
     with tempfile.TemporaryDirectory(prefix="dockplug-project-") as tmp:
         copy = Path(tmp) / project.resolve().name
         shutil.copytree(project, copy, ignore=_PROJECT_IGNORE, symlinks=True)
         with _step(console, f"installing the project {project} (pip install --target)"):
-            res = subprocess.run(
-                [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                 "--no-warn-script-location", "--no-compile", "--target", str(site), str(copy)],
-                capture_output=True, text=True,
-            )  # fmt: skip
+            _pip_target(site, [str(copy), "--no-deps"], project)
+    made = sorted(set(site.glob("*.dist-info")) - before)
+    if not made:  # pragma: no cover - pip always writes one
+        raise ConfigError(f"pip install of {project} left no .dist-info in {site}")
+    reqs = _project_requirements(made[0])
+    if reqs:
+        with _step(console, f"installing the project's requirements: {', '.join(reqs)}"):
+            _pip_target(site, reqs, project)
+
+
+def _pip_target(site: Path, args: list[str], project: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--no-warn-script-location", "--no-compile", "--target", str(site), *args],
+        capture_output=True, text=True,
+    )  # fmt: skip
     if res.returncode != 0:
         tail = "\n".join(res.stderr.strip().splitlines()[-10:])
         raise ConfigError(
             f"pip install of {project} into the rootfs failed:\n{tail}\nfix: check that "
-            f"'pip install {project}' works here (dockplug itself need not be a dependency)"
+            f"'pip install {project}' works here (dockplug itself may be listed or not)"
         )
 
 
