@@ -121,9 +121,7 @@ def build(
     from dockplug.packaging.project import is_project
 
     if is_project(Path(driver)) and (driver not in BUILTIN_DRIVERS or "/" in driver):
-        return build_project(
-            Path(driver), name, output, cache=cache, console=console, base=base
-        )
+        return build_project(Path(driver), name, output, cache=cache, console=console, base=base)
     if driver not in BUILTIN_DRIVERS and Path(driver).is_dir():
         from dockplug.packaging.project import load_project
 
