@@ -172,3 +172,16 @@ def test_check_base_links_a_usr_local_python(tmp_path: Path) -> None:
     (old / "usr/bin/python3").symlink_to("python3.9")
     with pytest.raises(ConfigError, match=r"it has python3 3\.9, too old"):
         check_base(old, Base("image", "old"), [], QUIET, run_python=False)
+
+
+def test_cli_refuses_an_unknown_base(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dockplug.cli.main import cli
+
+    out = tmp_path / "b"
+    res = CliRunner().invoke(
+        cli, ["build", "local", "--name", "x/y", "-o", str(out), "--base", "oci:z"]
+    )
+    assert res.exit_code == 1 and "--base 'oci:z' is not one of debootstrap" in res.output
+    assert not out.exists()
