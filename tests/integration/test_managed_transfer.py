@@ -4,6 +4,7 @@ explicitly), export/import round trip under a new name, rename; settings survive
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from click.testing import CliRunner
 from dockplug.cli.main import cli
 from dockplug.packaging import engine
 from dockplug.packaging.bundle import BuildResult, build
-from dockplug.packaging.transfer import authored_config, settings_pairs, unpack
+from dockplug.packaging.transfer import authored_config, settable_args, settings_pairs, unpack
 from dockplug.testing.dockerd import Dockerd
 from dockplug.testing.servers import free_port
 
@@ -328,3 +329,64 @@ def test_unpack_refuses_what_is_not_an_export(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a plugin archive"):
         unpack(archive, tmp_path / "out")
     assert not (tmp_path / "escape").exists() and not (tmp_path / "out" / "other").exists()
+
+
+@pytest.mark.dockerd
+@pytest.mark.timeout(300)
+def test_settings_with_spaces_survive_import_and_rename(
+    dockerd: Dockerd,
+    client: Any,
+    bundle: BuildResult,
+    cleanup: list[str],
+    tmp_path: Path,
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    old, copy, renamed = (f"dpt-{kind}-{tag}:latest" for kind in ("sp", "spi", "spr"))
+    cleanup += [old, copy, renamed]
+    state = tmp_path / "state with spaces"
+    engine.create(old, bundle.path, client)
+    engine.set_options(old, [f"state.source={state}", "DOCKPLUG_DEBUG=a b  c"], client)
+    archive = tmp_path / "plugin.tar.gz"
+    assert _cli(dockerd, "export", old, "-o", str(archive)).exit_code == 0
+
+    # Args holding a space differ from the config's default: what a plugin keeps across
+    # docker plugin upgrade (Settings survive, Config changes); plugin set cannot make them
+    default = json.loads(bundle.path.joinpath("config.json").read_text())["args"]["value"]
+    args = [*default, "--note", "two words", ""]
+    patched = tmp_path / "patched.tar.gz"
+    with tarfile.open(archive) as src, tarfile.open(patched, "w:gz") as dst:
+        for member in src:
+            data = src.extractfile(member) if member.isreg() else None
+            if member.name == "settings.json":
+                assert data is not None
+                meta = json.load(data)
+                meta["settings"]["Args"] = args
+                body = json.dumps(meta).encode()
+                member.size = len(body)
+                data = io.BytesIO(body)
+            dst.addfile(member, data)
+
+    res = _cli(dockerd, "import", str(patched), "--name", copy)
+    assert res.exit_code == 0, res.output
+    assert "cannot be set through dockerd" in res.output
+    settings = _settings(dockerd, copy)
+    assert settings["Args"] == args
+    assert "DOCKPLUG_DEBUG=a b  c" in settings["Env"] and str(state) in _sources(settings)
+
+    res = _cli(dockerd, "rename", copy, renamed)
+    assert res.exit_code == 0, res.output
+    settings = _settings(dockerd, renamed)
+    assert settings["Args"] == args
+    assert "DOCKPLUG_DEBUG=a b  c" in settings["Env"] and str(state) in _sources(settings)
+
+
+def test_args_plugin_set_cannot_express_are_not_set() -> None:
+    assert settable_args(["serve", "x"]) and settable_args(["a", "", "b"])
+    assert not settable_args(["a b"]) and not settable_args([]) and not settable_args(["a "])
+    config = authored_config(API_CONFIG)
+    current = {"Env": [], "Args": ["serve"]}
+    assert settings_pairs(config, {"Args": ["serve", "two words"]}, current) == []
+    assert settings_pairs(config, {"Args": []}, current) == []
+    assert settings_pairs(config, {"Env": ["DOCKPLUG_DEBUG=a  b"]}, current) == [
+        "DOCKPLUG_DEBUG=a  b"
+    ]

@@ -57,6 +57,16 @@ def make_bundle(root: Path, entry: str = "/bin/plugin", content: bytes | None = 
     return root
 
 
+LOOP = "/dev/loop-control"
+
+
+def _linux(caps: list[str], devices: list[str]) -> dict[str, object]:
+    return {
+        "capabilities": caps,
+        "devices": [{"name": Path(d).name, "path": d} for d in devices],
+    }
+
+
 def _iface(socket: str) -> dict[str, object]:
     return {"types": ["docker.volumedriver/1.0"], "socket": socket}
 
@@ -154,12 +164,42 @@ CASES: dict[str, tuple[Callable[[Path], Path], str, str]] = {
         "library-missing",
         "libc.so.6",
     ),
+    "mounting driver without CAP_SYS_ADMIN": (
+        lambda d: make_bundle(d, content=elf(HOST_EM), linux=_linux([], [LOOP])),
+        "capability-missing",
+        'add "CAP_SYS_ADMIN" to linux.capabilities',
+    ),
+    "local driver without /dev/loop-control": (
+        lambda d: make_bundle(d, content=elf(HOST_EM), linux=_linux(["CAP_SYS_ADMIN"], [])),
+        "device-missing",
+        '"path": "/dev/loop-control"',
+    ),
+    "device absent from the host": (
+        lambda d: make_bundle(
+            d, content=elf(HOST_EM), linux=_linux(["CAP_SYS_ADMIN"], [LOOP, "/dev/dpt-none"])
+        ),
+        "host-device-missing",
+        "this host has no /dev/dpt-none",
+    ),
     "misspelled key": (
         lambda d: make_bundle(d, content=elf(HOST_EM), propagatedMounts="/mnt"),
         "config",
         "propagatedMounts",
     ),
 }
+
+
+if Path("/dev/fuse").exists():  # else the host check adds its own finding
+    CASES["sshfs without CAP_SYS_ADMIN"] = (
+        lambda d: make_bundle(
+            d,
+            content=elf(HOST_EM),
+            args={"name": "args", "value": ["serve", "sshfs"]},
+            linux=_linux([], ["/dev/fuse"]),
+        ),
+        "capability-missing",
+        "the dockplug sshfs driver needs CAP_SYS_ADMIN",
+    )
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -257,6 +297,8 @@ def test_libraries_found_in_the_rootfs(tmp_path: Path) -> None:
     (b / "rootfs/etc/ld.so.conf.d").mkdir(parents=True)
     (b / "rootfs/etc/ld.so.conf").write_text("# comment\ninclude ld.so.conf.d/*.conf\n")
     (b / "rootfs/etc/ld.so.conf.d/opt.conf").write_text("/opt/libs\n")
+    if os.geteuid() == 0:  # the real loader reads ld.so.cache, which ldconfig makes from these
+        subprocess.run(["ldconfig", "-r", str(b / "rootfs")], check=True)
     assert diagnose_bundle(b) == []
     # ... and through LD_LIBRARY_PATH in config.json's env
     (b / "rootfs/etc/ld.so.conf").unlink()
@@ -283,8 +325,38 @@ def test_library_check_skipped_without_pyelftools(
     bundle = loader_only(tmp_path)
     monkeypatch.setitem(sys.modules, "elftools.elf.elffile", None)
     findings = diagnose_bundle(bundle)
-    assert [(f.check, f.level) for f in findings] == [("libraries-skipped", "info")]
+    assert [(f.check, f.level) for f in findings[:1]] == [("libraries-skipped", "info")]
     assert "pip install dockplug[packaging]" in str(findings[0])
+    # as root the rootfs's own loader still answers, for the libraries it loads first
+    rest = {f.check for f in findings[1:]}
+    assert rest == ({"library-not-found"} if os.geteuid() == 0 else set()), findings
+
+
+def test_the_rootfs_loader_as_a_second_opinion(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("running the rootfs's loader in a chroot needs root")
+    bundle = loader_only(tmp_path / "lo")
+    interp = read_elf(Path(LS))
+    assert interp is not None and interp.interpreter
+    needed = doctor.read_dynamic(Path(LS))
+    assert needed is not None
+    missing = doctor.loader_missing(bundle / "rootfs", "/bin/plugin", interp.interpreter)
+    assert missing is not None and set(needed.needed) <= set(missing)
+    assert doctor.loader_missing(with_ls(tmp_path / "ok") / "rootfs", "/bin/plugin",
+                                 interp.interpreter) == []  # fmt: skip
+    # a library pyelftools finds through ld.so.conf, but the loader would not: no ld.so.cache
+    b = loader_only(tmp_path / "conf")
+    (b / "rootfs/opt/libs").mkdir(parents=True)
+    for lib in host_libs():
+        if "ld-" not in lib:
+            shutil.copy2(os.path.realpath(lib), b / "rootfs/opt/libs" / Path(lib).name)
+    (b / "rootfs/etc").mkdir(parents=True)
+    (b / "rootfs/etc/ld.so.conf").write_text("/opt/libs\n")
+    findings = diagnose_bundle(b)
+    assert findings and {f.check for f in findings} == {"library-not-found"}, findings
+    line = str(findings[0])
+    assert "(run in a chroot, as ldd does) reports " in line and "=> not found" in line
+    assert "fix: install the package that provides" in line and "\n" not in line
 
 
 # -- dockerd's log ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ errors, and the config.json made from it (examples/hello_project)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,72 @@ def test_driver_import_errors(tmp_path: Path) -> None:
     # a src/ layout is found without installing anything
     _project(tmp_path, '[tool.dockplug]\ndriver = "mypkg.plug:Vol"\n')
     assert driver_types(load_project(path)) == ["docker.volumedriver/1.0"]
+
+
+def _project_copy(tmp_path: Path, dependencies: list[str]) -> Path:
+    import shutil
+
+    copy = tmp_path / "hello_project"
+    shutil.copytree(HELLO, copy)
+    text = (copy / "pyproject.toml").read_text()
+    text, n = re.subn(
+        r"(?m)^dependencies = .*$", f"dependencies = {json.dumps(dependencies)}", text
+    )
+    assert n == 1
+    (copy / "pyproject.toml").write_text(text)
+    return copy
+
+
+@pytest.mark.timeout(300)
+def test_a_project_listing_dockplug_gets_the_running_one(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from dockplug.packaging.rootfs import install_project
+
+    project = _project_copy(tmp_path, ["dockplug>=0.1", "six"])
+    rootfs = tmp_path / "rootfs"
+    install_project(rootfs, project, Console(stderr=True, quiet=True))
+    site = rootfs / "opt/dockplug/site"
+    assert (site / "hello_plugin" / "__init__.py").is_file()
+    assert (site / "six.py").is_file()  # the project's other requirements come from the index
+    # dockplug itself was neither fetched nor built: install_dockplug copies the running one
+    assert not (site / "dockplug").exists()
+    assert not list(site.glob("dockplug-*.dist-info"))
+
+
+def test_a_project_needing_another_dockplug_is_refused(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    import dockplug
+    from dockplug.packaging.rootfs import install_project
+
+    project = _project_copy(tmp_path, ["dockplug>=99"])
+    with pytest.raises(ConfigError) as info:
+        install_project(tmp_path / "rootfs", project, Console(stderr=True, quiet=True))
+    text = str(info.value)
+    assert "needs dockplug>=99" in text and f"runs dockplug {dockplug.__version__}" in text
+    assert "fix:" in text
+
+
+def test_dockplug_extras_become_their_requirements(tmp_path: Path) -> None:
+    from importlib import metadata
+
+    from dockplug.packaging.rootfs import _project_requirements
+
+    declared = [r for r in metadata.requires("dockplug") or [] if "extra ==" in r]
+    if not declared:
+        pytest.skip("the installed dockplug metadata lists no extras")
+    extra = declared[0].split("extra ==")[1].strip().strip("\"'")
+    dist = tmp_path / "p-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: p\nVersion: 0.1\n"
+        f"Requires-Dist: Dockplug[{extra}]>=0.1\n"
+        "Requires-Dist: six; python_version >= '3'\n"
+        'Requires-Dist: dockplug>=99; extra == "never"\n'
+    )
+    reqs = _project_requirements(dist)
+    assert "six; python_version >= '3'" in reqs
+    assert not [r for r in reqs if r.lower().startswith("dockplug")]
+    wanted = {r.split(";")[0].strip() for r in declared if f'"{extra}"' in r}
+    assert wanted and wanted <= set(reqs)

@@ -23,20 +23,35 @@ def _size(n: int) -> str:
     type=click.Path(path_type=Path, file_okay=False),
     help="Bundle folder [default: build/NAME].",
 )
+@click.option(
+    "--base",
+    "base_text",
+    default="debootstrap",
+    show_default=True,
+    metavar="BASE",
+    help="Where the rootfs starts from: debootstrap, image:REF (a local image), tar:PATH (a "
+    "rootfs tarball) or dockerfile:PATH (built by dockerd).",
+)
 @click.option("--create", "do_create", is_flag=True, help="Also register it with dockerd.")
-def build(driver: str, name: str, output: Path | None, do_create: bool) -> None:
+def build(driver: str, name: str, output: Path | None, base_text: str, do_create: bool) -> None:
     """Build a managed-plugin bundle (config.json + rootfs/) for a dockplug DRIVER (local, sshfs)
     or for your own project: DRIVER is then a folder whose pyproject.toml names the driver class
     in a [tool.dockplug] table (driver = "mypkg.plugin:MyDriver"); the project is pip-installed
     into the rootfs next to dockplug.
 
-    The rootfs is a Debian bookworm base with python3 (plus the driver's packages, e.g. sshfs)
-    made by debootstrap once per package set and cached under /var/cache/dockplug/rootfs
-    (DOCKPLUG_ROOTFS_CACHE names the plain python3 base)."""
+    By default the rootfs is a Debian bookworm base with python3 (plus the driver's packages,
+    e.g. sshfs) made by debootstrap once per package set and cached under
+    /var/cache/dockplug/rootfs (DOCKPLUG_ROOTFS_CACHE names the plain python3 base). --base
+    takes it instead from an image on the Docker host, a rootfs tarball, or a Dockerfile dockerd
+    builds (FROM a local image needs no registry); such a base must already hold python3 of
+    this Python's version and the driver's programs, which is checked."""
+    from dockplug.packaging.bases import parse_base
     from dockplug.packaging.bundle import build as build_bundle
 
-    result = build_bundle(driver, name, output)
-    kind = "cold, base made" if result.cold else "cached base"
+    result = build_bundle(driver, name, output, base=parse_base(base_text))
+    kind = "cold, base made" if result.cold else f"base {result.base}"
+    if result.base.kind == "debootstrap" and not result.cold:
+        kind = "cached base"
     click.echo(
         f"built {result.path} ({_size(result.size)}, {result.seconds:.1f}s, {kind})", err=True
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from dockplug.errors import ConfigError
+from dockplug.packaging.bases import DEBOOTSTRAP, Base
 from dockplug.packaging.config import (
     BUILTIN_DRIVERS,
     PluginConfig,
@@ -29,6 +30,7 @@ class BuildResult:
     size: int  # bytes on disk of the whole bundle
     seconds: float
     cold: bool  # the debootstrap base had to be made
+    base: Base = DEBOOTSTRAP
 
 
 def default_output(name: str) -> Path:
@@ -66,11 +68,12 @@ def _write(
     cache: Path | None,
     packages: tuple[str, ...],
     project: Path | None = None,
+    base: Base = DEBOOTSTRAP,
 ) -> bool:
     _clear(out)
     out.mkdir(parents=True)
     try:
-        cold = make_rootfs(out / "rootfs", console, cache, packages, project)
+        cold = make_rootfs(out / "rootfs", console, cache, packages, project, base)
         text = config.to_json()
         validate_config(json.loads(text), str(out / "config.json"))
         (out / "config.json").write_text(text)
@@ -87,6 +90,7 @@ def build_project(
     *,
     cache: Path | None = None,
     console: Console | None = None,
+    base: Base = DEBOOTSTRAP,
 ) -> BuildResult:
     """Write config.json and rootfs/ for the user's project in folder PATH (its pyproject.toml
     names the driver in ``[tool.dockplug]``) into OUTPUT (default build/NAME)."""
@@ -98,8 +102,8 @@ def build_project(
     config = project_config(project)
     out = output or default_output(name)
     packages = tuple(sorted(set(project.settings.packages)))
-    cold = _write(out, config, console, cache, packages, path)
-    return BuildResult(out, tree_size(out), time.monotonic() - t0, cold)
+    cold = _write(out, config, console, cache, packages, path, base)
+    return BuildResult(out, tree_size(out), time.monotonic() - t0, cold, base)
 
 
 def build(
@@ -109,13 +113,15 @@ def build(
     *,
     cache: Path | None = None,
     console: Console | None = None,
+    base: Base = DEBOOTSTRAP,
 ) -> BuildResult:
     """Write config.json and rootfs/ for the built-in DRIVER (or, given a folder with a
-    pyproject.toml, the user's project there) into OUTPUT (default build/NAME)."""
+    pyproject.toml, the user's project there) into OUTPUT (default build/NAME), the rootfs
+    starting from BASE."""
     from dockplug.packaging.project import is_project
 
     if is_project(Path(driver)) and (driver not in BUILTIN_DRIVERS or "/" in driver):
-        return build_project(Path(driver), name, output, cache=cache, console=console)
+        return build_project(Path(driver), name, output, cache=cache, console=console, base=base)
     if driver not in BUILTIN_DRIVERS and Path(driver).is_dir():
         from dockplug.packaging.project import load_project
 
@@ -124,5 +130,5 @@ def build(
     t0 = time.monotonic()
     config = config_for_driver(driver)
     out = output or default_output(name)
-    cold = _write(out, config, console, cache, driver_packages(driver))
-    return BuildResult(out, tree_size(out), time.monotonic() - t0, cold)
+    cold = _write(out, config, console, cache, driver_packages(driver), base=base)
+    return BuildResult(out, tree_size(out), time.monotonic() - t0, cold, base)

@@ -351,6 +351,64 @@ def check_libraries(
     return findings
 
 
+def loader_missing(
+    rootfs: Path, inside: str, interpreter: str, lib_path: str = ""
+) -> list[str] | None:
+    """The libraries ROOTFS's own loader INTERPRETER reports "not found" for the program at
+    INSIDE (a path in the rootfs), run chrooted in ROOTFS with LD_TRACE_LOADED_OBJECTS, as ldd
+    does (``--list`` stops at the first missing one; the program itself never runs). None when
+    it cannot be asked (not root, the loader does not run here)."""
+    if os.geteuid() != 0:
+        return None
+    env = {"LD_TRACE_LOADED_OBJECTS": "1", "PATH": DEFAULT_PATH}
+    if lib_path:
+        env["LD_LIBRARY_PATH"] = lib_path
+
+    def enter() -> None:  # in the child only: the env must not reach a host chroot binary
+        os.chroot(rootfs)
+        os.chdir("/")
+
+    try:
+        res = subprocess.run(
+            [interpreter, inside],
+            capture_output=True, text=True, timeout=30, env=env, preexec_fn=enter,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    missing = re.findall(r"^\s*(\S+) => not found", res.stdout, re.M)
+    if res.returncode != 0 and not missing:
+        return None  # e.g. a loader of another architecture: the ELF checks cover it
+    return missing
+
+
+def check_with_loader(
+    rootfs: Path, binary: Path, label: str, lib_path: str, reported: list[Finding]
+) -> list[Finding]:
+    """A second opinion on BINARY's libraries (root only): what the rootfs's loader itself
+    cannot find, beyond the libraries already REPORTED by :func:`check_libraries` (it also
+    answers when pyelftools is not installed)."""
+    elf = read_elf(binary)
+    if elf is None or not elf.interpreter:
+        return []
+    if elf.machine not in HOST_MACHINES.get(os.uname().machine, set()):
+        return []
+    if resolve_in_root(rootfs, elf.interpreter) is None:
+        return []
+    missing = loader_missing(rootfs, _inside(rootfs, binary), elf.interpreter, lib_path)
+    known = " ".join(f.message for f in reported if f.check == "library-missing")
+    return [
+        Finding(
+            "library-not-found",
+            "error",
+            f"{label}: the rootfs's own loader {elf.interpreter} (run in a chroot, as ldd "
+            f"does) reports {name} => not found",
+            f"install the package that provides {name} into the rootfs",
+        )
+        for name in missing or []
+        if f"the shared library {name}," not in known
+    ]
+
+
 # -- dockerd's log -----------------------------------------------------------------------------
 
 LOG_ENV = "DOCKPLUG_DOCKERD_LOG"
@@ -526,7 +584,9 @@ def check_entrypoint(rootfs: Path, config: Any) -> list[Finding]:
                     "the entrypoint statically",
                 )
             )
-        findings += check_libraries(rootfs, found, f"entrypoint {cmd}", lib_path)
+        libs = check_libraries(rootfs, found, f"entrypoint {cmd}", lib_path)
+        libs += check_with_loader(rootfs, found, f"entrypoint {cmd}", lib_path, libs)
+        findings += libs
         return findings
     try:
         with open(found, "rb") as f:
@@ -565,9 +625,10 @@ def check_entrypoint(rootfs: Path, config: Any) -> list[Finding]:
             # the interpreter (and the program env runs) must find their libraries too
             for word, host_path in dict.fromkeys([(interp, interp_host), (target, target_host)]):
                 if host_path is not None and host_path.is_file() and read_elf(host_path):
-                    findings += check_libraries(
-                        rootfs, host_path, f"interpreter {word} of {cmd}", lib_path
-                    )
+                    who = f"interpreter {word} of {cmd}"
+                    libs = check_libraries(rootfs, host_path, who, lib_path)
+                    libs += check_with_loader(rootfs, host_path, who, lib_path, libs)
+                    findings += libs
     elif not findings:
         findings.append(
             Finding(
@@ -580,24 +641,90 @@ def check_entrypoint(rootfs: Path, config: Any) -> list[Finding]:
     return findings
 
 
-def check_devices(config: Any, args: Any = None) -> list[Finding]:
+#: devices used only to mount (so the plugin needs CAP_SYS_ADMIN) and how a host gets them
+MOUNT_DEVICES = {"/dev/fuse": "modprobe fuse", "/dev/loop-control": "modprobe loop"}
+
+
+def _needs(config: Any, argv: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(capability -> why, device path -> why) the plugin needs, from what it runs: a
+    built-in dockplug driver (its MANAGED descriptor), sshfs, or a declared mount device."""
+    from dockplug.packaging.config import BUILTIN_DRIVERS, managed_descriptor
+
+    caps: dict[str, str] = {}
+    devices: dict[str, str] = {}
+    words = [str(w) for w in [*(_get(config, "entrypoint") or []), *argv]]
+    if len(argv) >= 2 and argv[0] == "serve" and argv[1] in BUILTIN_DRIVERS:
+        managed = managed_descriptor(argv[1])
+        why = f"the dockplug {argv[1]} driver"
+        for cap in managed.get("capabilities", []):
+            caps.setdefault(str(cap), why)
+        for dev in managed.get("devices", []):
+            devices.setdefault(str(dev), why)
+    if any("sshfs" in w for w in words):
+        devices.setdefault("/dev/fuse", "sshfs (a FUSE mount)")
+        caps.setdefault("CAP_SYS_ADMIN", "sshfs (a FUSE mount)")
+    for d in _get(config, "linux", "devices") or []:
+        path = _get(d, "path")
+        if path in MOUNT_DEVICES:
+            caps.setdefault("CAP_SYS_ADMIN", f"mounting with {path}")
+    return caps, devices
+
+
+def check_devices(
+    config: Any,
+    args: Any = None,
+    settings_devices: Any = None,
+    host_level: str | None = "warning",
+) -> list[Finding]:
+    """Devices and capabilities: what the plugin needs against linux.devices and
+    linux.capabilities, and each device present on this host (HOST_LEVEL: how bad its absence
+    is; an error for a plugin installed here, a warning for a bundle that may go elsewhere,
+    None for a plugin on another host)."""
     linux = _get(config, "linux") or {}
-    devices = [_get(d, "path") for d in (_get(linux, "devices") or [])]
-    words = list(_get(config, "entrypoint") or [])
+    declared = [_get(d, "path") for d in (_get(linux, "devices") or [])]
     argv = args if args is not None else _get(config, "args", "value")
-    words += list(argv or [])
-    needs_fuse = any("sshfs" in str(w) for w in words)
-    if needs_fuse and "/dev/fuse" not in devices and not _get(linux, "allowAllDevices"):
-        return [
+    need_caps, need_devs = _needs(config, [str(a) for a in argv or []])
+    findings: list[Finding] = []
+    for dev, why in need_devs.items():
+        if dev in declared or _get(linux, "allowAllDevices"):
+            continue
+        name = Path(dev).name
+        findings.append(
             Finding(
-                "fuse-device",
+                "fuse-device" if dev == "/dev/fuse" else "device-missing",
                 "error",
-                "the plugin runs sshfs but declares no /dev/fuse device",
-                'add {"name": "fuse", "path": "/dev/fuse"} to linux.devices and '
-                "CAP_SYS_ADMIN to linux.capabilities",
+                f"{why} needs the device {dev}, which linux.devices does not declare",
+                f'add {{"name": "{name}", "path": "{dev}"}} to linux.devices'
+                + (" and CAP_SYS_ADMIN to linux.capabilities" if dev == "/dev/fuse" else ""),
             )
-        ]
-    return []
+        )
+    have_caps = {str(c).upper() for c in _get(linux, "capabilities") or []}
+    for cap, why in need_caps.items():
+        if cap not in have_caps:
+            findings.append(
+                Finding(
+                    "capability-missing",
+                    "error",
+                    f"{why} needs {cap}, which linux.capabilities lacks (the mount fails with "
+                    "'operation not permitted')",
+                    f'add "{cap}" to linux.capabilities',
+                )
+            )
+    paths = [_get(d, "path") for d in settings_devices] if settings_devices else declared
+    for path in paths:
+        if host_level and isinstance(path, str) and path and not os.path.exists(path):
+            load = MOUNT_DEVICES.get(path)
+            findings.append(
+                Finding(
+                    "host-device-missing",
+                    host_level,
+                    f"this host has no {path}, which the plugin's linux.devices asks for "
+                    "(enable fails with 'no such file or directory')",
+                    (f"{load} on the host, or " if load else "")
+                    + "enable it on a host that has the device",
+                )
+            )
+    return findings
 
 
 def check_config_schema(config: Any) -> list[Finding]:
@@ -709,7 +836,12 @@ def diagnose_installed(
     rootfs = Path(root) / "plugins" / plugin.id / "rootfs" if root else None
     if rootfs is not None and engine.is_local(client) and rootfs.is_dir():
         findings += check_entrypoint(rootfs, config)
-    findings += check_devices(config, settings.get("Args"))
+    findings += check_devices(
+        config,
+        settings.get("Args"),
+        settings.get("Devices"),
+        "error" if engine.is_local(client) else None,
+    )
     if log_lines > 0:
         lines, note = log_findings(plugin.id, log_path, log_lines)
         if note is not None and any(f.level == "error" for f in findings):

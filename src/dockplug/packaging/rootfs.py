@@ -1,6 +1,7 @@
 """The plugin root filesystem: a cached Debian (debootstrap) base with python3 (plus the extra
-Debian packages a driver declares), copied fresh for each build, with dockplug and its
-dependencies installed under ``/opt/dockplug/site``. Each package set has its own cached base
+Debian packages a driver declares), copied fresh for each build, or another base (an image, a
+tarball, a Dockerfile: bases.py), with dockplug and its dependencies installed under
+``/opt/dockplug/site``. Each package set has its own cached base
 (``bookworm-python3`` for none, ``bookworm-python3+fuse3+openssh-client+sshfs`` for sshfs's).
 
 The host's Python installs the dependencies (``pip install --target``), so the compiled wheels
@@ -21,10 +22,12 @@ import time
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from dockplug.errors import ConfigError
+from dockplug.packaging.bases import DEBOOTSTRAP, Base, check_base, populate
 from dockplug.packaging.config import PLUGIN_SOCKET_DIR, SITE_DIR
 
 SUITE = "bookworm"
@@ -107,7 +110,8 @@ def _step(console: Console, text: str) -> Iterator[None]:
 
 
 def python_version(rootfs: Path) -> tuple[int, int]:
-    """The minor version of ``/usr/bin/python3`` inside rootfs (from its symlink or libdir)."""
+    """The minor version of ``/usr/bin/python3`` inside rootfs (from its symlink or libdir,
+    ``/usr/local/lib`` too: python:* images)."""
     link = rootfs / "usr/bin/python3"
     with contextlib.suppress(OSError):
         m = re.fullmatch(r"python(\d+)\.(\d+)", os.readlink(link).rsplit("/", 1)[-1])
@@ -115,7 +119,8 @@ def python_version(rootfs: Path) -> tuple[int, int]:
             return int(m[1]), int(m[2])
     found = sorted(
         (int(m[1]), int(m[2]))
-        for p in (rootfs / "usr/lib").glob("python3.*")
+        for lib in ("usr/lib", "usr/local/lib")
+        for p in (rootfs / lib).glob("python3.*")
         if (m := re.fullmatch(r"python(\d+)\.(\d+)", p.name))
     )
     if not found:
@@ -197,25 +202,82 @@ _PROJECT_IGNORE = shutil.ignore_patterns(
 )
 
 
+def _requirement_type() -> Any:
+    """``packaging``'s Requirement (pip's vendored copy if packaging is not installed)."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # pragma: no cover - pip always carries it
+        from pip._vendor.packaging.requirements import Requirement  # type: ignore[assignment]
+    return Requirement
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _project_requirements(dist_info: Path) -> list[str]:
+    """The project's requirements, dockplug's replaced by the running dockplug: checked against
+    its version and its extras' requirements added (dockplug is on no index)."""
+    import dockplug
+
+    requirement = _requirement_type()
+    meta = (dist_info / "METADATA").read_text(errors="replace")
+    out: list[str] = []
+    for line in re.findall(r"^Requires-Dist: (.+)$", meta, re.M):
+        req = requirement(line.strip())
+        if _canonical(req.name) != "dockplug":
+            out.append(line.strip())
+            continue
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        if not req.specifier.contains(dockplug.__version__, prereleases=True):
+            raise ConfigError(
+                f"the project needs {line.strip()} but dockplug build runs dockplug "
+                f"{dockplug.__version__}, which is what the rootfs gets; fix: build with a "
+                f"dockplug that matches, or relax the requirement in pyproject.toml"
+            )
+        for extra in sorted(req.extras):
+            for dep in metadata.requires("dockplug") or []:
+                r = requirement(dep)
+                if r.marker is not None and r.marker.evaluate({"extra": extra}):
+                    r.marker = None
+                    out.append(str(r))
+    return out
+
+
 def install_project(rootfs: Path, project: Path, console: Console) -> None:
     """The user's project (``pip install --target``, its own dependencies included) into
     ROOTFS/opt/dockplug/site, next to dockplug. It is installed from a clean copy, so the
-    project folder gets no build/ or egg-info; packages already there (dockplug's) are kept."""
+    project folder gets no build/ or egg-info; packages already there (dockplug's) are kept.
+    The project goes in alone (``--no-deps``), then its requirements but dockplug: a project
+    may well list dockplug, which pip would look for on an index that does not have it."""
     site = rootfs / SITE_DIR.lstrip("/")
+    before = set(site.glob("*.dist-info"))
     with tempfile.TemporaryDirectory(prefix="dockplug-project-") as tmp:
         copy = Path(tmp) / project.resolve().name
         shutil.copytree(project, copy, ignore=_PROJECT_IGNORE, symlinks=True)
         with _step(console, f"installing the project {project} (pip install --target)"):
-            res = subprocess.run(
-                [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                 "--no-warn-script-location", "--no-compile", "--target", str(site), str(copy)],
-                capture_output=True, text=True,
-            )  # fmt: skip
+            _pip_target(site, [str(copy), "--no-deps"], project)
+    made = sorted(set(site.glob("*.dist-info")) - before)
+    if not made:  # pragma: no cover - pip always writes one
+        raise ConfigError(f"pip install of {project} left no .dist-info in {site}")
+    reqs = _project_requirements(made[0])
+    if reqs:
+        with _step(console, f"installing the project's requirements: {', '.join(reqs)}"):
+            _pip_target(site, reqs, project)
+
+
+def _pip_target(site: Path, args: list[str], project: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--no-warn-script-location", "--no-compile", "--target", str(site), *args],
+        capture_output=True, text=True,
+    )  # fmt: skip
     if res.returncode != 0:
         tail = "\n".join(res.stderr.strip().splitlines()[-10:])
         raise ConfigError(
             f"pip install of {project} into the rootfs failed:\n{tail}\nfix: check that "
-            f"'pip install {project}' works here (dockplug itself need not be a dependency)"
+            f"'pip install {project}' works here (dockplug itself may be listed or not)"
         )
 
 
@@ -225,9 +287,29 @@ def make_rootfs(
     cache: Path | None = None,
     packages: Iterable[str] = (),
     project: Path | None = None,
+    base: Base = DEBOOTSTRAP,
 ) -> bool:
-    """A fresh rootfs at dest: a copy of the cached base (python3 and PACKAGES) plus dockplug
-    (and the user's PROJECT, if given). Returns True if the base had to be made (a cold build)."""
+    """A fresh rootfs at dest: a copy of BASE (the cached debootstrap base with python3 and
+    PACKAGES, or an image, tarball or Dockerfile checked to hold them) plus dockplug (and the
+    user's PROJECT, if given). Returns True if the debootstrap base had to be made (cold)."""
+    cold = False
+    if base.kind == "debootstrap":
+        cold = _copy_debootstrap(dest, console, cache, packages)
+    else:
+        t0 = time.monotonic()
+        populate(base, dest, console)  # shows its own progress (a bar: no status spinner here)
+        console.print(f"[green]✓[/green] read the base {base} ({time.monotonic() - t0:.1f}s)")
+        check_base(dest, base, packages, console)
+    install_dockplug(dest, console)
+    if project is not None:
+        install_project(dest, project, console)
+    (dest / PLUGIN_SOCKET_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    return cold
+
+
+def _copy_debootstrap(
+    dest: Path, console: Console, cache: Path | None, packages: Iterable[str]
+) -> bool:
     base, cold = ensure_base(console, cache, packages)
     have = python_version(base)
     want = sys.version_info[:2]
@@ -246,8 +328,4 @@ def make_rootfs(
     if res.returncode != 0:
         raise ConfigError(f"copying {base} failed: {res.stderr.strip()}")
     (dest / _MARKER).unlink(missing_ok=True)
-    install_dockplug(dest, console)
-    if project is not None:
-        install_project(dest, project, console)
-    (dest / PLUGIN_SOCKET_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
     return cold

@@ -25,17 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
 
 from dockplug.errors import ConfigError
 from dockplug.packaging import engine
+from dockplug.packaging.bases import CountingReader, byte_progress, rootfs_member
 from dockplug.packaging.config import PluginConfig, validate_config
 from dockplug.packaging.engine import EngineError
 
@@ -61,10 +54,18 @@ def authored_config(api_config: dict[str, Any], source: str = "plugin") -> Plugi
     return validate_config(data, f"{source}: Config from the Engine API")
 
 
+def settable_args(args: list[str]) -> bool:
+    """Whether ``plugin set args=...`` can give exactly ARGS: dockerd splits the value on single
+    spaces, so an argument holding a space, or no argument at all, cannot be set."""
+    return bool(args) and " ".join(args).split(" ") == args
+
+
 def settings_pairs(
     config: PluginConfig, wanted: dict[str, Any], current: dict[str, Any]
 ) -> list[str]:
-    """``KEY=VALUE`` pairs for ``plugin set`` that turn CURRENT Settings into WANTED ones."""
+    """``KEY=VALUE`` pairs for ``plugin set`` that turn CURRENT Settings into WANTED ones (args
+    that cannot be set, see :func:`settable_args`, are left out: :func:`create_with_settings`
+    writes them into config.json instead)."""
     pairs: list[str] = []
     have = dict(e.split("=", 1) for e in current.get("Env") or [] if "=" in e)
     for entry in wanted.get("Env") or []:
@@ -72,7 +73,7 @@ def settings_pairs(
         if sep and have.get(key) != value:
             pairs.append(f"{key}={value}")
     want_args = [str(a) for a in wanted.get("Args") or []]
-    if want_args != list(current.get("Args") or []):
+    if want_args != list(current.get("Args") or []) and settable_args(want_args):
         pairs.append(f"{config.args.name}={' '.join(want_args)}")
     for kind, declared, field in (
         ("Mounts", [(m.name, m.destination) for m in config.mounts], "Source"),
@@ -86,18 +87,6 @@ def settings_pairs(
             if value is not None and value != now[i].get(field) and declared[i][0]:
                 pairs.append(f"{declared[i][0]}.{field.lower()}={value}")
     return pairs
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
 
 
 @dataclass
@@ -190,7 +179,7 @@ def export(
     try:
         with (
             tarfile.open(partial, "w:gz", compresslevel=compresslevel) as tar,
-            _progress(console) as bar,
+            byte_progress(console) as bar,
         ):
             _add_bytes(tar, "config.json", src.config.to_json().encode())
             _add_bytes(tar, SETTINGS_FILE, (json.dumps(src.meta, indent=2) + "\n").encode())
@@ -207,29 +196,13 @@ def export(
     return ExportResult(src.name, output, output.stat().st_size, total, time.monotonic() - t0)
 
 
-class _Counting(io.RawIOBase):
-    """A read-only file that advances a progress task by the bytes read."""
-
-    def __init__(self, f: Any, bar: Progress, task: Any) -> None:
-        self.f, self.bar, self.task = f, bar, task
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        n: int = self.f.readinto(b)
-        self.bar.advance(self.task, n)
-        return n
-
-
 def _member_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-    """Only config.json, settings.json and rootfs/...; nothing may land outside PATH (the
-    ``tar`` filter), but the rootfs keeps its modes (setuid bits included), as docker's does."""
+    """Only config.json, settings.json and rootfs/...; nothing may land or point outside PATH,
+    but the rootfs keeps its modes (setuid bits included), as docker's does."""
     top = member.name.lstrip("./").split("/", 1)[0]
     if top not in ("config.json", SETTINGS_FILE, "rootfs"):
         return None
-    checked = tarfile.tar_filter(member, path)
-    return checked.replace(mode=member.mode, deep=False)
+    return rootfs_member(member, path)
 
 
 def unpack(archive: Path, dest: Path, console: Console | None = None) -> dict[str, Any]:
@@ -238,10 +211,10 @@ def unpack(archive: Path, dest: Path, console: Console | None = None) -> dict[st
     try:
         with (
             open(archive, "rb", buffering=0) as raw,
-            _progress(console) as bar,
+            byte_progress(console) as bar,
         ):
             task = bar.add_task(f"unpacking {archive.name}", total=archive.stat().st_size)
-            counted = io.BufferedReader(_Counting(raw, bar, task), 1 << 20)
+            counted = io.BufferedReader(CountingReader(raw, bar, task), 1 << 20)
             with tarfile.open(fileobj=counted, mode="r|gz") as tar:
                 tar.extractall(dest, numeric_owner=True, filter=_member_filter)
     except (tarfile.TarError, EOFError, OSError) as exc:
@@ -287,11 +260,22 @@ def create_with_settings(
     console: Console,
 ) -> ImportResult:
     """``create`` NAME from BUNDLE, re-apply META's settings, enable if asked; on failure the
-    half-made plugin is removed again."""
+    half-made plugin is removed again. Args ``plugin set`` cannot express (an argument with a
+    space, as an upgraded plugin or a config default may hold) go into config.json instead."""
     import docker.errors
 
     t0 = time.monotonic()
     config = validate_config(json.loads((bundle / "config.json").read_text()))
+    want_args = [str(a) for a in (meta.get("settings") or {}).get("Args") or []]
+    if want_args != config.args.value and not settable_args(want_args):
+        # plugin set would split them on spaces: the plugin starts with them instead
+        config.args.value = want_args
+        (bundle / "config.json").write_text(config.to_json())
+        console.print(
+            f"args {want_args!r} cannot be set through dockerd (it splits on spaces); they "
+            "become the default args of the new plugin's config",
+            markup=False,
+        )
     with console.status(f"creating {name} (dockerd packs the rootfs)"):
         engine.create(name, bundle, client)
     create_seconds = time.monotonic() - t0
