@@ -22,7 +22,6 @@ import time
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
@@ -202,15 +201,6 @@ _PROJECT_IGNORE = shutil.ignore_patterns(
 )
 
 
-def _requirement_type() -> Any:
-    """``packaging``'s Requirement (pip's vendored copy if packaging is not installed)."""
-    try:
-        from packaging.requirements import Requirement
-    except ImportError:  # pragma: no cover - pip always carries it
-        from pip._vendor.packaging.requirements import Requirement  # type: ignore[assignment]
-    return Requirement
-
-
 def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -218,13 +208,14 @@ def _canonical(name: str) -> str:
 def _project_requirements(dist_info: Path) -> list[str]:
     """The project's requirements, dockplug's replaced by the running dockplug: checked against
     its version and its extras' requirements added (dockplug is on no index)."""
+    from packaging.requirements import Requirement
+
     import dockplug
 
-    requirement = _requirement_type()
     meta = (dist_info / "METADATA").read_text(errors="replace")
     out: list[str] = []
     for line in re.findall(r"^Requires-Dist: (.+)$", meta, re.M):
-        req = requirement(line.strip())
+        req = Requirement(line.strip())
         if _canonical(req.name) != "dockplug":
             out.append(line.strip())
             continue
@@ -238,7 +229,7 @@ def _project_requirements(dist_info: Path) -> list[str]:
             )
         for extra in sorted(req.extras):
             for dep in metadata.requires("dockplug") or []:
-                r = requirement(dep)
+                r = Requirement(dep)
                 if r.marker is not None and r.marker.evaluate({"extra": extra}):
                     r.marker = None
                     out.append(str(r))
