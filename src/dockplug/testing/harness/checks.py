@@ -155,6 +155,14 @@ class Context:
         or a non-empty ``Err`` on 200."""
         return reply.error
 
+    def undo(self, endpoint: str, body: Any, made: list[Any], item: Any) -> Reply:
+        """Calls an endpoint that undoes ``item`` (a release, a delete); once it succeeded,
+        ``item`` leaves ``made``, the list cleanup works through."""
+        reply = self.call(endpoint, body, expect_ok=True)
+        if self.error(reply) is None and item in made:
+            made.remove(item)
+        return reply
+
     def name(self, suffix: str) -> str:
         return f"{self.prefix}{suffix}"
 

@@ -84,16 +84,10 @@ class IpamContext(Context):
 
     def release_address(self, pool_id: str, address: str) -> Reply:
         body = {"PoolID": pool_id, "Address": address}
-        reply = self.call(_P + "ReleaseAddress", body, expect_ok=True)
-        if self.error(reply) is None and (pool_id, address) in self.addresses:
-            self.addresses.remove((pool_id, address))
-        return reply
+        return self.undo(_P + "ReleaseAddress", body, self.addresses, (pool_id, address))
 
     def release_pool(self, pool_id: str) -> Reply:
-        reply = self.call(_P + "ReleasePool", {"PoolID": pool_id}, expect_ok=True)
-        if self.error(reply) is None and pool_id in self.pools:
-            self.pools.remove(pool_id)
-        return reply
+        return self.undo(_P + "ReleasePool", {"PoolID": pool_id}, self.pools, pool_id)
 
     def cleanup(self) -> list[str]:
         left: list[str] = []

@@ -121,23 +121,15 @@ class NetworkContext(Context):
 
     def leave(self, network_id: str, endpoint_id: str) -> Reply:
         body = {"NetworkID": network_id, "EndpointID": endpoint_id}
-        reply = self.call(_P + "Leave", body, expect_ok=True)
-        if self.error(reply) is None and (network_id, endpoint_id) in self.joined:
-            self.joined.remove((network_id, endpoint_id))
-        return reply
+        return self.undo(_P + "Leave", body, self.joined, (network_id, endpoint_id))
 
     def delete_endpoint(self, network_id: str, endpoint_id: str) -> Reply:
         body = {"NetworkID": network_id, "EndpointID": endpoint_id}
-        reply = self.call(_P + "DeleteEndpoint", body, expect_ok=True)
-        if self.error(reply) is None and (network_id, endpoint_id) in self.endpoints:
-            self.endpoints.remove((network_id, endpoint_id))
-        return reply
+        return self.undo(_P + "DeleteEndpoint", body, self.endpoints, (network_id, endpoint_id))
 
     def delete_network(self, network_id: str) -> Reply:
-        reply = self.call(_P + "DeleteNetwork", {"NetworkID": network_id}, expect_ok=True)
-        if self.error(reply) is None and network_id in self.networks:
-            self.networks.remove(network_id)
-        return reply
+        body = {"NetworkID": network_id}
+        return self.undo(_P + "DeleteNetwork", body, self.networks, network_id)
 
     def cleanup(self) -> list[str]:
         left: list[str] = []
