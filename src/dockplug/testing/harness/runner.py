@@ -12,10 +12,10 @@ from typing import Any
 
 from dockplug.client import resolve
 from dockplug.discovery import PluginAddress
-from dockplug.testing.harness import robustness, volume
+from dockplug.testing.harness import replay, robustness, volume
 from dockplug.testing.harness.checks import Check, Context, Outcome, Result, Skip, failed
 
-KINDS: dict[str, list[Check]] = {"volume": [*volume.CHECKS, *robustness.CHECKS]}
+KINDS: dict[str, list[Check]] = {"volume": [*volume.CHECKS, *robustness.CHECKS, *replay.CHECKS]}
 
 
 @dataclass
