@@ -125,19 +125,47 @@ def test_replies_dockerd_cannot_use(serve_plugin: Serve, short_tmp: Path) -> Non
     assert result is Result.FAIL and "no Mountpoint" in evidence
 
 
-def test_needing_options_is_a_warning_when_options_are_given(
-    serve_plugin: Serve, short_tmp: Path
-) -> None:
-    class NeedsType(CountlessMounts):
+class Counting(CountlessMounts):
+    """Counts mounts per ID, as it should."""
+
+    def mount(self, req: MountRequest) -> str:
+        self.counts[(req.name, req.id)] = self.counts.get((req.name, req.id), 0) + 1
+        return super().mount(req)
+
+    def unmount(self, req: MountRequest) -> None:
+        left = self.counts.get((req.name, req.id), 0) - 1
+        self.counts[(req.name, req.id)] = left
+        if left <= 0:
+            super().unmount(req)
+
+    def __init__(self, base: Path) -> None:
+        super().__init__(base)
+        self.counts: dict[tuple[str, str], int] = {}
+
+
+def _needs_type(base: type[CountlessMounts]) -> type[CountlessMounts]:
+    class NeedsType(base):  # type: ignore[valid-type,misc]
         def create(self, req: CreateRequest) -> None:
             if "type" not in req.options:
                 raise ValueError("volume must have a type")
             super().create(req)
 
-    plugin = serve_plugin(NeedsType(short_tmp / "vols"), name="replay-opts")
-    results = _results(run(plugin.url, opts={"type": "x"}, timeout=10, only={"P01", "P02"}))
+    return NeedsType
+
+
+def test_a_plugin_that_needs_options_is_replayed_with_them(
+    serve_plugin: Serve, short_tmp: Path
+) -> None:
+    good = serve_plugin(_needs_type(Counting)(short_tmp / "a"), name="replay-opts")
+    results = _results(run(good.url, opts={"type": "x"}, timeout=10, only={"P01", "P02"}))
     assert results["P01"][0] is Result.PASS  # the recorded -o is replaced by the plugin's own
-    assert results["P02"][0] is Result.WARN and "needs options" in results["P02"][1]
+    # docker run -v cannot create it; the rest is replayed with the options, and passes
+    result, evidence = results["P02"]
+    assert result is Result.WARN and "needs options" in evidence and "35 calls" in evidence
+    # ... so a docker cp mistake behind the missing options is still found
+    bad = serve_plugin(_needs_type(CountlessMounts)(short_tmp / "b"), name="replay-opts2")
+    result, evidence = _results(run(bad.url, opts={"type": "x"}, timeout=10, only={"P02"}))["P02"]
+    assert result is Result.FAIL and "torn down" in evidence and "needs options" in evidence
 
 
 def test_replay_goes_out_exactly_as_dockerd_sent_it(serve_plugin: Serve, short_tmp: Path) -> None:
