@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -316,3 +317,85 @@ def test_authz_create_run(
         names=(),
         unordered=True,
     )
+
+
+@pytest.fixture
+def netns_dockerd(
+    plugin_name: str, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Dockerd]]:
+    """Starts a dockerd in a network namespace of its own: user bridges (IPAM tests) then live
+    there, not on the host. ``ip netns exec`` would remount /sys and hide the cgroups; the
+    ``dockerd`` on PATH is a wrapper that enters the namespace with nsenter."""
+    if shutil.which("ip") is None or shutil.which("nsenter") is None:
+        pytest.skip("needs ip (iproute2) and nsenter (util-linux)")
+    real = shutil.which("dockerd")
+    if real is None or unavailable_reason():
+        pytest.skip(unavailable_reason() or "no dockerd binary")
+    ns = f"dp-{plugin_name}"
+    subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+    wrapper = short_tmp / "bin" / "dockerd"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec nsenter --net=/run/netns/{ns} {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")
+    started: list[Dockerd] = []
+
+    def start(*extra: str) -> Dockerd:
+        daemon = Dockerd(Path(f"/tmp/dp-ns-{plugin_name}"))
+        started.append(daemon)
+        return daemon.start(extra_args=extra)
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+    subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+
+
+def test_ipam_network_lifecycle(
+    plugin_name: str,
+    short_tmp: Path,
+    serve_plugin: Callable[..., ThreadedPlugin],
+    netns_dockerd: Callable[..., Dockerd],
+) -> None:
+    """docker network create --ipam-driver REC (bridge driver), a container on it, rm."""
+    from dockplug import IpamDriver
+
+    class OnePool(IpamDriver):
+        """Hands out 10.231.0.0/24: .1 for the gateway, then .2, .3, ..."""
+
+        def __init__(self) -> None:
+            self.next = 2
+
+        def request_pool(self, req: Any) -> tuple[str, str]:
+            return "pool-1", req.pool or "10.231.0.0/24"
+
+        def release_pool(self, req: Any) -> None:
+            return None
+
+        def request_address(self, req: Any) -> str:
+            if req.address:
+                return f"{req.address}/24"
+            if req.is_gateway:
+                return "10.231.0.1/24"
+            self.next += 1
+            return f"10.231.0.{self.next - 1}/24"
+
+        def release_address(self, req: Any) -> None:
+            return None
+
+    plugin = serve_plugin(OnePool(), name="rec-ipam")
+    with ThreadedRecorder(SOCKET_DIR / f"{plugin_name}.sock", resolve(plugin.url)) as rec:
+        daemon = netns_dockerd()
+        image = daemon.busybox_image()
+        lit = _literals(
+            plugin_name, short_tmp, **{"{net}": plugin_name, "{image}": image, "{ctr}": plugin_name}
+        )
+        s = Session(rec, daemon, lit)
+        try:
+            s.docker("docker network create --ipam-driver {driver} --subnet 10.231.0.0/24 {net}")
+            s.docker("docker run --rm --name {ctr} --network {net} {image} true")
+            s.docker("docker network rm {net}")
+        except BaseException:
+            daemon.docker("network", "rm", plugin_name, check=False)
+            raise
+    _keep("ipam-network", s, "docker network create --ipam-driver, run on it, network rm", names=())
