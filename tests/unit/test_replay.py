@@ -22,13 +22,21 @@ from dockplug.drivers.local import LocalDriver
 from dockplug.errors import VolumeNotFound
 from dockplug.protocol.volume import CreateRequest, MountRequest, NameRequest
 from dockplug.testing.harness import Result, run
-from dockplug.testing.harness.replay import CHECKS, load, signature
+from dockplug.testing.harness.checks import Context
+from dockplug.testing.harness.replay import AUTHZ_CHECKS, CHECKS, IPAM_CHECKS, load, signature
 from dockplug.testing.recorder import Normaliser, ThreadedRecorder, normalise
 from dockplug.testing.servers import SubprocessPlugin, ThreadedPlugin
 
 Serve = Callable[..., ThreadedPlugin]
 REPLAYS = {c.id for c in CHECKS}
-SCENARIOS = ("volume-cli", "container-lifecycle", "plugin-restart", "dockerd-live-restore")
+SCENARIOS = (
+    "volume-cli",
+    "container-lifecycle",
+    "plugin-restart",
+    "dockerd-live-restore",
+    "authz-create-run",
+    "ipam-network",
+)
 
 
 def _local(serve_plugin: Serve, root: Path, name: str = "replay-local") -> ThreadedPlugin:
@@ -313,3 +321,72 @@ def test_missing_volume_get_error_is_expected(serve_plugin: Serve, short_tmp: Pa
 
     plugin = serve_plugin(Strict(short_tmp / "v"), name="replay-strict")
     assert _results(run(plugin.url, timeout=10, only={"P01"}))["P01"][0] is Result.PASS
+
+
+def _replay(check_id: str, url: str) -> tuple[Result, str]:
+    """Runs one authz/IPAM replay check directly (the runner has only the volume kind yet)."""
+    chk = next(c for c in [*AUTHZ_CHECKS, *IPAM_CHECKS] if c.id == check_id)
+    ctx = Context(resolve(url), prefix="dpcheck-unit-", timeout=10)
+    try:
+        outcome = chk.func(ctx)
+    finally:
+        ctx.close()
+    return outcome.result, outcome.evidence
+
+
+def test_authz_replay(serve_plugin: Serve) -> None:
+    from dockplug import AuthzPlugin
+
+    class DenyPrivileged(AuthzPlugin):
+        def authz_req(self, req: Any) -> Any:
+            return (False, "no") if "privileged" in str(req.json_body) else True
+
+        def authz_res(self, req: Any) -> bool:
+            return True
+
+    class CrashOnResponse(DenyPrivileged):
+        def authz_res(self, req: Any) -> bool:
+            raise RuntimeError("policy bug")
+
+    good = serve_plugin(DenyPrivileged(), name="replay-authz")
+    result, evidence = _replay("P05", good.url)
+    assert result is Result.PASS, evidence
+    bad = serve_plugin(CrashOnResponse(), name="replay-authz-bad")
+    result, evidence = _replay("P05", bad.url)
+    assert result is Result.FAIL and "AuthZPlugin.AuthZRes" in evidence
+    assert "dockerd fails the user's API call" in evidence
+
+
+def test_ipam_replay_sends_back_the_targets_pool_id(serve_plugin: Serve) -> None:
+    from dockplug import IpamDriver, PluginError
+
+    class Strict(IpamDriver):
+        """Its own pool ids, and it refuses ids it never handed out."""
+
+        def __init__(self, bare: bool = False) -> None:
+            self.bare, self.pools, self.addresses = bare, set[str](), set[str]()
+
+        def request_pool(self, req: Any) -> tuple[str, str]:
+            self.pools.add(pool_id := f"strict-{len(self.pools)}")
+            return pool_id, req.pool or "10.9.0.0/24"
+
+        def release_pool(self, req: Any) -> None:
+            if req.pool_id not in self.pools:
+                raise PluginError(f"unknown pool {req.pool_id}")
+
+        def request_address(self, req: Any) -> str:
+            if req.pool_id not in self.pools:
+                raise PluginError(f"unknown pool {req.pool_id}")
+            address = f"10.231.0.{len(self.addresses) + 11}"
+            self.addresses.add(address)
+            return address if self.bare else address + "/24"
+
+        def release_address(self, req: Any) -> None:
+            if req.address not in self.addresses:
+                raise PluginError(f"never handed out {req.address}")
+
+    result, evidence = _replay("P06", serve_plugin(Strict(), name="replay-ipam").url)
+    assert result is Result.PASS, evidence
+    bare = serve_plugin(Strict(bare=True), name="replay-ipam-bare")
+    result, evidence = _replay("P06", bare.url)
+    assert result is Result.FAIL and "not in CIDR form" in evidence

@@ -94,7 +94,25 @@ class _Replayer:
 
     def __post_init__(self) -> None:
         self.values: dict[str, str] = {}
+        self.learned: dict[str, str] = {}  # recorded reply value -> the target's (IPAM pool ids)
         self.conn: http.client.HTTPConnection | None = None
+
+    def learn(self, ex: dict[str, Any], reply: Reply) -> None:
+        """Values dockerd took from a reply and sends back later (PoolID, addresses): where the
+        target answered differently, later requests carry the target's value."""
+        try:
+            recorded = json.loads(ex["reply_body"])
+        except ValueError:
+            return
+        fresh = reply_json(reply)
+        if not isinstance(recorded, dict) or not isinstance(fresh, dict):
+            return
+        for key, old in recorded.items():
+            new = fresh.get(key)
+            if isinstance(old, str) and isinstance(new, str) and old and old != new:
+                self.learned[old] = new
+                if "/" in old and "/" in new:  # an address in CIDR form is released bare
+                    self.learned[old.split("/")[0]] = new.split("/")[0]
 
     def fill(self, text: str) -> str:
         """Placeholders to fresh values: ``{vol1}`` a name of this run, ``{id1}`` a 64-hex id."""
@@ -107,7 +125,10 @@ class _Replayer:
                     self.values[m[0]] = uuid.uuid4().hex + uuid.uuid4().hex
             return self.values[m[0]]
 
-        return _PLACEHOLDER.sub(value, text)
+        text = _PLACEHOLDER.sub(value, text)
+        for old, new in self.learned.items():
+            text = text.replace(json.dumps(old), json.dumps(new))
+        return text
 
     def body(self, ex: dict[str, Any]) -> bytes:
         text = self.fill(ex["body"])
@@ -162,6 +183,10 @@ class _Replayer:
 
 def _judge(ex: dict[str, Any], reply: Reply, rp: _Replayer) -> str | None:
     """None if dockerd would carry on as it did with the recorded plugin, else what breaks."""
+    if ex["path"].startswith("/AuthZPlugin."):
+        return _judge_authz(reply)
+    if ex["path"].startswith("/IpamDriver."):
+        return _judge_ipam(ex, reply)
     method = ex["path"].rsplit(".", 1)[-1]
     data = reply_json(reply)
     want_ok = _recorded_ok(ex)
@@ -202,6 +227,43 @@ def _judge(ex: dict[str, Any], reply: Reply, rp: _Replayer) -> str | None:
         absent = sorted(n for n in want - have if n.startswith(rp.ctx.prefix))
         if absent:
             return f"List lacks {absent}, which dockerd's plugin listed here"
+    return None
+
+
+def _judge_authz(reply: Reply) -> str | None:
+    """dockerd: anything but 200 fails the API call; on 200 only ``Allow`` counts (Err is
+    ignored). A denial is the plugin's policy, not a protocol error."""
+    data = reply_json(reply)
+    if reply.status != 200:
+        return f"not 200, so dockerd fails the user's API call: {describe(reply)}"
+    if not isinstance(data, dict):
+        return f"HTTP 200 without a JSON object: {describe(reply)}"
+    allow = _lower(data).get("allow")
+    if allow is not None and not isinstance(allow, bool):
+        return f"Allow {allow!r} is not a boolean; dockerd cannot decode the reply"
+    return None
+
+
+_CIDR = re.compile(r"^[0-9a-fA-F:.]+/\d{1,3}$")
+
+
+def _judge_ipam(ex: dict[str, Any], reply: Reply) -> str | None:
+    """dockerd reads IPAM failures from ``Error`` (or a non-200) and parses CIDR strings."""
+    method = ex["path"].rsplit(".", 1)[-1]
+    if not _recorded_ok(ex):
+        return None
+    if reply.error is not None:
+        return f"dockerd needs this to succeed: {describe(reply)}"
+    if not isinstance(reply_json(reply), dict):
+        return f"HTTP 200 without a JSON object: {describe(reply)}"
+    data = _lower(reply_json(reply))
+    if method == "RequestPool":
+        if not isinstance(data.get("poolid"), str) or not data["poolid"]:
+            return f"no PoolID: {describe(reply)}"
+        if not _CIDR.match(str(data.get("pool"))):
+            return f"Pool {data.get('pool')!r} is not a CIDR; dockerd cannot parse it"
+    if method == "RequestAddress" and not _CIDR.match(str(data.get("address"))):
+        return f"Address {data.get('address')!r} is not in CIDR form (a.b.c.d/len)"
     return None
 
 
@@ -259,6 +321,7 @@ def replay(ctx: Context, scenario: str, tag: str) -> Outcome:
             reply = _exchange(ctx, rp, ex, body)
             if reply is None:
                 return failed(f"{where}: no reply within dockerd's timeout")
+            rp.learn(ex, reply)
             problem = _judge(ex, reply, rp) or _still_held(ctx, ex, body, reply)
             if problem is not None and _needs_options(ex, body, ctx):
                 # what a user of such a plugin does: docker volume create -o first; go on
@@ -308,17 +371,24 @@ def _exchange(ctx: Context, rp: _Replayer, ex: dict[str, Any], body: bytes) -> R
     return reply
 
 
-CHECKS: list[Check] = []
+CHECKS: list[Check] = []  # volume
+AUTHZ_CHECKS: list[Check] = []
+IPAM_CHECKS: list[Check] = []
 
 
-def _register(check_id: str, scenario: str, title: str) -> None:
+def _register(check_id: str, scenario: str, title: str, into: list[Check] = CHECKS) -> None:
     def func(ctx: Context) -> Outcome:
         return replay(ctx, scenario, check_id.lower())
 
-    CHECKS.append(Check(check_id, title, f"recordings/{scenario}.json", func))
+    into.append(Check(check_id, title, f"recordings/{scenario}.json", func))
 
 
 _register("P01", "volume-cli", "Replay: docker volume create -o, inspect, ls, rm")
 _register("P02", "container-lifecycle", "Replay: run -v, cp (running), restart, stop, cp, rm")
 _register("P03", "plugin-restart", "Replay: calls around a plugin restart (not restarted here)")
 _register("P04", "dockerd-live-restore", "Replay: dockerd --live-restore restart under a container")
+_register("P05", "authz-create-run", "Replay: docker create/rm/run under authz", AUTHZ_CHECKS)
+_register("P06", "ipam-network", "Replay: network create, run on it, network rm", IPAM_CHECKS)
+
+# for the runner's KINDS once the harness has those kinds (volume is registered already)
+BY_KIND = {"volume": CHECKS, "authz": AUTHZ_CHECKS, "ipam": IPAM_CHECKS}
