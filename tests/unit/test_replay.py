@@ -300,6 +300,33 @@ def test_cli_record_writes_the_recording(short_tmp: Path, serve_plugin: Serve) -
     assert ex["body"] == '{"Name":"nope"}\n' and not listen.exists()
 
 
+def test_cli_record_only_the_given_pid(short_tmp: Path, serve_plugin: Serve) -> None:
+    """--pid: calls from other processes are forwarded but not recorded."""
+    plugin = _local(serve_plugin, short_tmp)
+    listen, out = short_tmp / "cli.sock", short_tmp / "calls.json"
+    cmd = [sys.executable, "-m", "dockplug", "record", "--name", "x", "--target", plugin.url,
+           "--socket", str(listen), "-o", str(out), "--pid", str(os.getpid()), "-q"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while not listen.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout
+            time.sleep(0.05)
+        other = subprocess.run(
+            [sys.executable, "-m", "dockplug", "call", str(listen), "VolumeDriver.List", "{}"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert other.returncode == 0 and '"Volumes"' in other.stdout  # forwarded
+        with PluginClient(str(listen), timeout=5) as client:
+            assert client.call("Plugin.Activate").status == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0, output
+    paths = [ex["path"] for ex in json.loads(out.read_text())["exchanges"]]
+    assert paths == ["/Plugin.Activate"]
+
+
 def test_cli_record_refuses_to_record_itself(short_tmp: Path) -> None:
     sock = short_tmp / "same.sock"
     done = subprocess.run(

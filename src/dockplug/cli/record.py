@@ -45,8 +45,18 @@ def _line(ex: dict[str, Any]) -> str:
     type=click.Path(path_type=Path),
     help="Listen here instead of /run/docker/plugins/NAME.sock.",
 )
+@click.option(
+    "--pid",
+    "pids",
+    type=int,
+    multiple=True,
+    help="Record only calls from this process, e.g. one dockerd among several (repeatable); "
+    "every dockerd on the host activates every plugin socket it finds.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Do not print one line per call.")
-def record(name: str, target: str, output: Path, listen: Path | None, quiet: bool) -> None:
+def record(
+    name: str, target: str, output: Path, listen: Path | None, pids: tuple[int, ...], quiet: bool
+) -> None:
     """Stand in front of a plugin as NAME and record every call dockerd makes to it.
 
     \b
@@ -64,7 +74,7 @@ def record(name: str, target: str, output: Path, listen: Path | None, quiet: boo
     sock = listen or SOCKET_DIR / f"{name}.sock"
     if sock.resolve() == Path(address.url.partition("unix://")[2] or "/nonexistent").resolve():
         raise ConfigError(f"--target {target} is the socket the recorder would listen on ({sock})")
-    recorder = Recorder(sock, address, output)
+    recorder = Recorder(sock, address, output, pids=set(pids) or None)
     if not quiet:
         recorder.on_exchange = lambda ex: click.echo(_line(ex))
 
