@@ -59,9 +59,9 @@ def record(
 ) -> None:
     """Stand in front of a plugin as NAME and record every call dockerd makes to it.
 
-    \b
     Each request is forwarded byte for byte: method, path, all headers as sent, the raw body,
     then the plugin's reply, with timing. Stop with Ctrl-C; the recording is in OUTPUT.
+
     \b
       dockplug record --name rec --target /run/my-plugin.sock -o calls.json
       docker volume create -d rec v1     # in another shell
