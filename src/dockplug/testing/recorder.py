@@ -13,6 +13,7 @@ too, so dockerd sees a broken connection, as it would talking to the plugin dire
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -348,8 +349,6 @@ def normalise(
 
 def _decode_inner(body: str, norm: Normaliser) -> str:
     """Authz bodies carry base64 request/response bodies: normalise inside them too."""
-    import base64
-
     try:
         data = json.loads(body)
     except ValueError:
