@@ -417,3 +417,18 @@ def test_ipam_replay_sends_back_the_targets_pool_id(serve_plugin: Serve) -> None
     bare = serve_plugin(Strict(bare=True), name="replay-ipam-bare")
     result, evidence = _replay("P06", bare.url)
     assert result is Result.FAIL and "not in CIDR form" in evidence
+
+
+def test_recorder_in_front_of_a_tcp_plugin(serve_plugin: Serve, short_tmp: Path) -> None:
+    driver = LocalDriver(base_dir=short_tmp / "vols", state_dir=short_tmp / "st")
+    plugin = serve_plugin(driver, name="replay-tcp", tcp="127.0.0.1:0", announce="none")
+    assert plugin.url.startswith("tcp://")
+    listen = short_tmp / "rec.sock"
+    with ThreadedRecorder(listen, resolve(plugin.url)) as rec:
+        report = run(str(listen), timeout=10, only={"P01"})
+    assert report.by_id()["P01"].result is Result.PASS, report.failures()
+    assert [ex["path"] for ex in rec.exchanges][:2] == [
+        "/Plugin.Activate",
+        "/VolumeDriver.Capabilities",
+    ]
+    assert all(ex["status"] in (200, 500) for ex in rec.exchanges)
