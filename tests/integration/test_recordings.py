@@ -99,7 +99,7 @@ def _keep(
     scenario: str,
     s: Session,
     about: str,
-    names: tuple[str, ...] = ("{vol1}", "{vol2}"),
+    names: tuple[str, ...] = ("{vol1}",),
     unordered: bool = False,
 ) -> None:
     """Normalises the recording; writes it as the fixture (DOCKPLUG_RECORD=1) or compares."""
