@@ -329,9 +329,9 @@ def replay(ctx: Context, scenario: str, tag: str) -> Outcome:
                 reply = _exchange(ctx, rp, ex, body)
                 if reply is not None and _judge(ex, reply, rp) is None:
                     note = (
-                        f"; but {where}: {problem}: the plugin needs options, so this docker "
-                        "command only works after an explicit docker volume create -o "
-                        "(replayed with the options from there on)"
+                        f"; but {where}: {problem}: the plugin needs options, which this "
+                        "command gives none of (users must docker volume create -o first); "
+                        "replayed with the options from there on"
                     )
                     continue
             if problem is not None:
