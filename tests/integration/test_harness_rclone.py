@@ -56,7 +56,8 @@ def test_harness_reports_on_rclone(rclone: tuple[Path, Path], tmp_path: Path) ->
 
     saved = json.loads(out.read_text())
     ids = [r["id"] for r in saved["results"]]
-    assert ids == [f"V{i:02d}" for i in range(1, 19)] + ["R01", "R02", "R03", "R04"]
+    tail = ["R01", "R02", "R03", "R04", "P01", "P02", "P03", "P04"]
+    assert ids == [f"V{i:02d}" for i in range(1, 19)] + tail
     by_id = report.by_id()
     # what any working volume plugin gets right, rclone included
     for check_id in ("V01", "V03", "V04", "V07", "V08", "V11", "V14", "V17"):

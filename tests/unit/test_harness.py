@@ -98,7 +98,7 @@ def test_local_driver_passes_every_check(serve_plugin: Serve, short_tmp: Path) -
     plugin = _local(serve_plugin, short_tmp)
     report = run(plugin.url, "volume", timeout=10)
     outcomes = _outcomes(report)
-    assert set(outcomes) == SEQUENCE | {"R01", "R02", "R03", "R04"}
+    assert set(outcomes) == SEQUENCE | {"R01", "R02", "R03", "R04", "P01", "P02", "P03", "P04"}
     bad = {r.id: r.evidence for r in report.results if r.result is not Result.PASS}
     assert not bad, bad
     assert report.exit_code == 0
@@ -216,7 +216,7 @@ def test_cli_check_passes_serve_local_subprocess(short_tmp: Path, tmp_path: Path
         assert done.returncode == 0, done.stdout + done.stderr + plugin.output
     data = json.loads(out.read_text())
     assert data["ok"] is True and data["counts"]["fail"] == 0
-    assert len(data["results"]) == 22 and data["cleanup"] == []
+    assert len(data["results"]) == 26 and data["cleanup"] == []
 
 
 def test_gets_that_wait_for_a_slow_mount_are_flagged(serve_plugin: Serve, short_tmp: Path) -> None:

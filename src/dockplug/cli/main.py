@@ -27,6 +27,7 @@ from dockplug.cli.plugin import (
     rm,
     set_,
 )
+from dockplug.cli.record import record
 from dockplug.cli.secret import secret
 from dockplug.cli.serve import serve
 from dockplug.errors import ConfigError, PluginError
@@ -56,6 +57,7 @@ def cli() -> None:
 cli.add_command(serve)
 cli.add_command(local)
 cli.add_command(check)
+cli.add_command(record)
 cli.add_command(secret)
 cli.add_command(build)
 cli.add_command(create)

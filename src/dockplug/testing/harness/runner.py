@@ -12,7 +12,7 @@ from typing import Any
 
 from dockplug.client import resolve
 from dockplug.discovery import PluginAddress
-from dockplug.testing.harness import authz, ipam, log, network, robustness, volume
+from dockplug.testing.harness import authz, ipam, log, network, replay, robustness, volume
 from dockplug.testing.harness.checks import (
     Check,
     Context,
@@ -24,10 +24,10 @@ from dockplug.testing.harness.checks import (
 )
 
 KINDS: dict[str, list[Check]] = {
-    "volume": [*volume.CHECKS, *robustness.CHECKS],
+    "volume": [*volume.CHECKS, *robustness.CHECKS, *replay.CHECKS],
     "network": network.CHECKS,
-    "ipam": ipam.CHECKS,
-    "authz": authz.CHECKS,
+    "ipam": [*ipam.CHECKS, *replay.IPAM_CHECKS],
+    "authz": [*authz.CHECKS, *replay.AUTHZ_CHECKS],
     "log": log.CHECKS,
 }
 
