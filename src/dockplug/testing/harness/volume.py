@@ -3,6 +3,7 @@ run in order against one plugin. Later checks build on the volume the earlier on
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -192,6 +193,7 @@ def create_again(ctx: VolumeContext) -> Outcome:
     return passed("HTTP 200")
 
 
+MOUNT_HEAD_START = 0.2  # seconds between V10's Mount and its Gets
 Timed = tuple[Any, float]  # a Reply or the exception raised, and when it came back
 
 
@@ -207,6 +209,10 @@ def _parallel_gets(ctx: VolumeContext, name: str, mount_id: str) -> tuple[Timed,
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=22) as pool:
         mounting = pool.submit(one, "VolumeDriver.Mount", {"Name": name, "ID": mount_id})
+        # the Gets come while the Mount is under way, as dockerd's do: give it a head start
+        # (or, if it is quicker than that, let it finish first)
+        with contextlib.suppress(TimeoutError):
+            mounting.exception(timeout=MOUNT_HEAD_START)
         others = [pool.submit(one, "VolumeDriver.Get", {"Name": name}) for _ in range(20)]
         others.append(pool.submit(one, "VolumeDriver.List", {}))
         mount = mounting.result()
@@ -235,7 +241,7 @@ def concurrency(ctx: VolumeContext) -> Outcome:
         return failed(f"Mount failed: {describe(mount)}")
     waited = sorted(done for _, done in results)
     median = waited[len(waited) // 2]
-    if mount_done >= 0.5 and median >= mount_done:
+    if mount_done >= 0.5 and median >= mount_done - 0.05:
         return warned(
             f"the Mount took {mount_done:.2f}s and most Gets waited for it (median "
             f"{median:.2f}s): dockerd calls Get constantly, so every docker command stalls"
