@@ -99,6 +99,8 @@ class Local:
     def ok(self, endpoint: str, body: Any = None) -> Any:
         reply = self.call(endpoint, body)
         assert reply.status == 200 and reply.error is None, (endpoint, body, reply.raw)
+        if endpoint == "VolumeDriver.Remove":  # the folder goes a moment after the reply
+            assert self.driver is not None and self.driver.wait_freed()
         return reply.json
 
     def fails(self, endpoint: str, body: Any = None) -> str:
@@ -440,6 +442,7 @@ def test_reconcile_does_not_resurrect_a_volume_removed_meanwhile(
 
         monkeypatch.setattr(driver, "lock", lock)
         driver.reconcile()
+        assert driver.wait_freed()
         assert not (short_tmp / "b" / "a").exists() and not (short_tmp / "b" / "b").exists()
         assert not any("vanished" in line for line in lines), lines
         assert driver.volumes == {}
@@ -681,3 +684,45 @@ def test_1000_volumes_created_concurrently_from_8_threads(local: Local) -> None:
     )
     assert driver.store._db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert local.status("t3-v050")["Mounts"] == 1
+
+
+def test_a_create_right_after_remove_never_gets_the_old_data(short_tmp: Path) -> None:
+    driver = LocalDriver(base_dir=short_tmp / "b", state_dir=short_tmp / "s", log=lambda _: None)
+    try:
+        for i in range(20):
+            driver.create(CreateRequest(name="v"))
+            (short_tmp / "b" / "v" / f"data-{i}").write_text("old")
+            driver.remove(NameRequest(name="v"))  # its folder is freed in the background...
+            driver.create(CreateRequest(name="v"))  # ...unless a Create of the name comes first
+            assert list((short_tmp / "b" / "v").iterdir()) == [], i
+            driver.remove(NameRequest(name="v"))
+        assert driver.wait_freed()
+        assert not (short_tmp / "b" / "v").exists() and driver.store.trash() == []
+    finally:
+        driver.shutdown()
+
+
+def test_a_removal_cut_short_by_a_crash_is_finished_on_restart(short_tmp: Path) -> None:
+    lines: list[str] = []
+    first = LocalDriver(base_dir=short_tmp / "b", state_dir=short_tmp / "s", log=lines.append)
+    for name in ("gone", "back"):
+        first.create(CreateRequest(name=name))
+        (short_tmp / "b" / name / "file").write_text("data")
+    # the Remove's transaction committed, then the process died before its janitor ran
+    first.store.delete("gone", trash=str(short_tmp / "b" / "gone"))
+    first.store.delete("back", trash=str(short_tmp / "b" / "back"))
+    first.store.close()
+    second = LocalDriver(base_dir=short_tmp / "b", state_dir=short_tmp / "s", log=lines.append)
+    try:
+        # "back" was created again (over its old folder) before the janitor's turn came
+        back = VolumeRecord(name="back", mountpoint=str(short_tmp / "b" / "back"), options={})
+        second.store.put(back)
+        second.volumes["back"] = back
+        second.reconcile()
+        assert second.wait_freed()
+        assert not (short_tmp / "b" / "gone").exists()
+        assert (short_tmp / "b" / "back" / "file").read_text() == "data"  # in use again: kept
+        assert second.store.trash() == []
+        assert any("finished removing volume gone's folder" in line for line in lines), lines
+    finally:
+        second.shutdown()

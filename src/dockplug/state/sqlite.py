@@ -43,6 +43,10 @@ CREATE TABLE IF NOT EXISTS volumes (
     extra       TEXT NOT NULL,
     created_at  TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS trash (
+    path    TEXT PRIMARY KEY,
+    volume  TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS mounts (
     volume  TEXT NOT NULL REFERENCES volumes(name) ON DELETE CASCADE,
     id      TEXT NOT NULL,
@@ -219,11 +223,27 @@ class VolumeStore:
             )
         self._committed(durable=True)
 
-    def delete(self, name: str) -> None:
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("DELETE FROM mounts WHERE volume = ?", (name,))
-            self._db.execute("DELETE FROM volumes WHERE name = ?", (name,))
+    def delete(self, name: str, trash: str | None = None) -> None:
+        """Forgets a volume (its mounts go by ON DELETE CASCADE) and, in the same transaction,
+        notes ``trash``: storage to free afterwards, and again after a crash if need be."""
+        with self._lock:
+            if trash is None:
+                self._db.execute("DELETE FROM volumes WHERE name = ?", (name,))
+            else:
+                with self._db:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._db.execute("DELETE FROM volumes WHERE name = ?", (name,))
+                    self._db.execute("INSERT OR REPLACE INTO trash VALUES (?, ?)", (trash, name))
+        self._committed(durable=False)
+
+    def trash(self) -> list[tuple[str, str]]:
+        """(path, volume) of storage removed volumes left to free."""
+        with self._lock:
+            return [(r[0], r[1]) for r in self._db.execute("SELECT path, volume FROM trash")]
+
+    def forget_trash(self, path: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM trash WHERE path = ?", (path,))
         self._committed(durable=False)
 
     def set_mount(self, volume: str, mount_id: str, count: int) -> None:

@@ -108,6 +108,12 @@ class StatefulVolumeDriver(VolumeDriver):
         """Undo what must be undone while the volume still exists (e.g. unmount its storage);
         raising fails the Remove and leaves the volume as it was."""
 
+    def trash_path(self, rec: VolumeRecord) -> str | None:
+        """Storage of a volume being removed that ``destroy`` frees later: it is noted in the
+        same transaction that forgets the volume, so a crash before it is freed is finished
+        on restart instead of leaving an orphan."""
+        return None
+
     def destroy(self, rec: VolumeRecord) -> None:
         """Release a removed volume's storage (its record is already gone)."""
 
@@ -216,7 +222,7 @@ class StatefulVolumeDriver(VolumeDriver):
             if users:
                 raise VolumeInUse(name, users)
             self.before_remove(rec)
-            self.store.delete(name)
+            self.store.delete(name, trash=self.trash_path(rec))
             del self.volumes[name]
             self.mounts.forget(name)
             self.destroy(rec)

@@ -3,6 +3,7 @@ restarts and crashes, never deleting data it did not create."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -66,13 +67,6 @@ LOCAL_OPTIONS = OptionSet(
 )  # fmt: skip
 
 
-def _free_later(trash: Path, not_before: float) -> None:
-    # a moment later, not while the Remove's reply is on its way: a thread deleting files
-    # right then competes with the event loop for the interpreter
-    time.sleep(max(0.0, not_before - time.monotonic()))
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def _within(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
@@ -107,6 +101,7 @@ class LocalDriver(StatefulVolumeDriver):
         self.base_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         self.images = self.state_dir / "images"
         self._janitor = ThreadPoolExecutor(1, thread_name_prefix="dockplug-trash")
+        self._doomed: dict[str, str] = {}  # folder -> volume: removed, freed by the janitor soon
         super().__init__(
             VolumeStore(self.state_dir / "volumes.db"),
             scope=scope,
@@ -149,6 +144,8 @@ class LocalDriver(StatefulVolumeDriver):
                 f"option size: needs a volume name of at most {NAME_MAX - 4} bytes "
                 "(its image file is named after it)"
             )
+        if str(path) in self._doomed:  # removed a moment ago, not freed yet: its data must go
+            self._free(str(path))
         existed = path.exists()
         extra: dict[str, Any] = {}
         made_image = mounted = False
@@ -193,24 +190,57 @@ class LocalDriver(StatefulVolumeDriver):
         if rec.extra.get("image"):
             loopfs.unmount(Path(rec.mountpoint))
 
+    def trash_path(self, rec: VolumeRecord) -> str | None:
+        return rec.mountpoint if rec.owned and not self.keep_data else None
+
     def destroy(self, rec: VolumeRecord) -> None:
-        path = Path(rec.mountpoint)
         image = rec.extra.get("image")
-        if not rec.owned or self.keep_data:
-            if image and not self.keep_data:
-                Path(image).unlink(missing_ok=True)
-            return
-        if image:
+        if image and not self.keep_data:
             Path(image).unlink(missing_ok=True)
-        if path.exists():
-            # rename first (atomic) so a crash never leaves a half-deleted folder in place
-            # (a name of NAME_MAX bytes plus the suffix would not fit in one file name)
-            trash = self.base_dir / TRASH / f"{rec.name[:200]}-{time.time_ns()}"
+        if self.trash_path(rec) is None:
+            return
+        # the folder goes a moment later, in the background: Remove answers without waiting
+        # for the filesystem, and the store's trash row finishes the job after a crash
+        self._doomed[rec.mountpoint] = rec.name
+        self._janitor.submit(
+            self._free_later, rec.mountpoint, rec.name, time.monotonic() + TRASH_DELAY
+        )
+
+    def wait_freed(self, timeout: float = 10.0) -> bool:
+        """True once the folders of removed volumes are gone from disk."""
+        deadline = time.monotonic() + timeout
+        while self._doomed:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def _free_later(self, path: str, name: str, not_before: float) -> None:
+        # not while the Remove's reply is on its way: a thread touching files right then
+        # competes with the event loop for the interpreter
+        time.sleep(max(0.0, not_before - time.monotonic()))
+        with self.lock(name):
+            if self._doomed.get(path) == name:  # else a Create of the name freed it already
+                self._free(path)
+
+    def _free(self, path: str) -> None:
+        """Frees a removed volume's folder (its volume's lock held): an empty one at once,
+        others renamed away first (atomic: never half-deleted in place) and deleted after."""
+        folder = Path(path)
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            # a name of NAME_MAX bytes plus the suffix would not fit in one file name
+            trash = self.base_dir / TRASH / f"{folder.name[:200]}-{time.time_ns()}"
             trash.parent.mkdir(exist_ok=True, mode=0o700)
-            os.replace(path, trash)
-            # deleting a big volume can outlast dockerd's 1-minute Remove timeout: the volume
-            # is gone once renamed; its bytes are freed in the background (and on restart)
-            self._janitor.submit(_free_later, trash, time.monotonic() + TRASH_DELAY)
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(folder, trash)
+                # deleting a big volume can outlast dockerd's 1-minute Remove timeout
+                self._janitor.submit(shutil.rmtree, trash, ignore_errors=True)
+        self._doomed.pop(path, None)
+        self.store.forget_trash(path)
 
     def is_quick(self, rec: VolumeRecord) -> bool:
         # a plain folder: Mount, Unmount and Remove are a table update and a rename; a
@@ -255,6 +285,17 @@ class LocalDriver(StatefulVolumeDriver):
 
     def reconcile(self) -> None:
         fixed: list[str] = []
+        for doomed, volume in self.store.trash():
+            with self.lock(volume):
+                if any(r.mountpoint == doomed for r in self.volumes.values()):
+                    self.store.forget_trash(doomed)  # a volume made since uses the folder
+                    continue
+                if doomed in self._doomed:
+                    continue  # a Remove since start-up: the janitor has it
+                existed = os.path.lexists(doomed)
+                self._free(doomed)
+            if existed:
+                fixed.append(f"finished removing volume {volume}'s folder {doomed}")
         for rec in list(self.volumes.values()):
             path = Path(rec.mountpoint)
             with self.lock(rec.name):
