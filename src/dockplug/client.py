@@ -11,7 +11,7 @@ import http.client
 import json
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,16 +112,47 @@ class PluginClient:
         if raw is None:
             raw = b"" if body is None else json.dumps(body, separators=(",", ":")).encode() + b"\n"
         headers = {"Accept": ACCEPT, "User-Agent": "Go-http-client/1.1"}
+        data = raw
+        return self._exchange(lambda c: c.request("POST", path, body=data, headers=headers))
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        timeout: float | None = None,
+    ) -> Reply:
+        """One request with exactly these headers in this order, nothing added (not even Host):
+        how the harness replays the calls it recorded from dockerd."""
+
+        def write(conn: http.client.HTTPConnection) -> None:
+            conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+            for key, value in headers:
+                conn.putheader(key, value)
+            conn.endheaders(body)
+
+        return self._exchange(write, timeout)
+
+    def _exchange(
+        self, write: Callable[[http.client.HTTPConnection], None], timeout: float | None = None
+    ) -> Reply:
         for attempt in (0, 1):
             if self._conn is None:
                 self._conn = self._connect()
+            if timeout is not None:
+                self._conn.timeout = timeout
+                if self._conn.sock is not None:
+                    self._conn.sock.settimeout(timeout)
             try:
-                self._conn.request("POST", path, body=raw, headers=headers)
+                write(self._conn)
                 resp = self._conn.getresponse()
                 data = resp.read()
+                if resp.will_close:
+                    self.close()
                 return Reply(resp.status, data, {k.lower(): v for k, v in resp.getheaders()})
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                self.close()
+                self.close()  # a keep-alive connection the plugin closed: Go retries once too
                 if attempt:
                     raise
             except BaseException:

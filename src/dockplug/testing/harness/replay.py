@@ -9,7 +9,6 @@ plugin's answer let the docker command succeed, the target's must too.
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import time
@@ -97,7 +96,7 @@ class _Replayer:
     def __post_init__(self) -> None:
         self.values: dict[str, str] = {}
         self.learned: dict[str, str] = {}  # recorded reply value -> the target's (IPAM pool ids)
-        self.conn: http.client.HTTPConnection | None = None
+        self.client = PluginClient(self.ctx.address, timeout=self.ctx.timeout)
 
     def learn(self, ex: dict[str, Any], reply: Reply) -> None:
         """Values dockerd took from a reply and sends back later (PoolID, addresses): where the
@@ -148,39 +147,14 @@ class _Replayer:
             timeout = VOLUME_TIMEOUTS.get(method, SHORT_TIMEOUT)
         else:
             timeout = self.ctx.timeout
-        for attempt in (0, 1):
-            if self.conn is None:
-                self.conn = PluginClient(self.ctx.address, timeout=timeout)._connect()
-            self.conn.timeout = timeout
-            if self.conn.sock is not None:
-                self.conn.sock.settimeout(timeout)
-            try:
-                self.conn.putrequest(
-                    ex["method"], ex["path"], skip_host=True, skip_accept_encoding=True
-                )
-                for key, val in ex["headers"]:
-                    self.conn.putheader(
-                        key, str(len(body)) if key.lower() == "content-length" else val
-                    )
-                self.conn.endheaders(body)
-                resp = self.conn.getresponse()
-                data = resp.read()
-                if resp.will_close:
-                    self.close()
-                return Reply(resp.status, data, {k.lower(): v for k, v in resp.getheaders()})
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                self.close()  # a keep-alive connection the plugin closed: Go retries once too
-                if attempt:
-                    raise
-            except BaseException:
-                self.close()
-                raise
-        raise AssertionError("unreachable")
+        headers = [
+            (key, str(len(body)) if key.lower() == "content-length" else value)
+            for key, value in ex["headers"]
+        ]
+        return self.client.send(ex["method"], ex["path"], headers, body, timeout)
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        self.client.close()
 
 
 def _judge(ex: dict[str, Any], reply: Reply, rp: _Replayer) -> str | None:
