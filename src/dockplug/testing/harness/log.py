@@ -327,14 +327,20 @@ def drain(ctx: LogContext) -> Outcome:
     )
 
 
-@check(CHECKS, "L05", "ReadLogs while running returns what was written", "protocol §7.1, §7.3")
-def read_running(ctx: LogContext) -> Outcome:
+def _written(ctx: LogContext) -> tuple[Stream, list[LogEntry]]:
+    """The main stream and the entries L04 wrote into it, for the ReadLogs checks."""
     if not ctx.state.get("read_logs"):
         raise Skip("Capabilities does not announce ReadLogs")
     stream = _stream(ctx, "main")
     written: list[LogEntry] | None = ctx.state.get("written")
     if written is None:
         raise Skip("nothing was written (L04)")
+    return stream, written
+
+
+@check(CHECKS, "L05", "ReadLogs while running returns what was written", "protocol §7.1, §7.3")
+def read_running(ctx: LogContext) -> Outcome:
+    stream, written = _written(ctx)
     deadline = time.monotonic() + min(ctx.timeout, 10.0)
     while True:  # the plugin decodes asynchronously: give it a moment to catch up
         got = _read_logs(ctx, stream.info)
@@ -350,12 +356,7 @@ def read_running(ctx: LogContext) -> Outcome:
 
 @check(CHECKS, "L06", "ReadLogs honours Tail", "protocol §7.1")
 def read_tail(ctx: LogContext) -> Outcome:
-    if not ctx.state.get("read_logs"):
-        raise Skip("Capabilities does not announce ReadLogs")
-    stream = _stream(ctx, "main")
-    written: list[LogEntry] | None = ctx.state.get("written")
-    if written is None:
-        raise Skip("nothing was written (L04)")
+    stream, written = _written(ctx)
     got = _read_logs(ctx, stream.info, tail=3)
     if isinstance(got, str):
         return failed(got)
