@@ -33,6 +33,20 @@ NAME_ENDPOINTS = ("Create", "Get", "Remove", "Mount", "Unmount", "Path")
 STATEFUL = ("Create", "Get", "Mount")  # accepting garbage here misleads dockerd
 
 
+def _send_garbage(ctx: Context, endpoint: str, raw: bytes, problems: list[str]) -> Reply | None:
+    """One bad body; None (and a problem noted) if no reply came back."""
+    try:
+        return ctx.call(endpoint, raw=raw, expect_ok=False)
+    except Exception as exc:
+        alive = ctx.alive()
+        problems.append(
+            f"{endpoint} {short(raw, 60)}: no reply ({type(exc).__name__})"
+            + ("" if alive else "; the plugin is down")
+        )
+        ctx.close()
+        return None
+
+
 def _accepted(endpoint: str, reply: Reply) -> bool:
     """Did the plugin take the call as valid? (Get: only if it reports a volume.)"""
     if reply.error is not None:
@@ -81,15 +95,8 @@ def _send(
     accepted: list[str],
 ) -> None:
     path = f"VolumeDriver.{endpoint}"
-    try:
-        reply = ctx.call(path, raw=raw, expect_ok=False)
-    except Exception as exc:
-        alive = ctx.alive()
-        problems.append(
-            f"{path} {short(raw, 60)}: no reply ({type(exc).__name__})"
-            + ("" if alive else "; the plugin is down")
-        )
-        ctx.close()
+    reply = _send_garbage(ctx, path, raw, problems)
+    if reply is None:
         return
     if _accepted(endpoint, reply):
         accepted.append(f"{path} {short(raw, 60)} -> {describe(reply)}")
@@ -336,15 +343,8 @@ def reject_garbage(
 
     def one(value: tuple[str, bytes]) -> None:
         endpoint, raw = value
-        try:
-            reply = ctx.call(endpoint, raw=raw, expect_ok=False)
-        except Exception as exc:
-            alive = ctx.alive()
-            problems.append(
-                f"{endpoint} {short(raw, 60)}: no reply ({type(exc).__name__})"
-                + ("" if alive else "; the plugin is down")
-            )
-            ctx.close()
+        reply = _send_garbage(ctx, endpoint, raw, problems)
+        if reply is None:
             return
         if took(endpoint, reply):
             (serious if endpoints[endpoint][0] else lenient).append(
