@@ -56,15 +56,6 @@ def debian_image(dockerd: Dockerd, debian_rootfs: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def client(dockerd: Dockerd) -> Iterator[Any]:
-    import docker
-
-    c = docker.DockerClient(base_url=dockerd.host, timeout=600)
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def docker_host(dockerd: Dockerd, monkeypatch: pytest.MonkeyPatch) -> str:
     """DOCKER_HOST for the code under test, which connects through the environment."""
     monkeypatch.setenv("DOCKER_HOST", dockerd.host)
@@ -82,7 +73,7 @@ def _check_rootfs(out: Path) -> None:
 
 def test_image_base_end_to_end(
     dockerd: Dockerd,
-    client: Any,
+    docker_client: Any,
     docker_host: str,
     debian_image: str,
     busybox_image: str,
@@ -94,15 +85,15 @@ def test_image_base_end_to_end(
     _check_rootfs(res.path)
     assert str(res.base) == f"image:{debian_image}" and not res.cold
     # the container made to read the image is gone
-    assert not client.containers.list(all=True, filters={"name": "dockplug-base-"})
+    assert not docker_client.containers.list(all=True, filters={"name": "dockplug-base-"})
 
     name = f"{plugin_name}:latest"
     state = Path(tempfile.mkdtemp(prefix="dpt-state-"))
-    engine.create(name, res.path, client)
-    plugin_id = client.plugins.get(name).id
+    engine.create(name, res.path, docker_client)
+    plugin_id = docker_client.plugins.get(name).id
     try:
-        engine.set_options(name, [f"state.source={state}"], client)
-        enabled = engine.enable(name, timeout=30, client=client)
+        engine.set_options(name, [f"state.source={state}"], docker_client)
+        enabled = engine.enable(name, timeout=30, docker_client=docker_client)
         assert enabled.socket is not None and enabled.socket.exists()
         vol = f"v-{uuid.uuid4().hex[:6]}"
         dockerd.docker("volume", "create", "-d", name, vol)
@@ -113,7 +104,7 @@ def test_image_base_end_to_end(
         assert host_file.read_text() == "from-image\n"
         dockerd.docker("volume", "rm", vol)
     finally:
-        for v in client.volumes.list(filters={"driver": name}):
+        for v in docker_client.volumes.list(filters={"driver": name}):
             v.remove(force=True)
         dockerd.docker("plugin", "rm", "-f", name, check=False)
         shutil.rmtree(Path("/run/docker/plugins") / plugin_id, ignore_errors=True)
@@ -133,7 +124,7 @@ def test_tar_base(debian_rootfs: Path, tmp_path: Path) -> None:
 
 
 def test_dockerfile_base_from_a_local_image(
-    client: Any, docker_host: str, debian_image: str, tmp_path: Path
+    docker_client: Any, docker_host: str, debian_image: str, tmp_path: Path
 ) -> None:
     context = tmp_path / "ctx"
     context.mkdir()
@@ -142,13 +133,13 @@ def test_dockerfile_base_from_a_local_image(
         f"FROM {debian_image}\nCOPY marker.txt /etc/dockplug-marker\n"
         "RUN echo run >> /etc/dockplug-marker\n"
     )
-    before = {t for i in client.images.list() for t in i.tags}
+    before = {t for i in docker_client.images.list() for t in i.tags}
     t0 = time.monotonic()
     res = build("local", "dpt/local", tmp_path / "df", base=parse_base(f"dockerfile:{context}"))
     print(f"build from Dockerfile: {time.monotonic() - t0:.1f}s, {res.size / 1e6:.0f} MB")
     _check_rootfs(res.path)
     assert (res.path / "rootfs/etc/dockplug-marker").read_text() == "copied\nrun\n"
-    after = {t for i in client.images.list() for t in i.tags}
+    after = {t for i in docker_client.images.list() for t in i.tags}
     assert after == before  # the temporary tag is removed
 
     bad = tmp_path / "bad"

@@ -34,24 +34,15 @@ def local_bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuildResu
 
 
 @pytest.fixture
-def client(dockerd: Dockerd) -> Any:
-    import docker
-
-    c = docker.DockerClient(base_url=dockerd.host, timeout=600)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def plugin(dockerd: Dockerd, client: Any, local_bundle: BuildResult) -> Iterator[str]:
+def plugin(dockerd: Dockerd, docker_client: Any, local_bundle: BuildResult) -> Iterator[str]:
     name = f"dpt-{uuid.uuid4().hex[:8]}:latest"
     t0 = time.monotonic()
-    engine.create(name, local_bundle.path, client)
-    plugin_id = client.plugins.get(name).id
+    engine.create(name, local_bundle.path, docker_client)
+    plugin_id = docker_client.plugins.get(name).id
     print(f"create took {time.monotonic() - t0:.1f}s; bundle {local_bundle.size / 1e6:.0f} MB, "
           f"built in {local_bundle.seconds:.1f}s (cold={local_bundle.cold})")  # fmt: skip
     yield name
-    for vol in client.volumes.list(filters={"driver": name}):
+    for vol in docker_client.volumes.list(filters={"driver": name}):
         vol.remove(force=True)
     dockerd.docker("plugin", "rm", "-f", name, check=False)
     # a failed enable leaves dockerd's init-stdout/err fifos behind in the socket folder
@@ -60,13 +51,13 @@ def plugin(dockerd: Dockerd, client: Any, local_bundle: BuildResult) -> Iterator
 
 @pytest.mark.timeout(900)
 def test_managed_local_end_to_end(
-    dockerd: Dockerd, client: Any, plugin: str, busybox_image: str
+    dockerd: Dockerd, docker_client: Any, plugin: str, busybox_image: str
 ) -> None:
     state = Path(tempfile.mkdtemp(prefix="dpt-state-"))
     try:
         # keep the plugin's state off the host's real /var/lib/dockplug/managed-local
-        engine.set_options(plugin, [f"state.source={state}"], client)
-        res = engine.enable(plugin, timeout=30, client=client)
+        engine.set_options(plugin, [f"state.source={state}"], docker_client)
+        res = engine.enable(plugin, timeout=30, docker_client=docker_client)
         print(f"enable-to-socket-ready {res.seconds:.2f}s")
         assert res.seconds < 9.5
         assert res.socket is not None and res.socket.exists()
@@ -83,43 +74,43 @@ def test_managed_local_end_to_end(
         assert any(state.iterdir())
         dockerd.docker("volume", "rm", vol)
 
-        engine.disable(plugin, client=client)
-        engine.set_options(plugin, ["DOCKPLUG_DEBUG=1"], client)
+        engine.disable(plugin, docker_client=docker_client)
+        engine.set_options(plugin, ["DOCKPLUG_DEBUG=1"], docker_client)
         env = json.loads(dockerd.docker("plugin", "inspect", plugin).stdout)[0]["Settings"]["Env"]
         assert "DOCKPLUG_DEBUG=1" in env
-        again = engine.enable(plugin, client=client)
+        again = engine.enable(plugin, docker_client=docker_client)
         assert again.socket is not None and again.socket.exists()
         vol2 = f"v-{uuid.uuid4().hex[:6]}"
         dockerd.docker("volume", "create", "-d", plugin, vol2)
         dockerd.docker("volume", "rm", vol2)
 
         with pytest.raises(engine.EngineError, match="disable"):
-            engine.set_options(plugin, ["DOCKPLUG_DEBUG=0"], client)
+            engine.set_options(plugin, ["DOCKPLUG_DEBUG=0"], docker_client)
         with pytest.raises(engine.EngineError, match="disable"):
-            engine.remove(plugin, client=client)
-        engine.disable(plugin, client=client)
-        engine.remove(plugin, client=client)
+            engine.remove(plugin, docker_client=docker_client)
+        engine.disable(plugin, docker_client=docker_client)
+        engine.remove(plugin, docker_client=docker_client)
         assert dockerd.docker("plugin", "inspect", plugin, check=False).returncode != 0
     finally:
         shutil.rmtree(state, ignore_errors=True)
 
 
-def test_doctor_on_installed_plugin(dockerd: Dockerd, client: Any, plugin: str) -> None:
+def test_doctor_on_installed_plugin(dockerd: Dockerd, docker_client: Any, plugin: str) -> None:
     from dockplug.packaging.doctor import diagnose_installed
 
-    findings = diagnose_installed(plugin, client)
+    findings = diagnose_installed(plugin, docker_client)
     assert [f.check for f in findings] == ["disabled"]
     with pytest.raises(engine.EngineError, match=r"not settable|not found"):
-        engine.set_options(plugin, ["NOPE=1"], client)
+        engine.set_options(plugin, ["NOPE=1"], docker_client)
 
 
 @pytest.mark.timeout(120)
-def test_failed_enable_runs_the_doctor(dockerd: Dockerd, client: Any, plugin: str) -> None:
+def test_failed_enable_runs_the_doctor(dockerd: Dockerd, docker_client: Any, plugin: str) -> None:
     # the process exits at once (unknown command), so the socket never appears
-    engine.set_options(plugin, ["args=no-such-command"], client)
+    engine.set_options(plugin, ["args=no-such-command"], docker_client)
     t0 = time.monotonic()
     with pytest.raises(engine.EngineError) as info:
-        engine.enable(plugin, timeout=30, client=client)
+        engine.enable(plugin, timeout=30, docker_client=docker_client)
     message = str(info.value)
     assert f"enabling {plugin} failed" in message and "\ndoctor:\n" in message, message
     assert "plugin=" in message or "fix:" in message

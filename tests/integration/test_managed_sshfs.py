@@ -43,15 +43,6 @@ def sshfs_bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuildResu
     shutil.rmtree(out, ignore_errors=True)  # 165 MB
 
 
-@pytest.fixture
-def client(dockerd: Dockerd) -> Iterator[Any]:
-    import docker
-
-    c = docker.DockerClient(base_url=dockerd.host, timeout=600)
-    yield c
-    c.close()
-
-
 def _unmount_under(prefix: str) -> None:
     """Lazily unmount whatever a killed plugin left mounted under PREFIX (dead FUSE mounts)."""
     try:
@@ -64,15 +55,15 @@ def _unmount_under(prefix: str) -> None:
 
 
 @pytest.fixture
-def plugin(dockerd: Dockerd, client: Any, sshfs_bundle: BuildResult) -> Iterator[str]:
+def plugin(dockerd: Dockerd, docker_client: Any, sshfs_bundle: BuildResult) -> Iterator[str]:
     name = f"dpt-sshfs-{uuid.uuid4().hex[:8]}:latest"
     t0 = time.monotonic()
-    engine.create(name, sshfs_bundle.path, client)
-    plugin_id = client.plugins.get(name).id
+    engine.create(name, sshfs_bundle.path, docker_client)
+    plugin_id = docker_client.plugins.get(name).id
     print(f"create took {time.monotonic() - t0:.1f}s; bundle {sshfs_bundle.size / 1e6:.0f} MB, "
           f"built in {sshfs_bundle.seconds:.1f}s (cold={sshfs_bundle.cold})")  # fmt: skip
     yield name
-    for vol in client.volumes.list(filters={"driver": name}):
+    for vol in docker_client.volumes.list(filters={"driver": name}):
         vol.remove(force=True)
     dockerd.docker("plugin", "rm", "-f", name, check=False)
     root = dockerd.docker("info", "--format", "{{.DockerRootDir}}").stdout.strip()
@@ -92,7 +83,7 @@ def test_bundle_has_sshfs_and_passes_the_doctor(sshfs_bundle: BuildResult) -> No
 
 @pytest.mark.timeout(900)
 def test_managed_sshfs_end_to_end(
-    dockerd: Dockerd, client: Any, plugin: str, busybox_image: str, sshd: Sshd
+    dockerd: Dockerd, docker_client: Any, plugin: str, busybox_image: str, sshd: Sshd
 ) -> None:
     state = Path(tempfile.mkdtemp(prefix="dpt-sshfs-state-"))
     try:
@@ -106,10 +97,10 @@ def test_managed_sshfs_end_to_end(
             [sys.executable, "-m", "dockplug", "secret", "set", "sshpw", "--state-dir", str(state)],
             input=sshd.password + "\n", capture_output=True, text=True, check=True,
         )  # fmt: skip
-        engine.set_options(plugin, [f"state.source={state}"], client)
+        engine.set_options(plugin, [f"state.source={state}"], docker_client)
         # the doctor's /dev/fuse check accepts the installed plugin
-        assert [f.check for f in diagnose_installed(plugin, client)] == ["disabled"]
-        res = engine.enable(plugin, timeout=30, client=client)
+        assert [f.check for f in diagnose_installed(plugin, docker_client)] == ["disabled"]
+        res = engine.enable(plugin, timeout=30, docker_client=docker_client)
         print(f"enable-to-socket-ready {res.seconds:.2f}s")
         assert res.socket is not None and res.socket.exists()
         assert res.socket.name == "sshfs.sock" and len(str(res.socket)) <= 107
@@ -153,9 +144,9 @@ def test_managed_sshfs_end_to_end(
 
         dockerd.docker("volume", "rm", key_vol, pw_vol)
         with pytest.raises(engine.EngineError, match="disable"):
-            engine.remove(plugin, client=client)
-        engine.disable(plugin, client=client)
-        engine.remove(plugin, client=client)
+            engine.remove(plugin, docker_client=docker_client)
+        engine.disable(plugin, docker_client=docker_client)
+        engine.remove(plugin, docker_client=docker_client)
         assert dockerd.docker("plugin", "inspect", plugin, check=False).returncode != 0
         assert (key_dir / "hello.txt").exists()  # removing a volume leaves the remote alone
     finally:

@@ -82,25 +82,16 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuildResult]:
 
 
 @pytest.fixture
-def client(dockerd: Dockerd) -> Iterator[Any]:
-    import docker
-
-    c = docker.DockerClient(base_url=dockerd.host, timeout=600)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def cleanup(dockerd: Dockerd, client: Any) -> Iterator[list[str]]:
+def cleanup(dockerd: Dockerd, docker_client: Any) -> Iterator[list[str]]:
     """Names of plugins a test may have made: all disabled (-f) and removed (-f) afterwards."""
     names: list[str] = []
     yield names
     for name in names:
         try:
-            plugin_id = client.plugins.get(name).id
+            plugin_id = docker_client.plugins.get(name).id
         except Exception:
             continue
-        for vol in client.volumes.list(filters={"driver": name}):
+        for vol in docker_client.volumes.list(filters={"driver": name}):
             vol.remove(force=True)
         dockerd.docker("plugin", "disable", "-f", name, check=False)
         dockerd.docker("plugin", "rm", "-f", name, check=False)
@@ -132,7 +123,7 @@ def _sources(settings: dict[str, Any]) -> list[str]:
 @pytest.mark.timeout(300)
 def test_push_then_install_with_alias(
     dockerd: Dockerd,
-    client: Any,
+    docker_client: Any,
     registry: str,
     bundle: BuildResult,
     cleanup: list[str],
@@ -142,10 +133,10 @@ def test_push_then_install_with_alias(
     name = f"{registry}/dockplug/local-{tag}:0.1"
     alias = f"dpt-inst-{tag}:latest"
     cleanup += [name, alias]
-    engine.create(name, bundle.path, client)
+    engine.create(name, bundle.path, docker_client)
 
     with pytest.raises(engine.EngineError, match="not a pushable reference"):
-        engine.push(f"dockplug/local-{tag}:0.1", client=client)
+        engine.push(f"dockplug/local-{tag}:0.1", docker_client=docker_client)
     t0 = time.monotonic()
     res = _cli(dockerd, "push", name)
     push_s = time.monotonic() - t0
@@ -153,7 +144,7 @@ def test_push_then_install_with_alias(
     assert f"pushed {name} (sha256:" in res.output
     assert "Preparing" in res.output and "Upload complete" in res.output  # progress lines
 
-    asked = engine.privileges(name, client)
+    asked = engine.privileges(name, docker_client)
     assert asked and all({"Name", "Value"} <= set(p) for p in asked)
     # no terminal and no --grant-all-permissions: refused before pulling anything
     res = _cli(dockerd, "install", name, "--alias", alias)
@@ -188,7 +179,7 @@ def test_push_then_install_with_alias(
 @pytest.mark.timeout(300)
 def test_export_import_then_rename(
     dockerd: Dockerd,
-    client: Any,
+    docker_client: Any,
     bundle: BuildResult,
     cleanup: list[str],
     state: Path,
@@ -197,8 +188,8 @@ def test_export_import_then_rename(
     tag = uuid.uuid4().hex[:8]
     old, copy, renamed = (f"dpt-{kind}-{tag}:latest" for kind in ("exp", "imp", "ren"))
     cleanup += [old, copy, renamed]
-    engine.create(old, bundle.path, client)
-    engine.set_options(old, [f"state.source={state}", "DOCKPLUG_DEBUG=1"], client)
+    engine.create(old, bundle.path, docker_client)
+    engine.set_options(old, [f"state.source={state}", "DOCKPLUG_DEBUG=1"], docker_client)
 
     archive = tmp_path / "plugin.tar.gz"
     t0 = time.monotonic()
@@ -221,7 +212,7 @@ def test_export_import_then_rename(
     assert "DOCKPLUG_DEBUG=1" in settings["Env"] and str(state) in _sources(settings)
 
     # an enabled plugin in use cannot be renamed: it has to be disabled first
-    engine.enable(copy, client=client)
+    engine.enable(copy, docker_client=docker_client)
     vol = f"v-{tag}"
     dockerd.docker("volume", "create", "-d", copy, vol)
     res = _cli(dockerd, "rename", copy, renamed)
@@ -335,7 +326,7 @@ def test_unpack_refuses_what_is_not_an_export(tmp_path: Path) -> None:
 @pytest.mark.timeout(300)
 def test_settings_with_spaces_survive_import_and_rename(
     dockerd: Dockerd,
-    client: Any,
+    docker_client: Any,
     bundle: BuildResult,
     cleanup: list[str],
     tmp_path: Path,
@@ -344,8 +335,8 @@ def test_settings_with_spaces_survive_import_and_rename(
     old, copy, renamed = (f"dpt-{kind}-{tag}:latest" for kind in ("sp", "spi", "spr"))
     cleanup += [old, copy, renamed]
     state = tmp_path / "state with spaces"
-    engine.create(old, bundle.path, client)
-    engine.set_options(old, [f"state.source={state}", "DOCKPLUG_DEBUG=a b  c"], client)
+    engine.create(old, bundle.path, docker_client)
+    engine.set_options(old, [f"state.source={state}", "DOCKPLUG_DEBUG=a b  c"], docker_client)
     archive = tmp_path / "plugin.tar.gz"
     assert _cli(dockerd, "export", old, "-o", str(archive)).exit_code == 0
 

@@ -74,6 +74,16 @@ def dockerd() -> Iterator[Dockerd]:
     daemon.stop()
 
 
+@pytest.fixture
+def docker_client(dockerd: Dockerd) -> Iterator[Any]:
+    """A docker SDK client (Engine API) for the ``dockerd`` fixture's engine."""
+    import docker
+
+    client = docker.DockerClient(base_url=dockerd.host, timeout=600)
+    yield client
+    client.close()
+
+
 @pytest.fixture(scope="session")
 def busybox_image(dockerd: Dockerd) -> str:
     return dockerd.busybox_image()
