@@ -93,7 +93,7 @@ def test_image_base_end_to_end(
     plugin_id = docker_client.plugins.get(name).id
     try:
         engine.set_options(name, [f"state.source={state}"], docker_client)
-        enabled = engine.enable(name, timeout=30, docker_client=docker_client)
+        enabled = engine.enable(name, timeout=30, client=docker_client)
         assert enabled.socket is not None and enabled.socket.exists()
         vol = f"v-{uuid.uuid4().hex[:6]}"
         dockerd.docker("volume", "create", "-d", name, vol)

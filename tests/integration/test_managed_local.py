@@ -57,7 +57,7 @@ def test_managed_local_end_to_end(
     try:
         # keep the plugin's state off the host's real /var/lib/dockplug/managed-local
         engine.set_options(plugin, [f"state.source={state}"], docker_client)
-        res = engine.enable(plugin, timeout=30, docker_client=docker_client)
+        res = engine.enable(plugin, timeout=30, client=docker_client)
         print(f"enable-to-socket-ready {res.seconds:.2f}s")
         assert res.seconds < 9.5
         assert res.socket is not None and res.socket.exists()
@@ -74,11 +74,11 @@ def test_managed_local_end_to_end(
         assert any(state.iterdir())
         dockerd.docker("volume", "rm", vol)
 
-        engine.disable(plugin, docker_client=docker_client)
+        engine.disable(plugin, client=docker_client)
         engine.set_options(plugin, ["DOCKPLUG_DEBUG=1"], docker_client)
         env = json.loads(dockerd.docker("plugin", "inspect", plugin).stdout)[0]["Settings"]["Env"]
         assert "DOCKPLUG_DEBUG=1" in env
-        again = engine.enable(plugin, docker_client=docker_client)
+        again = engine.enable(plugin, client=docker_client)
         assert again.socket is not None and again.socket.exists()
         vol2 = f"v-{uuid.uuid4().hex[:6]}"
         dockerd.docker("volume", "create", "-d", plugin, vol2)
@@ -87,9 +87,9 @@ def test_managed_local_end_to_end(
         with pytest.raises(engine.EngineError, match="disable"):
             engine.set_options(plugin, ["DOCKPLUG_DEBUG=0"], docker_client)
         with pytest.raises(engine.EngineError, match="disable"):
-            engine.remove(plugin, docker_client=docker_client)
-        engine.disable(plugin, docker_client=docker_client)
-        engine.remove(plugin, docker_client=docker_client)
+            engine.remove(plugin, client=docker_client)
+        engine.disable(plugin, client=docker_client)
+        engine.remove(plugin, client=docker_client)
         assert dockerd.docker("plugin", "inspect", plugin, check=False).returncode != 0
     finally:
         shutil.rmtree(state, ignore_errors=True)
@@ -110,7 +110,7 @@ def test_failed_enable_runs_the_doctor(dockerd: Dockerd, docker_client: Any, plu
     engine.set_options(plugin, ["args=no-such-command"], docker_client)
     t0 = time.monotonic()
     with pytest.raises(engine.EngineError) as info:
-        engine.enable(plugin, timeout=30, docker_client=docker_client)
+        engine.enable(plugin, timeout=30, client=docker_client)
     message = str(info.value)
     assert f"enabling {plugin} failed" in message and "\ndoctor:\n" in message, message
     assert "plugin=" in message or "fix:" in message

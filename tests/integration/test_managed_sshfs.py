@@ -100,7 +100,7 @@ def test_managed_sshfs_end_to_end(
         engine.set_options(plugin, [f"state.source={state}"], docker_client)
         # the doctor's /dev/fuse check accepts the installed plugin
         assert [f.check for f in diagnose_installed(plugin, docker_client)] == ["disabled"]
-        res = engine.enable(plugin, timeout=30, docker_client=docker_client)
+        res = engine.enable(plugin, timeout=30, client=docker_client)
         print(f"enable-to-socket-ready {res.seconds:.2f}s")
         assert res.socket is not None and res.socket.exists()
         assert res.socket.name == "sshfs.sock" and len(str(res.socket)) <= 107
@@ -144,9 +144,9 @@ def test_managed_sshfs_end_to_end(
 
         dockerd.docker("volume", "rm", key_vol, pw_vol)
         with pytest.raises(engine.EngineError, match="disable"):
-            engine.remove(plugin, docker_client=docker_client)
-        engine.disable(plugin, docker_client=docker_client)
-        engine.remove(plugin, docker_client=docker_client)
+            engine.remove(plugin, client=docker_client)
+        engine.disable(plugin, client=docker_client)
+        engine.remove(plugin, client=docker_client)
         assert dockerd.docker("plugin", "inspect", plugin, check=False).returncode != 0
         assert (key_dir / "hello.txt").exists()  # removing a volume leaves the remote alone
     finally:

@@ -136,7 +136,7 @@ def test_push_then_install_with_alias(
     engine.create(name, bundle.path, docker_client)
 
     with pytest.raises(engine.EngineError, match="not a pushable reference"):
-        engine.push(f"dockplug/local-{tag}:0.1", docker_client=docker_client)
+        engine.push(f"dockplug/local-{tag}:0.1", client=docker_client)
     t0 = time.monotonic()
     res = _cli(dockerd, "push", name)
     push_s = time.monotonic() - t0
@@ -212,7 +212,7 @@ def test_export_import_then_rename(
     assert "DOCKPLUG_DEBUG=1" in settings["Env"] and str(state) in _sources(settings)
 
     # an enabled plugin in use cannot be renamed: it has to be disabled first
-    engine.enable(copy, docker_client=docker_client)
+    engine.enable(copy, client=docker_client)
     vol = f"v-{tag}"
     dockerd.docker("volume", "create", "-d", copy, vol)
     res = _cli(dockerd, "rename", copy, renamed)
