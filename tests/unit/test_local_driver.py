@@ -549,6 +549,7 @@ def test_mount_remounts_an_image_unmounted_while_serving(local: Local) -> None:
 def test_create_after_a_crash_between_mounting_and_saving_works(local: Local) -> None:
     """What a Create killed after mkfs and mount, before saving the record, leaves behind."""
     local.start()
+    local.wait_reconciled()  # else its clean-up of unfinished images races the mkfs below
     image, folder = local.state / "images" / "q.img", local.base / "q"
     loopfs.make_image(image, 16 * MiB)
     folder.mkdir()
@@ -724,5 +725,23 @@ def test_a_removal_cut_short_by_a_crash_is_finished_on_restart(short_tmp: Path) 
         assert (short_tmp / "b" / "back" / "file").read_text() == "data"  # in use again: kept
         assert second.store.trash() == []
         assert any("finished removing volume gone's folder" in line for line in lines), lines
+    finally:
+        second.shutdown()
+
+
+def test_a_create_before_reconcile_never_adopts_a_folder_a_crash_left(short_tmp: Path) -> None:
+    first = LocalDriver(base_dir=short_tmp / "b", state_dir=short_tmp / "s", log=lambda _: None)
+    first.create(CreateRequest(name="v"))
+    (short_tmp / "b" / "v" / "secret").write_text("old data")
+    first.store.delete("v", trash=str(short_tmp / "b" / "v"))  # then the process died
+    first.store.close()
+    second = LocalDriver(base_dir=short_tmp / "b", state_dir=short_tmp / "s", log=lambda _: None)
+    try:
+        # dockerd's Create can come as soon as the socket listens, before reconcile runs
+        second.create(CreateRequest(name="v"))
+        assert list((short_tmp / "b" / "v").iterdir()) == []
+        second.reconcile()
+        assert second.volumes.keys() == {"v"} and (short_tmp / "b" / "v").is_dir()
+        assert second.store.trash() == []
     finally:
         second.shutdown()

@@ -15,7 +15,14 @@ import pytest
 from rich.console import Console
 
 from dockplug.errors import ConfigError
-from dockplug.packaging.bases import DEBOOTSTRAP, Base, check_base, from_tar, parse_base
+from dockplug.packaging.bases import (
+    DEBOOTSTRAP,
+    Base,
+    check_base,
+    from_tar,
+    parse_base,
+    refuse_escaping_paths,
+)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="unpacking a rootfs needs root")
 QUIET = Console(stderr=True, quiet=True)
@@ -119,6 +126,27 @@ def test_tar_refuses_writing_through_an_absolute_symlink(tmp_path: Path) -> None
     assert not (outside / "planted").exists()
 
 
+@needs_root
+def test_tar_refuses_a_hard_link_through_a_symlink_to_a_host_file(tmp_path: Path) -> None:
+    # d -> /host/dir, then h = hard link to d/victim, then a file h: the write would go to
+    # the host's victim through the second name
+    host = tmp_path / "host"
+    host.mkdir()
+    victim = host / "victim"
+    victim.write_text("host data")
+    archive = _tar(
+        tmp_path / "evil.tar.gz",
+        [
+            (_info("./d", tarfile.SYMTYPE, linkname=str(host)), b""),
+            (_info("./h", tarfile.LNKTYPE, linkname="d/victim"), b""),
+            (_info("./h"), b"PWNED"),
+        ],
+    )
+    with pytest.raises(ConfigError, match="hard link to 'd/victim', outside the rootfs"):
+        from_tar(archive, tmp_path / "rootfs", QUIET)
+    assert victim.read_text() == "host data" and victim.stat().st_nlink == 1
+
+
 def test_tar_that_is_not_a_tar(tmp_path: Path) -> None:
     junk = tmp_path / "junk.tar"
     junk.write_bytes(b"not a tarball at all" * 100)
@@ -185,3 +213,15 @@ def test_cli_refuses_an_unknown_base(tmp_path: Path) -> None:
     )
     assert res.exit_code == 1 and "--base 'oci:z' is not one of debootstrap" in res.output
     assert not out.exists()
+
+
+def test_a_base_whose_install_folder_leads_out_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "rootfs"
+    (root / "usr/bin").mkdir(parents=True)
+    host = tmp_path / "host-opt"
+    host.mkdir()
+    (root / "opt").symlink_to(host)  # fine inside the plugin, but the build runs on the host
+    with pytest.raises(ConfigError, match=r"the base's /opt/dockplug/site leads out"):
+        refuse_escaping_paths(root, ["/opt/dockplug/site", "usr/bin"])
+    refuse_escaping_paths(root, ["usr/bin", "run/docker/plugins"])  # plain folders pass
+    assert list(host.iterdir()) == []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dockplug.state.sqlite import VolumeRecord, VolumeStore
+from dockplug.state.sqlite import IDLE_CHECKPOINT, WAL_SIZE_LIMIT, VolumeRecord, VolumeStore
 
 
 class SyncSpy:
@@ -93,3 +93,18 @@ def test_the_wal_is_checkpointed_in_the_background(store: VolumeStore) -> None:
             assert store.wait_synced(10.0)
     size = store.wal.stat().st_size
     assert size < 12 * 1024 * 1024, f"WAL grew to {size} bytes: no checkpoint ran"
+
+
+def test_the_wal_starts_over_after_a_burst(store: VolumeStore) -> None:
+    store.put(VolumeRecord(name="v1", mountpoint="/x/v1", options={}))
+    for i in range(3000):  # no pause at all: PASSIVE checkpoints keep falling behind
+        store.set_mount("v1", f"id-{i % 50}", 1 + i)
+    assert store.wait_synced(5.0)
+    assert store.wal.stat().st_size > WAL_SIZE_LIMIT  # (or the test proves nothing)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(IDLE_CHECKPOINT + 0.2)  # a quiet moment: the whole WAL gets checkpointed
+        store.set_mount("v1", "id-last", 1)  # and the next commit starts it over, cut down
+        if store.wal.stat().st_size <= WAL_SIZE_LIMIT:
+            return
+    raise AssertionError(f"the WAL stayed at {store.wal.stat().st_size} bytes")

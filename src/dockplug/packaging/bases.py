@@ -149,6 +149,30 @@ def _escapes(path: str) -> bool:
     return norm == ".." or norm.startswith("../")
 
 
+#: longer names could push realpath() past PATH_MAX, where it stops resolving symlinks
+_MAX_NAME = 1024
+
+
+def _resolves_inside(dest: str, rel: str) -> bool:
+    """Whether DEST/REL, with every symlink followed the way the host kernel will follow it
+    while unpacking (absolute ones lead to the host's root), stays inside DEST."""
+    root = os.path.realpath(dest)
+    real = os.path.realpath(os.path.join(dest, rel))
+    return real == root or real.startswith(root + os.sep)
+
+
+def refuse_escaping_paths(root: Path, rels: Iterable[str]) -> None:
+    """dockplug writes into these folders of a base taken as it is (the site-packages dir, the
+    socket dir, usr/bin): none may be a symlink that leads out of the rootfs on the host,
+    where the build runs (``/opt -> /srv`` in an image is fine for the plugin, fatal here)."""
+    bad = [rel for rel in rels if not _resolves_inside(str(root), rel.lstrip("/"))]
+    if bad:
+        raise ConfigError(
+            f"the base's {', '.join('/' + r.lstrip('/') for r in bad)} leads out of the rootfs "
+            "through a symlink; dockplug installs there. fix: a base where it is a folder"
+        )
+
+
 def rootfs_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
     """MEMBER if it stays inside DEST, as a rootfs needs it: modes (setuid too), owners,
     symlinks and device nodes kept. Refused: absolute or ``..`` names, hard links to anything
@@ -160,9 +184,13 @@ def rootfs_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
         raise UnsafeMember(f"{where}: absolute path; fix: make the tarball with tar -C ROOTFS .")
     if _escapes(name):
         raise UnsafeMember(f"{where}: climbs out of the rootfs with '..'")
+    if len(name) > _MAX_NAME or len(member.linkname) > _MAX_NAME:
+        raise UnsafeMember(f"{where}: a name or link target longer than {_MAX_NAME} bytes")
+    if not _resolves_inside(dest, os.path.dirname(name)):
+        raise UnsafeMember(f"{where}: would be written through a symlink that leads out")
     if member.islnk():
         link = member.linkname
-        if link.startswith("/") or _escapes(link):
+        if link.startswith("/") or _escapes(link) or not _resolves_inside(dest, link):
             raise UnsafeMember(f"{where}: hard link to {link!r}, outside the rootfs")
     target = member.linkname
     relative = member.issym() and not target.startswith("/")

@@ -26,7 +26,13 @@ from pathlib import Path
 from rich.console import Console
 
 from dockplug.errors import ConfigError
-from dockplug.packaging.bases import DEBOOTSTRAP, Base, check_base, populate
+from dockplug.packaging.bases import (
+    DEBOOTSTRAP,
+    Base,
+    check_base,
+    populate,
+    refuse_escaping_paths,
+)
 from dockplug.packaging.config import PLUGIN_SOCKET_DIR, SITE_DIR
 
 SUITE = "bookworm"
@@ -290,6 +296,7 @@ def make_rootfs(
         t0 = time.monotonic()
         populate(base, dest, console)  # shows its own progress (a bar: no status spinner here)
         console.print(f"[green]✓[/green] read the base {base} ({time.monotonic() - t0:.1f}s)")
+        refuse_escaping_paths(dest, [SITE_DIR, PLUGIN_SOCKET_DIR, "usr/bin"])
         check_base(dest, base, packages, console)
     install_dockplug(dest, console)
     if project is not None:

@@ -28,7 +28,7 @@ from rich.console import Console
 
 from dockplug.errors import ConfigError
 from dockplug.packaging import engine
-from dockplug.packaging.bases import CountingReader, byte_progress, rootfs_member
+from dockplug.packaging.bases import CountingReader, UnsafeMember, byte_progress, rootfs_member
 from dockplug.packaging.config import PluginConfig, validate_config
 from dockplug.packaging.engine import EngineError
 
@@ -176,9 +176,12 @@ def export(
     total = sum(st.st_size for _p, st in entries if stat.S_ISREG(st.st_mode))
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
+    # 0600: settings.json carries the plugin's env settings, which often hold credentials
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         with (
-            tarfile.open(partial, "w:gz", compresslevel=compresslevel) as tar,
+            open(fd, "wb") as out,
+            tarfile.open(fileobj=out, mode="w:gz", compresslevel=compresslevel) as tar,
             byte_progress(console) as bar,
         ):
             _add_bytes(tar, "config.json", src.config.to_json().encode())
@@ -202,6 +205,8 @@ def _member_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None
     top = member.name.lstrip("./").split("/", 1)[0]
     if top not in ("config.json", SETTINGS_FILE, "rootfs"):
         return None
+    if top != "rootfs" and not member.isreg():  # read and rewritten on the host: no links
+        raise UnsafeMember(f"member {member.name!r}: must be a regular file")
     return rootfs_member(member, path)
 
 

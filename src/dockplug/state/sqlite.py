@@ -27,7 +27,17 @@ from typing import Any
 
 SYNC_DELAY = 0.002  # seconds from a lazily synced commit to its fsync
 CHECKPOINT_EVERY = 500  # commits between checkpoints (a few pages each: a WAL of ~4 MiB)
+IDLE_CHECKPOINT = 0.5  # seconds without commits after which the WAL is checkpointed
+CHECKPOINT_RETRY = 0.05  # seconds before another try when commits kept a checkpoint short
 WAL_SIZE_LIMIT = 8 * 1024 * 1024  # the WAL file is cut back to this when it starts over
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _to_stderr(message: str) -> None:
@@ -85,6 +95,7 @@ class VolumeStore:
         self.wal = self.path.with_name(self.path.name + "-wal")
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
+        self._wal_inode = -1
         self._db = self._connect()
         os.chmod(self.path, 0o600)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -117,6 +128,10 @@ class VolumeStore:
             return  # no WAL: everything is checkpointed (and synced) in the database file
         try:
             os.fdatasync(fd)  # also flushes the size when the WAL grew
+            inode = os.fstat(fd).st_ino
+            if inode != self._wal_inode:  # a new WAL file: its directory entry must last too
+                _fsync_dir(self.path.parent)
+                self._wal_inode = inode
         finally:
             os.close(fd)
 
@@ -141,17 +156,20 @@ class VolumeStore:
 
     def _background_turn(self, checkpointer: sqlite3.Connection) -> bool:
         with self._cond:
-            self._cond.wait_for(
+            # with commits since the last checkpoint, a quiet moment is the time for one:
+            # the WAL can only start over once a checkpoint has copied all of it
+            woke = self._cond.wait_for(
                 lambda: (
                     self._requested > self._synced
                     or self._commits_since_checkpoint >= CHECKPOINT_EVERY
                     or self._closing
-                )
+                ),
+                timeout=IDLE_CHECKPOINT if self._commits_since_checkpoint else None,
             )
             if self._closing:
                 return False
             target = self._requested
-            checkpoint = self._commits_since_checkpoint >= CHECKPOINT_EVERY
+            checkpoint = not woke or self._commits_since_checkpoint >= CHECKPOINT_EVERY
             if checkpoint:
                 self._commits_since_checkpoint = 0
         # not in the same instant as the reply that follows the commit: both need the
@@ -161,8 +179,17 @@ class VolumeStore:
             self.sync()
             if checkpoint:
                 # copies the WAL into the database (fsyncing both); the next commit then
-                # starts the WAL over instead of growing it
-                checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                # starts the WAL over instead of growing it. PASSIVE never blocks a writer,
+                # so a commit landing meanwhile can leave it short: then try again soon
+                busy, frames, copied = checkpointer.execute(
+                    "PRAGMA wal_checkpoint(PASSIVE)"
+                ).fetchone()
+                if busy or copied < frames:
+                    with self._cond:
+                        self._commits_since_checkpoint = max(
+                            self._commits_since_checkpoint, CHECKPOINT_EVERY
+                        )
+                        self._cond.wait(CHECKPOINT_RETRY)
         except (OSError, sqlite3.Error) as exc:  # retried; never kill the thread
             self._on_error(f"state: sync of {self.path} failed: {exc}")
             with self._cond:

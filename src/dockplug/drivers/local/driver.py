@@ -109,6 +109,10 @@ class LocalDriver(StatefulVolumeDriver):
             gc_interval=gc_interval,
             docker_host=docker_host,
         )
+        # folders a crash left to free: before any request, so a Create of such a name
+        # (which may come before reconcile gets to it) frees the old folder, never adopts it
+        used = {rec.mountpoint for rec in self.volumes.values()}
+        self._doomed.update((path, name) for path, name in self.store.trash() if path not in used)
 
     # -- options -------------------------------------------------------------------------
 
@@ -220,8 +224,12 @@ class LocalDriver(StatefulVolumeDriver):
         # competes with the event loop for the interpreter
         time.sleep(max(0.0, not_before - time.monotonic()))
         with self.lock(name):
-            if self._doomed.get(path) == name:  # else a Create of the name freed it already
+            if self._doomed.get(path) != name:
+                return  # a Create of the name (or reconcile) freed it already
+            try:
                 self._free(path)
+            except OSError as exc:  # kept noted: the next Create of the name or start retries
+                self.log(f"could not free the folder {path} of removed volume {name}: {exc}")
 
     def _free(self, path: str) -> None:
         """Frees a removed volume's folder (its volume's lock held): an empty one at once,
@@ -238,7 +246,10 @@ class LocalDriver(StatefulVolumeDriver):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(folder, trash)
                 # deleting a big volume can outlast dockerd's 1-minute Remove timeout
-                self._janitor.submit(shutil.rmtree, trash, ignore_errors=True)
+                try:
+                    self._janitor.submit(shutil.rmtree, trash, ignore_errors=True)
+                except RuntimeError:  # shutting down: the janitor takes no more work
+                    shutil.rmtree(trash, ignore_errors=True)
         self._doomed.pop(path, None)
         self.store.forget_trash(path)
 
@@ -288,12 +299,15 @@ class LocalDriver(StatefulVolumeDriver):
         for doomed, volume in self.store.trash():
             with self.lock(volume):
                 if any(r.mountpoint == doomed for r in self.volumes.values()):
-                    self.store.forget_trash(doomed)  # a volume made since uses the folder
+                    self._doomed.pop(doomed, None)  # a volume made since uses the folder
+                    self.store.forget_trash(doomed)
                     continue
-                if doomed in self._doomed:
-                    continue  # a Remove since start-up: the janitor has it
                 existed = os.path.lexists(doomed)
-                self._free(doomed)
+                try:
+                    self._free(doomed)
+                except OSError as exc:
+                    fixed.append(f"could not free volume {volume}'s folder {doomed}: {exc}")
+                    continue
             if existed:
                 fixed.append(f"finished removing volume {volume}'s folder {doomed}")
         for rec in list(self.volumes.values()):
