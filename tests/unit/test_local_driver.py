@@ -745,3 +745,30 @@ def test_a_create_before_reconcile_never_adopts_a_folder_a_crash_left(short_tmp:
         assert second.store.trash() == []
     finally:
         second.shutdown()
+
+
+def test_shutdown_waits_for_a_reconcile_still_running(short_tmp: Path) -> None:
+    """The start-up task is cancelled at shutdown, but its thread runs on: the store must
+    not be closed under it."""
+    import asyncio
+
+    seen: list[object] = []
+
+    class SlowReconcile(LocalDriver):
+        def reconcile(self) -> None:
+            time.sleep(0.5)
+            try:
+                seen.append(len(self.store.load()[0]))
+            except Exception as exc:
+                seen.append(exc)
+
+    driver = SlowReconcile(base_dir=short_tmp / "b", state_dir=short_tmp / "s", log=lambda _: None)
+
+    async def start_then_stop() -> None:
+        task = asyncio.create_task(driver.startup())
+        await asyncio.sleep(0.1)  # reconcile is under way in its thread
+        task.cancel()
+        driver.shutdown()
+
+    asyncio.run(start_then_stop())
+    assert seen == [0], seen

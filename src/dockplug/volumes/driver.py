@@ -88,6 +88,8 @@ class StatefulVolumeDriver(VolumeDriver):
         self.mounts = MountTable()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._maintenance = threading.Lock()
+        self._closed = False
         records, mounts = store.load()
         for rec in records:
             self.volumes[rec.name] = rec
@@ -273,7 +275,7 @@ class StatefulVolumeDriver(VolumeDriver):
         return Capability.model_validate({"Scope": self.scope})
 
     async def startup(self) -> None:
-        await asyncio.to_thread(self.reconcile)
+        await asyncio.to_thread(self._maintain, self.reconcile)
         if self.gc_interval > 0:
             self._gc_task = asyncio.create_task(self._gc_loop())
 
@@ -281,9 +283,17 @@ class StatefulVolumeDriver(VolumeDriver):
         while True:
             await asyncio.sleep(self.gc_interval)
             try:
-                await asyncio.to_thread(gc.collect, self, self.docker_host)
+                await asyncio.to_thread(self._maintain, gc.collect, self, self.docker_host)
             except Exception as exc:
                 self.log(f"gc: {exc}")
+
+    def _maintain(self, work: Callable[..., Any], *args: Any) -> Any:
+        """Background work (reconcile, periodic gc): cancelling its task does not stop its
+        thread, so shutdown waits for it here before closing the store under it."""
+        with self._maintenance:
+            if self._closed:
+                return None
+            return work(*args)
 
     def gc(self, req: GcRequest) -> dict[str, int]:
         """Maintenance call (``dockplug local gc``): clear counts no running container backs."""
@@ -292,6 +302,8 @@ class StatefulVolumeDriver(VolumeDriver):
     def shutdown(self) -> None:
         if self._gc_task is not None:
             self._gc_task.cancel()
+        with self._maintenance:  # a reconcile or gc still running in its thread finishes first
+            self._closed = True
         self.store.close()
 
     # -- maintenance ---------------------------------------------------------------------
