@@ -1,6 +1,7 @@
-"""A volume driver with fixed answers, for tests about the server rather than about storage:
-every call succeeds, Mount and Path answer ``/mnt``, List answers ``listed``. Tests subclass it
-to change the one behaviour they are about."""
+"""Drivers with fixed answers, for tests about the server rather than about storage or
+networking: every call succeeds, Mount and Path answer ``/mnt``, List answers ``listed``; the
+network driver accepts every call. Tests subclass them to change the one behaviour they are
+about."""
 
 from __future__ import annotations
 
@@ -33,3 +34,23 @@ class FixedVolumes(dockplug.VolumeDriver):
 
     def list(self, req: Empty) -> list[dockplug.Volume]:
         return [dockplug.Volume(name=name) for name in self.listed]
+
+
+class FixedNetwork(dockplug.NetworkDriver):
+    def create_network(self, req: Any) -> None:
+        pass
+
+    def delete_network(self, req: Any) -> None:
+        pass
+
+    def create_endpoint(self, req: Any) -> None:
+        pass
+
+    def join(self, req: Any) -> None:
+        pass
+
+    def leave(self, req: Any) -> None:
+        pass
+
+    def delete_endpoint(self, req: Any) -> None:
+        pass

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from stubs import FixedNetwork
 
 import dockplug
 from dockplug.client import PluginClient
@@ -181,26 +182,6 @@ def test_body_limit_is_a_constructor_setting_of_the_app(driver: Faulty) -> None:
 # --- endpoints that do not exist ------------------------------------------------------------
 
 
-class Bridge(dockplug.NetworkDriver):
-    def create_network(self, req: Any) -> None:
-        pass
-
-    def delete_network(self, req: Any) -> None:
-        pass
-
-    def create_endpoint(self, req: Any) -> None:
-        pass
-
-    def join(self, req: Any) -> None:
-        pass
-
-    def leave(self, req: Any) -> None:
-        pass
-
-    def delete_endpoint(self, req: Any) -> None:
-        pass
-
-
 @pytest.mark.parametrize("endpoint", ["Foo.Bar", "VolumeDriver.Resize", "", "VolumeDriver.list"])
 def test_unknown_endpoint_is_404_with_err(plugin: ThreadedPlugin, endpoint: str) -> None:
     reply = plugin.client().call(endpoint, {})
@@ -225,7 +206,9 @@ def test_endpoint_of_a_protocol_not_implemented_is_404(plugin: ThreadedPlugin) -
 )
 def test_optional_endpoint_not_overridden_is_404(serve_plugin: Serve, endpoint: str) -> None:
     # dockerd reads exactly this 404 as "optional endpoint not implemented"
-    reply = serve_plugin(Bridge()).client().call(endpoint, {"NetworkID": "n", "EndpointID": "e"})
+    reply = (
+        serve_plugin(FixedNetwork()).client().call(endpoint, {"NetworkID": "n", "EndpointID": "e"})
+    )
     assert reply.status == 404
     assert endpoint in reply.json["Err"]
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from stubs import FixedNetwork
 
 import dockplug
 from dockplug.protocol.base import Empty
@@ -52,7 +53,7 @@ class MemoryVolumes(dockplug.VolumeDriver):
         return [dockplug.Volume(name=name) for name in self.volumes]
 
 
-class BridgeWithAddresses(dockplug.NetworkDriver, dockplug.IpamDriver):
+class BridgeWithAddresses(FixedNetwork, dockplug.IpamDriver):
     """One class serving two protocols: a network driver that is its own IPAM driver."""
 
     def network_capabilities(self, req: Empty) -> str:
@@ -60,24 +61,6 @@ class BridgeWithAddresses(dockplug.NetworkDriver, dockplug.IpamDriver):
 
     def ipam_capabilities(self, req: Empty) -> tuple[bool, bool]:
         return (True, False)
-
-    def create_network(self, req: Any) -> None:
-        pass
-
-    def delete_network(self, req: Any) -> None:
-        pass
-
-    def create_endpoint(self, req: Any) -> None:
-        pass
-
-    def join(self, req: Any) -> None:
-        pass
-
-    def leave(self, req: Any) -> None:
-        pass
-
-    def delete_endpoint(self, req: Any) -> None:
-        pass
 
     def request_pool(self, req: RequestPoolRequest) -> tuple[str, str]:
         return ("pool-1", "10.9.0.0/24")
