@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
+
+W = TypeVar("W", bound="WireModel")
 
 _ACRONYMS = {"id": "ID", "ipv4": "IPv4", "ipv6": "IPv6", "uri": "Uri"}
 
@@ -127,6 +129,21 @@ def protocols_of(driver: Driver | type[Driver]) -> list[Protocol]:
             if proto not in seen:
                 seen.append(proto)
     return seen
+
+
+def pair_reply(model: type[W], first: str, second: str) -> Callable[[Any, Any], W]:
+    """The reply builder of an endpoint whose answer is two values: a driver returns the model
+    itself, None (the model's defaults) or a ``(first, second)`` pair."""
+
+    def build(result: Any, _: Any) -> W:
+        if isinstance(result, model):
+            return result
+        if result is None:
+            return model()
+        a, b = result
+        return model(**{first: a, second: b})
+
+    return build
 
 
 def implemented(driver: Driver, endpoint: Endpoint) -> bool:

@@ -21,6 +21,7 @@ from dockplug.protocol.base import (
     Protocol,
     WireModel,
     nonblocking,
+    pair_reply,
     placeholder,
 )
 
@@ -105,28 +106,12 @@ class ReleaseAddressRequest(WireModel):
     address: str
 
 
-def _capabilities_reply(
-    result: CapabilitiesReply | tuple[bool, bool] | None, _: Any
-) -> CapabilitiesReply:
-    if isinstance(result, CapabilitiesReply):
-        return result
-    if result is None:
-        return CapabilitiesReply()
-    mac, replay = result
-    return CapabilitiesReply(requires_mac_address=mac, requires_request_replay=replay)
-
-
-def _spaces_reply(
-    result: AddressSpacesReply | tuple[str, str] | None, _: Any
-) -> AddressSpacesReply:
-    if isinstance(result, AddressSpacesReply):
-        return result
-    if result is None:
-        return AddressSpacesReply()
-    local, global_ = result
-    return AddressSpacesReply(
-        local_default_address_space=local, global_default_address_space=global_
-    )
+_capabilities_reply = pair_reply(
+    CapabilitiesReply, "requires_mac_address", "requires_request_replay"
+)
+_spaces_reply = pair_reply(
+    AddressSpacesReply, "local_default_address_space", "global_default_address_space"
+)
 
 
 def _pool_reply(

@@ -22,6 +22,7 @@ from dockplug.protocol.base import (
     Protocol,
     WireModel,
     nonblocking,
+    pair_reply,
     placeholder,
 )
 
@@ -201,15 +202,7 @@ def _capabilities_reply(result: str | CapabilitiesReply | None, _: Any) -> Capab
     return CapabilitiesReply(scope=result or "local")
 
 
-def _gw_alloc_check_reply(
-    result: GwAllocCheckReply | tuple[bool, bool] | None, _: Any
-) -> GwAllocCheckReply:
-    if isinstance(result, GwAllocCheckReply):
-        return result
-    if result is None:
-        return GwAllocCheckReply()
-    skip_ipv4, skip_ipv6 = result
-    return GwAllocCheckReply(skip_ipv4=skip_ipv4, skip_ipv6=skip_ipv6)
+_gw_alloc_check_reply = pair_reply(GwAllocCheckReply, "skip_ipv4", "skip_ipv6")
 
 
 def _allocate_reply(
