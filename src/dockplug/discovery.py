@@ -41,6 +41,23 @@ class TLSOptions:
 
 
 @dataclass(frozen=True)
+class HostPaths:
+    """Where the paths a managed plugin returns are on the host, as dockerd maps them
+    (``Plugin.ScopedPath``): under the propagated mount, to the plugin's propagated-mount
+    folder; anything else, inside its rootfs."""
+
+    rootfs: str
+    propagated_mount: str = ""  # inside the plugin, e.g. /mnt/volumes
+    propagated_host: str = ""  # on the host, <data-root>/plugins/<id>/propagated-mount
+
+    def of(self, path: str) -> str:
+        inner = self.propagated_mount.rstrip("/")
+        if inner and (path == inner or path.startswith(inner + "/")):
+            return os.path.join(self.propagated_host, path[len(inner) :].lstrip("/"))
+        return os.path.join(self.rootfs, path.lstrip("/"))
+
+
+@dataclass(frozen=True)
 class PluginAddress:
     """Where a plugin answers: ``unix:///path``, ``tcp://h:p``, ``http://`` or ``https://``."""
 

@@ -115,3 +115,32 @@ def test_failed_enable_runs_the_doctor(dockerd: Dockerd, docker_client: Any, plu
     assert f"enabling {plugin} failed" in message and "\ndoctor:\n" in message, message
     assert "plugin=" in message or "fix:" in message
     assert time.monotonic() - t0 < 60
+
+
+@pytest.mark.timeout(600)
+def test_check_a_managed_plugin_by_name(
+    dockerd: Dockerd, docker_client: Any, plugin: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dockplug check finds an enabled managed plugin through the Engine API and checks the
+    paths it returns where dockerd looks for them: inside the plugin's rootfs."""
+    from click.testing import CliRunner
+
+    from dockplug.cli.main import cli
+
+    state = Path(tempfile.mkdtemp(prefix="dpt-state-"))
+    try:
+        engine.set_options(plugin, [f"state.source={state}"], docker_client)
+        engine.enable(plugin, timeout=30, client=docker_client)
+        monkeypatch.setenv("DOCKER_HOST", dockerd.host)
+        out = state / "report.json"
+        result = CliRunner().invoke(cli, ["check", plugin, "--report", str(out)])
+        assert result.exit_code == 0, result.output
+        report = json.loads(out.read_text())
+        v11 = next(r for r in report["results"] if r["id"] == "V11")
+        assert v11["result"] == "pass" and "on the host" in v11["evidence"], v11
+        assert report["url"].endswith("/local.sock")
+        engine.disable(plugin, client=docker_client)
+        result = CliRunner().invoke(cli, ["check", plugin])
+        assert result.exit_code == 1 and "is disabled; fix: dockplug enable" in result.output
+    finally:
+        shutil.rmtree(state, ignore_errors=True)

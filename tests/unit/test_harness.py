@@ -198,6 +198,16 @@ def test_cli_check_options_and_unreachable_target(tmp_path: Path) -> None:
     assert "use KEY=VALUE" in result.output
 
 
+def test_cli_check_of_a_name_that_is_no_plugin_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-dockerd.sock")
+    result = CliRunner().invoke(cli, ["check", "dpcheck-nobody/nothing:latest"])
+    assert result.exit_code == 1
+    assert "no plugin named 'dpcheck-nobody/nothing:latest'" in result.output
+    assert "nor as a managed plugin: Engine API not reachable" in result.output
+
+
 def test_cli_check_passes_serve_local_subprocess(short_tmp: Path, tmp_path: Path) -> None:
     """End to end: ``dockplug check`` (a process) against ``dockplug serve local`` (a process)."""
     sock = short_tmp / "local.sock"
@@ -303,3 +313,14 @@ def test_conformance_fixture_lets_authors_assert_in_one_line(
     report = conformance(broken.url, only=SEQUENCE, timeout=10)
     assert not report.ok
     assert "V12" in report.failures()
+
+
+def test_host_paths_map_a_managed_plugins_paths_as_dockerd_does() -> None:
+    from dockplug.discovery import HostPaths
+
+    paths = HostPaths("/d/plugins/ab/rootfs", "/mnt/volumes", "/d/plugins/ab/propagated-mount")
+    assert paths.of("/mnt/volumes/v1") == "/d/plugins/ab/propagated-mount/v1"
+    assert paths.of("/mnt/volumes") == "/d/plugins/ab/propagated-mount/"
+    assert paths.of("/mnt/volumesX/v1") == "/d/plugins/ab/rootfs/mnt/volumesX/v1"
+    assert paths.of("/data/v1") == "/d/plugins/ab/rootfs/data/v1"
+    assert HostPaths("/r").of("/mnt/volumes/v1") == "/r/mnt/volumes/v1"

@@ -33,6 +33,17 @@ def _kind_from(activate: Any, detect: Callable[[list[str]], str]) -> str:
         raise ConfigError(str(exc)) from exc
 
 
+def _managed(name: str, legacy: ConfigError) -> tuple[Any, Any]:
+    """An enabled managed plugin's socket and host paths, for a name no legacy plugin has."""
+    from dockplug.packaging import engine
+
+    try:
+        found = engine.managed_target(name)
+    except engine.EngineError as exc:
+        raise ConfigError(f"{legacy}; nor as a managed plugin: {exc}") from None
+    return found.address, found.host_paths
+
+
 def _parse_opts(pairs: tuple[str, ...]) -> dict[str, str]:
     opts: dict[str, str] = {}
     for pair in pairs:
@@ -82,7 +93,8 @@ def check(
 
     \b
     TARGET  a plugin name (found like dockerd finds it), a socket path,
-            or a URL: unix:///path, tcp://host:port, https://host:port
+            or a URL: unix:///path, tcp://host:port, https://host:port;
+            or an enabled managed plugin (docker plugin ls), via DOCKER_HOST
 
     The run creates what dockerd would (volumes named dpcheck-*, networks, endpoints, pools,
     addresses, log FIFOs) and removes it again. Exit status: 0 if no check failed (warnings
@@ -92,19 +104,27 @@ def check(
     from rich.markup import escape
     from rich.table import Table
 
+    from dockplug import discovery
     from dockplug.client import PluginClient, explained, resolve
     from dockplug.testing.harness import run
     from dockplug.testing.harness.runner import detect_kind
 
     create_opts = _parse_opts(opts)
-    address = resolve(target)
+    host_paths = None
+    if "://" in target or target.startswith(("/", ".")) or target.endswith(".sock"):
+        address = resolve(target)  # a URL or a socket path
+    else:
+        try:
+            address = discovery.find(target)  # a legacy plugin, as dockerd finds it
+        except ConfigError as legacy:
+            address, host_paths = _managed(target, legacy)
     wait = min(timeout, 10.0)
     with explained(target, wait), PluginClient(address, timeout=wait) as client:
         activate = client.call("Plugin.Activate")
     if kind is None:
         kind = _kind_from(activate, detect_kind)
 
-    result = run(address, kind, create_opts, timeout, set(only) or None)
+    result = run(address, kind, create_opts, timeout, set(only) or None, host_paths)
     result.target = target
     table = Table(title=f"dockplug check {escape(target)} ({kind})")
     table.add_column("ID", no_wrap=True)

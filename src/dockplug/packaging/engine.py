@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dockplug.discovery import HostPaths, PluginAddress
 from dockplug.errors import ConfigError
 from dockplug.packaging.config import PLUGIN_SOCKET_DIR
 
@@ -144,6 +145,31 @@ def enable(name: str, timeout: int = 30, client: Any = None) -> EnableResult:
             time.sleep(0.05)
     seconds = time.monotonic() - t0
     return EnableResult(plugin.name, plugin.id, seconds, sock if local else None)
+
+
+@dataclass(frozen=True)
+class ManagedTarget:
+    """Where an enabled managed plugin answers, and where the paths it returns are on the
+    host: dockerd reads a managed plugin's Mountpoint inside the plugin's rootfs."""
+
+    address: PluginAddress
+    host_paths: HostPaths
+
+
+def managed_target(name: str, client: Any = None) -> ManagedTarget:
+    client = client or connect()
+    plugin = get_plugin(client, name)
+    if not is_local(client):
+        raise EngineError(f"{plugin.name}: dockerd is on another host; its socket is out of reach")
+    if not plugin.enabled:
+        raise EngineError(f"{plugin.name} is disabled; fix: dockplug enable {plugin.name}")
+    socket_name = str(((plugin.attrs.get("Config") or {}).get("Interface") or {}).get("Socket"))
+    sock = Path(PLUGIN_SOCKET_DIR) / plugin.id / socket_name
+    address = PluginAddress(plugin.name, f"unix://{sock}", f"managed plugin {plugin.id[:12]}")
+    home = Path(data_root(client)) / "plugins" / plugin.id
+    propagated = str((plugin.attrs.get("Config") or {}).get("PropagatedMount") or "")
+    paths = HostPaths(str(home / "rootfs"), propagated, str(home / "propagated-mount"))
+    return ManagedTarget(address, paths)
 
 
 def disable(name: str, force: bool = False, client: Any = None) -> None:

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from dockplug.client import PluginClient, Reply
-from dockplug.discovery import PluginAddress
+from dockplug.discovery import HostPaths, PluginAddress
 
 
 class Result(StrEnum):
@@ -110,7 +110,13 @@ class Context:
     phase: str = "sequence"
     state: dict[str, Any] = field(default_factory=dict)
     log: list[Exchange] = field(default_factory=list)
+    # where the plugin's paths are on this host (a managed plugin's); None: as they are
+    host_paths: HostPaths | None = None
     _client: PluginClient | None = None
+
+    def on_host(self, path: str) -> str:
+        """A path the plugin returned, as dockerd finds it on this host."""
+        return self.host_paths.of(path) if self.host_paths else path
 
     def client(self, timeout: float | None = None) -> PluginClient:
         """A new connection (for parallel calls); close it when done."""

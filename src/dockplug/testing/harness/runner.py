@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dockplug.client import resolve
-from dockplug.discovery import PluginAddress
+from dockplug.discovery import HostPaths, PluginAddress
 from dockplug.testing.harness import authz, ipam, log, network, replay, robustness, volume
 from dockplug.testing.harness.checks import (
     Check,
@@ -164,14 +164,18 @@ def run(
     opts: dict[str, str] | None = None,
     timeout: float = 30.0,
     only: set[str] | None = None,
+    host_paths: HostPaths | None = None,
 ) -> Report:
-    """Runs every ``kind`` check (or the ``only`` ids) against ``target`` and cleans up."""
+    """Runs every ``kind`` check (or the ``only`` ids) against ``target`` and cleans up.
+    ``host_paths``: where a managed plugin's paths are on this host."""
     if kind not in KINDS:
         raise ValueError(f"unknown plugin type {kind!r} (have: {', '.join(KINDS)})")
     address = resolve(target) if isinstance(target, str) else target
     prefix = f"dpcheck-{uuid.uuid4().hex[:8]}-"
     context = CONTEXTS.get(kind, VolumeContext)
-    ctx = context(address, opts=dict(opts or {}), prefix=prefix, timeout=timeout)
+    ctx = context(
+        address, opts=dict(opts or {}), prefix=prefix, timeout=timeout, host_paths=host_paths
+    )
     report = Report(
         target=target if isinstance(target, str) else target.name,
         url=address.url,

@@ -273,15 +273,17 @@ def mount_first(ctx: VolumeContext) -> Outcome:
     if not mp:
         return failed(f"empty or missing Mountpoint: {describe(reply)}")
     ctx.state["mountpoint"] = mp
-    ctx.state["was_mount"] = is_mount(mp)
+    host = ctx.on_host(mp)
+    ctx.state["was_mount"] = is_mount(host)
     if ctx.address.scheme != "unix":
         return warned(f"{mp} (not checked: the plugin may be on another host)")
-    if not os.path.isdir(mp):
-        return failed(f"Mountpoint {mp} is not a directory on this host")
+    if not os.path.isdir(host):
+        return failed(f"Mountpoint {mp} is not a directory on this host ({host})")
     if problems:
         return failed("; ".join(problems))
     kind = "a mount point" if ctx.state["was_mount"] else "a directory"
-    return passed(f"{mp} ({kind})")
+    shown = f"{mp} = {host} on the host" if host != mp else mp
+    return passed(f"{shown} ({kind})")
 
 
 def _still_mounted(ctx: VolumeContext, name: str) -> str | None:
@@ -292,9 +294,10 @@ def _still_mounted(ctx: VolumeContext, name: str) -> str | None:
     if path.error is None and got == "":
         return 'Path now answers "" (not mounted)'
     if ctx.address.scheme == "unix":
-        if ctx.state.get("was_mount") and not is_mount(mp):
+        host = ctx.on_host(mp)
+        if ctx.state.get("was_mount") and not is_mount(host):
             return f"{mp} is no longer a mount point (torn down under a running container)"
-        if not os.path.isdir(mp):
+        if not os.path.isdir(host):
             return f"{mp} is gone"
     return None
 
