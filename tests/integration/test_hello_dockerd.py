@@ -13,7 +13,6 @@ import importlib.util
 import json
 import re
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from dockplug import discovery
 from dockplug.server.runner import TLSSettings
 from dockplug.testing.dockerd import Dockerd
 from dockplug.testing.pki import Certificates
-from dockplug.testing.servers import ThreadedPlugin
+from dockplug.testing.servers import ThreadedPlugin, wait_until
 
 pytestmark = pytest.mark.dockerd
 
@@ -88,15 +87,6 @@ def _uid() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def _check_mounts_balanced(driver: RecordingHello, vol: str) -> None:
     """Every Mount had a 64-hex ID and was undone by an Unmount with the same ID, in order.
 
@@ -105,7 +95,7 @@ def _check_mounts_balanced(driver: RecordingHello, vol: str) -> None:
     """
     # --rm returns once the container is removed, which comes after its volumes are unmounted;
     # wait a little anyway rather than depend on that
-    _wait_for(lambda: len(driver.of("unmount")) >= len(driver.of("mount")))
+    wait_until(lambda: len(driver.of("unmount")) >= len(driver.of("mount")), 10.0, 0.05)
     calls = driver.sequence("mount", "unmount")
     assert calls, "dockerd never mounted the volume"
     held: dict[str, int] = {}

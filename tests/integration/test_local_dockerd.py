@@ -7,9 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from dockplug.client import PluginClient, Reply
 from dockplug.testing.dockerd import Dockerd
-from dockplug.testing.servers import SubprocessPlugin
+from dockplug.testing.servers import SubprocessPlugin, wait_until
 
 pytestmark = pytest.mark.dockerd
 
@@ -50,16 +49,6 @@ class LocalPlugin:
     def call(self, endpoint: str, body: object = None) -> Reply:
         with PluginClient(str(self.socket)) as client:
             return client.call(endpoint, body)
-
-
-def _eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """The folder of a removed volume goes a moment after Remove answers."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +183,8 @@ def test_two_containers_share_a_volume_and_block_its_removal(
     assert isinstance(status, dict)
     assert status["Mounts"] == 0
     dockerd.docker("volume", "rm", vol)
-    assert _eventually(lambda: not (local.base / vol).exists()), "the folder stayed"
+    # the folder goes a moment after Remove answers
+    assert wait_until(lambda: not (local.base / vol).exists(), 5.0), "the folder stayed"
 
 
 def test_docker_run_writes_into_the_volume_folder(

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from dockplug.testing.harness import Result, run
 from dockplug.testing.harness.checks import Context
 from dockplug.testing.harness.replay import AUTHZ_CHECKS, CHECKS, IPAM_CHECKS, load, signature
 from dockplug.testing.recorder import Normaliser, ThreadedRecorder, normalise
-from dockplug.testing.servers import SubprocessPlugin, ThreadedPlugin
+from dockplug.testing.servers import SubprocessPlugin, ThreadedPlugin, wait_until
 
 Serve = Callable[..., ThreadedPlugin]
 REPLAYS = {c.id for c in CHECKS}
@@ -281,10 +280,8 @@ def test_cli_record_writes_the_recording(short_tmp: Path, serve_plugin: Serve) -
            "--socket", str(listen), "-o", str(out)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 15
-        while not listen.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout
-            time.sleep(0.05)
+        wait_until(lambda: listen.exists() or proc.poll() is not None, 15.0, 0.05)
+        assert proc.poll() is None and listen.exists(), proc.stdout
         with PluginClient(str(listen), timeout=5) as client:
             reply = client.call("VolumeDriver.Get", {"Name": "nope"})
         assert reply.status == 500 and "nope" in (reply.error or "")
@@ -308,10 +305,8 @@ def test_cli_record_only_the_given_pid(short_tmp: Path, serve_plugin: Serve) -> 
            "--socket", str(listen), "-o", str(out), "--pid", str(os.getpid()), "-q"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 15
-        while not listen.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout
-            time.sleep(0.05)
+        wait_until(lambda: listen.exists() or proc.poll() is not None, 15.0, 0.05)
+        assert proc.poll() is None and listen.exists(), proc.stdout
         other = subprocess.run(
             [sys.executable, "-m", "dockplug", "call", str(listen), "VolumeDriver.List", "{}"],
             capture_output=True, text=True, timeout=30,

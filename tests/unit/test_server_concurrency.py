@@ -21,7 +21,7 @@ import dockplug
 from dockplug.client import PluginClient
 from dockplug.protocol.base import Empty
 from dockplug.protocol.volume import MountRequest, NameRequest
-from dockplug.testing.servers import ThreadedPlugin
+from dockplug.testing.servers import ThreadedPlugin, wait_until
 
 MOUNTS = 50
 MOUNT_SECONDS = 2.0
@@ -88,15 +88,6 @@ def mount(url: str, i: int) -> Any:
         return client.call("VolumeDriver.Mount", {"Name": f"v{i}", "ID": f"id{i}"})
 
 
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
 @pytest.mark.parametrize(
     "driver_class",
     [SlowMounts, SlowMountsAsyncList, AsyncSlowMounts, AsyncSlowMountsAsyncList],
@@ -113,7 +104,7 @@ def test_list_answers_within_50ms_while_50_mounts_take_2s_each(
             began = time.monotonic()
             mounts = [pool.submit(mount, plugin.url, i) for i in range(MOUNTS)]
             # every mount runs at the same time: none waits for another to finish
-            assert wait_until(lambda: driver.in_flight == MOUNTS, timeout=MOUNT_SECONDS * 0.75)
+            assert wait_until(lambda: driver.in_flight == MOUNTS, MOUNT_SECONDS * 0.75, 0.005)
             latencies = []
             while driver.in_flight == MOUNTS and len(latencies) < 40:
                 started = time.perf_counter()
@@ -143,7 +134,7 @@ def test_fast_endpoints_stay_fast_while_mounts_are_in_flight(
     with plugin.client() as client, ThreadPoolExecutor(MOUNTS) as pool:
         client.call("Plugin.Activate")
         mounts = [pool.submit(mount, plugin.url, i) for i in range(MOUNTS)]
-        assert wait_until(lambda: driver.in_flight == MOUNTS, timeout=MOUNT_SECONDS * 0.75)
+        assert wait_until(lambda: driver.in_flight == MOUNTS, MOUNT_SECONDS * 0.75, 0.005)
         for endpoint, body in [
             ("Plugin.Activate", None),
             ("VolumeDriver.Capabilities", {}),

@@ -9,7 +9,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from dockplug.cli.main import cli
 from dockplug.cli.systemd import units
 from dockplug.client import PluginClient
 from dockplug.errors import ConfigError
+from dockplug.testing.servers import wait_until
 
 
 def _parse(text: str) -> configparser.ConfigParser:
@@ -84,10 +84,7 @@ def test_the_service_line_serves_on_the_socket_systemd_passes(
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 10
-        while not Path(listen).exists():
-            assert time.monotonic() < deadline, "the socket never appeared"
-            time.sleep(0.02)
+        assert wait_until(Path(listen).exists, 10.0, 0.02), "the socket never appeared"
         # the first connection starts the plugin on the inherited socket, like systemd does
         with PluginClient(listen, timeout=20) as client:
             assert client.call("Plugin.Activate").json == {"Implements": ["VolumeDriver"]}
