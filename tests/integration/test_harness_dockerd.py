@@ -5,9 +5,7 @@ order) the harness plays. Then the harness passes on the same plugin instance.""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from dockplug.cli.serve import import_file
 from dockplug.testing.dockerd import Dockerd, unavailable_reason
 from dockplug.testing.harness import run
 from dockplug.testing.servers import ThreadedPlugin
@@ -28,14 +27,7 @@ PLUGINS = Path("/run/docker/plugins")
 
 
 def example(name: str) -> ModuleType:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return import_file(REPO / "examples" / f"{name}.py")
 
 
 class Recorder:

@@ -9,7 +9,6 @@ the driver under a fresh name from the ``plugin_name`` fixture.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import threading
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from dockplug import discovery
+from dockplug.cli.serve import import_file
 from dockplug.server.runner import TLSSettings
 from dockplug.testing.dockerd import Dockerd
 from dockplug.testing.pki import Certificates
@@ -35,15 +35,7 @@ SPEC_DIR = discovery.SPEC_DIRS[0]  # /etc/docker/plugins
 MOUNT_ID = re.compile(r"[0-9a-f]{64}")
 
 
-def _load_example() -> Any:
-    spec = importlib.util.spec_from_file_location("dockplug_example_hello_volume", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.HelloDriver
-
-
-HelloDriver = _load_example()
+HelloDriver: Any = import_file(EXAMPLE).HelloDriver
 
 
 class RecordingHello(HelloDriver):  # type: ignore[misc, valid-type]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from dockplug.cli.main import cli
+from dockplug.cli.serve import import_file
 from dockplug.protocol.base import Driver, Protocol
 from dockplug.protocol.ipam import IPAM
 from dockplug.protocol.log import LOG
@@ -45,14 +45,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def example(name: str) -> ModuleType:
     """An examples/ script as a module (they are scripts, not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return import_file(REPO / "examples" / f"{name}.py")
 
 
 def raw(proto: Protocol) -> Protocol:

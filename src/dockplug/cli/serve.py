@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import click
@@ -15,6 +16,21 @@ from dockplug.cli.options import serve_options, transport_options
 from dockplug.errors import ConfigError
 from dockplug.protocol.base import Driver
 from dockplug.server.runner import run
+
+
+def import_file(path: Path) -> ModuleType:
+    """A plugin script (not a package) as a module; loaded once per process, so a class
+    from it is the same class each time it is asked for."""
+    name = f"dockplug_user_{path.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{path}: cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_driver_class(target: str) -> type[Driver]:
@@ -26,12 +42,7 @@ def load_driver_class(target: str) -> type[Driver]:
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"{source}: no such file")
-        spec = importlib.util.spec_from_file_location(f"dockplug_user_{path.stem}", path)
-        if spec is None or spec.loader is None:
-            raise ConfigError(f"{source}: cannot be imported")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
+        module = import_file(path)
     else:
         try:
             module = importlib.import_module(source)
