@@ -124,11 +124,14 @@ def _err_on_200(reply: Reply) -> str | None:
     return None
 
 
+def _failure(ctx: IpamContext, reply: Reply, what: str) -> str | None:
+    """The evidence if the reply is the Err-on-200 trap or failed as dockerd reads it."""
+    return _err_on_200(reply) or _err(ctx, reply, what)
+
+
 def _pool_of(ctx: IpamContext, reply: Reply, v6: bool) -> tuple[str, Network] | str:
     """(PoolID, pool) from a RequestPool reply, or the evidence of what is wrong."""
-    if (trap := _err_on_200(reply)) is not None:
-        return trap
-    if (bad := _err(ctx, reply, "RequestPool")) is not None:
+    if (bad := _failure(ctx, reply, "RequestPool")) is not None:
         return bad
     data = reply_json(reply)
     problems = casing_problems(data, ("PoolID", "Pool", "Data", "Error"), "reply")
@@ -156,9 +159,7 @@ def _pool_of(ctx: IpamContext, reply: Reply, v6: bool) -> tuple[str, Network] | 
 
 def _address_of(ctx: IpamContext, reply: Reply, pool: Network, what: str) -> Interface | str:
     """The CIDR address of a RequestAddress reply, or the evidence of what is wrong."""
-    if (trap := _err_on_200(reply)) is not None:
-        return trap
-    if (bad := _err(ctx, reply, what)) is not None:
+    if (bad := _failure(ctx, reply, what)) is not None:
         return bad
     data = reply_json(reply)
     problems = casing_problems(data, ("Address", "Data", "Error"), "reply")
@@ -374,9 +375,7 @@ def release_address(ctx: IpamContext) -> Outcome:
         raise Skip("no container address was handed out (I08)")
     ip = str(held[0].ip)
     reply = ctx.release_address(pool_id, ip)
-    if (trap := _err_on_200(reply)) is not None:
-        return failed(trap)
-    if (bad := _err(ctx, reply, f"ReleaseAddress {ip}")) is not None:
+    if (bad := _failure(ctx, reply, f"ReleaseAddress {ip}")) is not None:
         return failed(bad)
     again = ctx.request_address(pool_id, ip)
     got = _address_of(ctx, again, pool, f"RequestAddress {ip} after its release")
@@ -391,9 +390,7 @@ def release_pool(ctx: IpamContext) -> Outcome:
     for held_pool, address in [a for a in ctx.addresses if a[0] == pool_id]:
         ctx.release_address(held_pool, address)  # dockerd releases the gateway first
     reply = ctx.release_pool(pool_id)
-    if (trap := _err_on_200(reply)) is not None:
-        return failed(trap)
-    if (bad := _err(ctx, reply, "ReleasePool")) is not None:
+    if (bad := _failure(ctx, reply, "ReleasePool")) is not None:
         return failed(bad)
     ctx.state.pop("subnet")
     after = ctx.request_address(pool_id, "")
