@@ -25,19 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dockplug.state.durable import fsync_dir
+
 SYNC_DELAY = 0.002  # seconds from a lazily synced commit to its fsync
 CHECKPOINT_EVERY = 500  # commits between checkpoints (a few pages each: a WAL of ~4 MiB)
 IDLE_CHECKPOINT = 0.5  # seconds without commits after which the WAL is checkpointed
 CHECKPOINT_RETRY = 0.05  # seconds before another try when commits kept a checkpoint short
 WAL_SIZE_LIMIT = 8 * 1024 * 1024  # the WAL file is cut back to this when it starts over
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _to_stderr(message: str) -> None:
@@ -130,7 +124,7 @@ class VolumeStore:
             os.fdatasync(fd)  # also flushes the size when the WAL grew
             inode = os.fstat(fd).st_ino
             if inode != self._wal_inode:  # a new WAL file: its directory entry must last too
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
                 self._wal_inode = inode
         finally:
             os.close(fd)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dockplug.errors import ConfigError
 from dockplug.server.reqlog import add_secret
+from dockplug.state.durable import fsync_dir
 
 FILE_NAME = "secrets.json"
 # names users give; drivers keep their own entries under a "kind/" prefix no user name can take
@@ -71,11 +72,7 @@ class SecretStore:
             raise
         os.close(fd)
         os.replace(tmp, self.path)
-        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(folder)
 
     def get(self, name: str) -> str | None:
         with self._lock:
