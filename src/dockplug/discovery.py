@@ -40,6 +40,12 @@ class TLSOptions:
         return out
 
 
+def check_plugin_name(name: str) -> None:
+    """A legacy plugin's name becomes a file name (NAME.sock, NAME.spec): nothing else."""
+    if not name or "/" in name or name.startswith(".") or "\0" in name:
+        raise ConfigError(f"--name {name!r}: a plugin name is a plain file name, e.g. my-volumes")
+
+
 @dataclass(frozen=True)
 class HostPaths:
     """Where the paths a managed plugin returns are on the host, as dockerd maps them

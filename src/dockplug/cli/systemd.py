@@ -14,14 +14,15 @@ from pathlib import Path
 
 import click
 
-from dockplug.discovery import SOCKET_DIR
+from dockplug.discovery import SOCKET_DIR, check_plugin_name
 from dockplug.errors import ConfigError
 
 
 def units(name: str, command: list[str], group: str | None = None) -> dict[str, str]:
     """The ``NAME.socket`` and ``NAME.service`` texts that serve COMMAND (dockplug's arguments,
     e.g. ``serve local --base-dir /srv/vols``) on /run/docker/plugins/NAME.sock."""
-    if not name or "/" in name or name.startswith(".") or any(c.isspace() for c in name):
+    check_plugin_name(name)
+    if any(c.isspace() for c in name):  # it also names the units
         raise ConfigError(f"--name {name!r}: a plugin name is a plain file name, e.g. my-volumes")
     if not command or command[0] != "serve":
         raise ConfigError(

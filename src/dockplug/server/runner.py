@@ -92,14 +92,9 @@ class Bound:
         self.identities = {p: _identity(p) for p in self.socket_files + self.discovery_files}
 
 
-def _check_name(name: str) -> None:
-    if not name or "/" in name or name.startswith(".") or "\0" in name:
-        raise ConfigError(f"--name {name!r}: a plugin name is a plain file name, e.g. my-volumes")
-
-
 def bind(opts: ServeOptions) -> Bound:
     """Open the listening sockets and write discovery files (nothing is served yet)."""
-    _check_name(opts.name)
+    discovery.check_plugin_name(opts.name)
     inherited = listeners.systemd_listeners()
     if inherited:
         url = listeners.socket_address(inherited[0])

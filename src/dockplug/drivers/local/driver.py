@@ -254,8 +254,9 @@ class LocalDriver(StatefulVolumeDriver):
         self.store.forget_trash(path)
 
     def is_quick(self, rec: VolumeRecord) -> bool:
-        # a plain folder: Mount, Unmount and Remove are a table update and a rename; a
-        # size-limited volume mounts and unmounts its image, which may take a while
+        # a plain folder: Mount, Unmount and Remove are table updates (Remove's folder goes
+        # in the background); a size-limited volume mounts and unmounts its image, which may
+        # take a while
         return not rec.extra.get("image")
 
     def attach(self, rec: VolumeRecord) -> None:
