@@ -817,7 +817,7 @@ def diagnose_installed(
             )
         )
     elif isinstance(socket, str) and engine.is_local(client):
-        sock = Path(PLUGIN_SOCKET_DIR) / plugin.id / socket
+        sock = engine.plugin_socket(plugin)
         if not sock.exists():
             findings.append(
                 Finding(

@@ -105,6 +105,12 @@ def _bind_sources(plugin: Any) -> list[str]:
     ]
 
 
+def plugin_socket(plugin: Any) -> Path:
+    """Where an enabled managed plugin's socket is on the host (its config's socket name)."""
+    socket = ((plugin.attrs.get("Config") or {}).get("Interface") or {}).get("Socket")
+    return Path(PLUGIN_SOCKET_DIR) / str(plugin.id) / str(socket)
+
+
 def enable(name: str, timeout: int = 30, client: Any = None) -> EnableResult:
     """Enable NAME and wait for its socket; on failure the error carries the doctor's findings."""
     import docker.errors
@@ -120,8 +126,7 @@ def enable(name: str, timeout: int = 30, client: Any = None) -> EnableResult:
         # runc refuses a bind mount whose host folder is missing; make it, as docker -v does
         for src in _bind_sources(plugin):
             Path(src).mkdir(parents=True, exist_ok=True)
-    socket_name = str(((plugin.attrs.get("Config") or {}).get("Interface") or {}).get("Socket"))
-    sock = Path(PLUGIN_SOCKET_DIR) / plugin.id / socket_name
+    sock = plugin_socket(plugin)
     t0 = time.monotonic()
     try:
         plugin.enable(timeout=timeout)
@@ -133,7 +138,7 @@ def enable(name: str, timeout: int = 30, client: Any = None) -> EnableResult:
             findings = [f"(the doctor failed too: {derr})"]
         extra = "\n".join(findings) or (
             "nothing wrong in the config or rootfs; the plugin process probably exited or did "
-            f"not listen on {PLUGIN_SOCKET_DIR}/{socket_name} within ~9.5 s; fix: read dockerd's "
+            f"not listen on {PLUGIN_SOCKET_DIR}/{sock.name} within ~9.5 s; fix: read dockerd's "
             f"log lines with plugin={plugin.id}"
         )
         raise EngineError(
@@ -163,8 +168,7 @@ def managed_target(name: str, client: Any = None) -> ManagedTarget:
         raise EngineError(f"{plugin.name}: dockerd is on another host; its socket is out of reach")
     if not plugin.enabled:
         raise EngineError(f"{plugin.name} is disabled; fix: dockplug enable {plugin.name}")
-    socket_name = str(((plugin.attrs.get("Config") or {}).get("Interface") or {}).get("Socket"))
-    sock = Path(PLUGIN_SOCKET_DIR) / plugin.id / socket_name
+    sock = plugin_socket(plugin)
     address = PluginAddress(plugin.name, f"unix://{sock}", f"managed plugin {plugin.id[:12]}")
     home = Path(data_root(client)) / "plugins" / plugin.id
     propagated = str((plugin.attrs.get("Config") or {}).get("PropagatedMount") or "")
