@@ -152,17 +152,17 @@ class StatefulVolumeDriver(VolumeDriver):
             return lock
 
     @contextlib.contextmanager
-    def locked(self, name: str) -> Iterator[VolumeRecord | None]:
-        """Holds the volume's lock and yields its record (None if there is none). On the event
-        loop (a :func:`try_inline` call) a busy lock or a volume that is not quick raises
-        :class:`WouldBlock` instead of waiting."""
+    def locked(self, name: str) -> Iterator[VolumeRecord]:
+        """Holds the volume's lock and yields its record (VolumeNotFound if there is none). On
+        the event loop (a :func:`try_inline` call) a busy lock or a volume that is not quick
+        raises :class:`WouldBlock` instead of waiting."""
         lock = self.lock(name)
         inline = not may_block()
         if not lock.acquire(blocking=not inline):
             raise WouldBlock
         try:
-            rec = self.volumes.get(name)
-            if inline and rec is not None and not self.is_quick(rec):
+            rec = self.record(name)
+            if inline and not self.is_quick(rec):
                 raise WouldBlock
             yield rec
         finally:
@@ -218,8 +218,6 @@ class StatefulVolumeDriver(VolumeDriver):
     def remove(self, req: NameRequest) -> None:
         name = check_name(req.name)
         with self.locked(name) as rec:
-            if rec is None:
-                raise VolumeNotFound(name)
             users = self.mounts.total(name)
             if users:
                 raise VolumeInUse(name, users)
@@ -234,8 +232,6 @@ class StatefulVolumeDriver(VolumeDriver):
     def mount(self, req: MountRequest) -> str:
         name = check_name(req.name)
         with self.locked(name) as rec:
-            if rec is None:
-                raise VolumeNotFound(name)
             if self.mounts.total(name) == 0:
                 self.attach(rec)
             count = self.mounts.add(name, req.id)
@@ -250,8 +246,6 @@ class StatefulVolumeDriver(VolumeDriver):
     def unmount(self, req: MountRequest) -> None:
         name = check_name(req.name)
         with self.locked(name) as rec:
-            if rec is None:
-                raise VolumeNotFound(name)
             left = self.mounts.remove(name, req.id)
             if left is None:
                 self.log(f"unmount of {name} by unknown mount id {req.id[:12]} ignored")
