@@ -21,6 +21,13 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 SPACES = ("LocalDefault", "GlobalDefault")
 
 
+def _parse_address(text: str) -> Address:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError as exc:
+        raise dockplug.InvalidRequest(f"Address {text!r}: {exc}") from exc
+
+
 @dataclass
 class Pool:
     network: Network
@@ -108,10 +115,7 @@ class PoolsDriver(dockplug.IpamDriver):
         with self.lock:
             pool = self._pool(req.pool_id)
             if req.address:
-                try:
-                    ip = ipaddress.ip_address(req.address)
-                except ValueError as exc:
-                    raise dockplug.InvalidRequest(f"Address {req.address!r}: {exc}") from exc
+                ip = _parse_address(req.address)
                 if ip not in pool.network:
                     raise dockplug.InvalidRequest(f"{ip} is not in {pool.network}")
                 if ip in pool.taken:
@@ -134,10 +138,7 @@ class PoolsDriver(dockplug.IpamDriver):
     def release_address(self, req):
         with self.lock:
             pool = self._pool(req.pool_id)
-            try:
-                ip = ipaddress.ip_address(req.address)
-            except ValueError as exc:
-                raise dockplug.InvalidRequest(f"Address {req.address!r}: {exc}") from exc
+            ip = _parse_address(req.address)
             if ip not in pool.taken:
                 raise dockplug.NotFound(f"{ip} is not allocated in {req.pool_id}")
             pool.taken.discard(ip)
