@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from dockplug import discovery
 from dockplug.errors import ConfigError
+from dockplug.server import discovery
 
 ACCEPT = "application/vnd.docker.plugins.v1.2+json"
 

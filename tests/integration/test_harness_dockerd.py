@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from dockplug.cli.serve import import_file
+from dockplug.conformance import run
 from dockplug.testing.dockerd import Dockerd, unavailable_reason
-from dockplug.testing.harness import run
 from dockplug.testing.servers import ThreadedPlugin
 
 pytestmark = pytest.mark.dockerd

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dockplug.testing.harness import Result, run
+from dockplug.conformance import Result, run
 from dockplug.testing.servers import SubprocessPlugin
 
 RCLONE = shutil.which("rclone")

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from dockplug import discovery
 from dockplug.cli.serve import import_file
+from dockplug.server import discovery
 from dockplug.server.runner import TLSSettings
 from dockplug.testing.dockerd import Dockerd
 from dockplug.testing.pki import Certificates

@@ -155,7 +155,7 @@ def test_managed_sshfs_end_to_end(
 
 def test_state_folder_is_the_plugins_own() -> None:
     """The bundle's default state source is not the host-run sshfs driver's state dir."""
-    from dockplug.drivers.sshfs import DEFAULT_STATE_DIR
+    from dockplug.drivers.volume.sshfs import DEFAULT_STATE_DIR
     from dockplug.packaging.config import config_for_driver
 
     mount = config_for_driver("sshfs").mounts[0]

@@ -2,7 +2,7 @@
 
 Each test runs docker commands against a real dockerd whose plugin is the recorder in front of a
 real dockplug plugin, then compares the calls with the stored recording in
-``dockplug/testing/harness/recordings/`` (endpoints, order, header names, body keys; not the
+``dockplug/conformance/recordings/`` (endpoints, order, header names, body keys; not the
 random ids). A future dockerd that calls plugins differently fails here. To re-record the
 fixtures, run with ``DOCKPLUG_RECORD=1``; the harness replays them (``harness/replay.py``).
 """
@@ -24,10 +24,7 @@ from typing import Any
 import pytest
 
 from dockplug.client import resolve
-from dockplug.discovery import SOCKET_DIR
-from dockplug.testing.dockerd import Dockerd, unavailable_reason
-from dockplug.testing.harness.replay import RECORDINGS, load, signature
-from dockplug.testing.recorder import (
+from dockplug.conformance.recorder import (
     FORMAT,
     Normaliser,
     Recorder,
@@ -35,6 +32,9 @@ from dockplug.testing.recorder import (
     normalise,
     peer_pid,
 )
+from dockplug.conformance.replay import RECORDINGS, load, signature
+from dockplug.server.discovery import SOCKET_DIR
+from dockplug.testing.dockerd import Dockerd, unavailable_reason
 from dockplug.testing.servers import SubprocessPlugin, ThreadedPlugin
 
 pytestmark = pytest.mark.dockerd

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from dockplug.client import PluginClient, Reply
-from dockplug.drivers.local import loopfs
-from dockplug.drivers.sshfs import SshfsDriver
+from dockplug.drivers.volume.local import loopfs
+from dockplug.drivers.volume.sshfs import SshfsDriver
 from dockplug.testing.servers import SubprocessPlugin, ThreadedPlugin, free_port
 from dockplug.testing.sshd import Sshd
 

@@ -19,10 +19,10 @@ from click.testing import CliRunner, Result
 from stubs import FixedVolumes
 
 import dockplug
-from dockplug import discovery
 from dockplug.cli.main import cli
+from dockplug.facts import PLUGIN_DIR
 from dockplug.protocol.base import Empty
-from dockplug.server.listeners import PLUGIN_DIR
+from dockplug.server import discovery
 from dockplug.testing.servers import ThreadedPlugin
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,12 +19,12 @@ import pytest
 from click.testing import CliRunner
 
 from dockplug.cli.main import cli
-from dockplug.drivers.local import LocalDriver
+from dockplug.conformance import Report, Result, run
+from dockplug.conformance.shapes import volume_problems
+from dockplug.drivers.volume.local import LocalDriver
 from dockplug.errors import VolumeInUse, VolumeNotFound
 from dockplug.protocol.base import Driver, Empty
 from dockplug.protocol.volume import VOLUME, CreateRequest, MountRequest, NameRequest
-from dockplug.testing.harness import Report, Result, run
-from dockplug.testing.harness.shapes import volume_problems
 from dockplug.testing.servers import SubprocessPlugin, ThreadedPlugin
 
 Serve = Callable[..., ThreadedPlugin]
@@ -316,7 +316,7 @@ def test_conformance_fixture_lets_authors_assert_in_one_line(
 
 
 def test_host_paths_map_a_managed_plugins_paths_as_dockerd_does() -> None:
-    from dockplug.discovery import HostPaths
+    from dockplug.server.discovery import HostPaths
 
     paths = HostPaths("/d/plugins/ab/rootfs", "/mnt/volumes", "/d/plugins/ab/propagated-mount")
     assert paths.of("/mnt/volumes/v1") == "/d/plugins/ab/propagated-mount/v1"

@@ -24,6 +24,8 @@ from click.testing import CliRunner
 
 from dockplug.cli.main import cli
 from dockplug.cli.serve import import_file
+from dockplug.conformance import KINDS, Report, Result, run
+from dockplug.conformance.runner import detect_kind
 from dockplug.protocol.base import Driver, Protocol
 from dockplug.protocol.ipam import IPAM
 from dockplug.protocol.log import LOG
@@ -35,8 +37,6 @@ from dockplug.protocol.logentry import (
     encode,
 )
 from dockplug.protocol.network import NETWORK
-from dockplug.testing.harness import KINDS, Report, Result, run
-from dockplug.testing.harness.runner import detect_kind
 from dockplug.testing.servers import SubprocessPlugin, ThreadedPlugin
 
 Serve = Callable[..., ThreadedPlugin]
@@ -139,7 +139,7 @@ def test_authz_example_passes_and_denies_with_a_reason(serve_plugin: Serve) -> N
 def test_authz_rules_read_bodies_like_go(serve_plugin: Serve) -> None:
     """Keys match case-insensitively and the last duplicate wins, as in dockerd's decoder; a
     body the policy needs but cannot read is denied."""
-    from dockplug.testing.harness.authz import request
+    from dockplug.conformance.authz import request
 
     plugin = serve_plugin(example("authz_rules").RulesPlugin(), name="h-authz-go")
     uri = "/v1.41/containers/create"

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from dockplug.client import PluginClient, Reply
-from dockplug.drivers.local import LocalDriver, loopfs
+from dockplug.drivers.volume.local import LocalDriver, loopfs
+from dockplug.facts import NAME_MAX as MAX_NAME
 from dockplug.protocol.volume import CreateRequest, NameRequest
 from dockplug.state.sqlite import VolumeRecord
 from dockplug.testing.servers import ThreadedPlugin
-from dockplug.volumes.names import MAX_NAME
 
 Serve = Callable[..., ThreadedPlugin]
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")

@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from dockplug.cli.main import cli
-from dockplug.drivers.local import LocalDriver
+from dockplug.drivers.volume import gc
+from dockplug.drivers.volume.local import LocalDriver
 from dockplug.errors import PluginError, VolumeNotFound
 from dockplug.protocol.volume import CreateRequest, MountRequest, NameRequest
 from dockplug.testing.servers import ThreadedPlugin
-from dockplug.volumes import gc
 
 Serve = Callable[..., ThreadedPlugin]
 UNREACHABLE = "unix:///nonexistent.sock"

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from dockplug.drivers.local import LOCAL_OPTIONS, LocalDriver
+from dockplug.drivers.volume.local import LOCAL_OPTIONS, LocalDriver
+from dockplug.drivers.volume.names import check_name
 from dockplug.errors import InvalidOption, InvalidRequest, PluginError
+from dockplug.facts import NAME_MAX as MAX_NAME
 from dockplug.protocol.volume import CreateRequest, MountRequest, NameRequest
 from dockplug.testing.servers import ThreadedPlugin
-from dockplug.volumes.names import MAX_NAME, check_name
 
 Serve = Callable[..., ThreadedPlugin]
 ACCEPTED = "accepted: gid, mode, mountpoint, size, uid"

@@ -17,13 +17,13 @@ from typing import Any
 from test_harness import BrokenDriver
 
 from dockplug.client import PluginClient, resolve
-from dockplug.drivers.local import LocalDriver
+from dockplug.conformance import Result, run
+from dockplug.conformance.checks import Context
+from dockplug.conformance.recorder import Normaliser, ThreadedRecorder, normalise
+from dockplug.conformance.replay import AUTHZ_CHECKS, CHECKS, IPAM_CHECKS, load, signature
+from dockplug.drivers.volume.local import LocalDriver
 from dockplug.errors import VolumeNotFound
 from dockplug.protocol.volume import CreateRequest, MountRequest, NameRequest
-from dockplug.testing.harness import Result, run
-from dockplug.testing.harness.checks import Context
-from dockplug.testing.harness.replay import AUTHZ_CHECKS, CHECKS, IPAM_CHECKS, load, signature
-from dockplug.testing.recorder import Normaliser, ThreadedRecorder, normalise
 from dockplug.testing.servers import SubprocessPlugin, ThreadedPlugin, wait_until
 
 Serve = Callable[..., ThreadedPlugin]

@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 from stubs import FixedVolumes
 
-from dockplug import discovery
 from dockplug.client import PluginClient
 from dockplug.errors import ConfigError
+from dockplug.facts import PLUGIN_DIR
+from dockplug.facts import UNIX_PATH_MAX as SOCKET_PATH_MAX
 from dockplug.protocol.volume import MountRequest
-from dockplug.server.listeners import PLUGIN_DIR, SOCKET_PATH_MAX
+from dockplug.server import discovery
 from dockplug.server.runner import ServeOptions, TLSSettings
 from dockplug.testing.servers import SubprocessPlugin, ThreadedPlugin
 

@@ -15,12 +15,12 @@ from click.testing import CliRunner
 
 from dockplug.cli.main import cli
 from dockplug.client import PluginClient
-from dockplug.drivers.sshfs import SSHFS_OPTIONS, SshfsDriver
-from dockplug.drivers.sshfs.driver import explain, parse_host_key, parse_sshcmd, plan_mount
+from dockplug.drivers.volume.sshfs import SSHFS_OPTIONS, SshfsDriver
+from dockplug.drivers.volume.sshfs.driver import explain, parse_host_key, parse_sshcmd, plan_mount
 from dockplug.errors import ConfigError
 from dockplug.server.reqlog import MASK, add_secret
+from dockplug.state.secrets import SecretStore
 from dockplug.testing.servers import ThreadedPlugin
-from dockplug.volumes.secrets import SecretStore
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG80x9bQR6r+jrtfRrjYiKxayxjUp8ltVqfNTKnZm5bc"
 PASSWORD = "unit-Pa55word-that-must-never-show"

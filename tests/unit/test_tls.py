@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from stubs import FixedVolumes
 
-from dockplug import discovery
 from dockplug.client import PluginClient
+from dockplug.server import discovery
 from dockplug.server.runner import TLSSettings
 from dockplug.testing.servers import ThreadedPlugin
 

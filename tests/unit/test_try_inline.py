@@ -15,7 +15,7 @@ from pathlib import Path
 from stubs import FixedVolumes
 
 import dockplug
-from dockplug.drivers.local.driver import LocalDriver
+from dockplug.drivers.volume.local.driver import LocalDriver
 from dockplug.protocol.volume import NameRequest
 from dockplug.testing.servers import ThreadedPlugin
 

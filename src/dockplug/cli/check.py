@@ -104,10 +104,10 @@ def check(
     from rich.markup import escape
     from rich.table import Table
 
-    from dockplug import discovery
     from dockplug.client import PluginClient, explained, resolve
-    from dockplug.testing.harness import run
-    from dockplug.testing.harness.runner import detect_kind
+    from dockplug.conformance import run
+    from dockplug.conformance.runner import detect_kind
+    from dockplug.server import discovery
 
     create_opts = _parse_opts(opts)
     host_paths = None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dockplug.drivers.local import DEFAULT_BASE_DIR, DEFAULT_STATE_DIR
+from dockplug.drivers.registry import setting_default
 from dockplug.errors import ConfigError
 
 
@@ -26,12 +26,15 @@ def local() -> None:
 @click.option(
     "--state-dir",
     type=click.Path(path_type=Path),
-    default=DEFAULT_STATE_DIR,
+    default=setting_default("local", "state_dir"),
     show_default=True,
     help="Used directly when the plugin is not running.",
 )
 @click.option(
-    "--base-dir", type=click.Path(path_type=Path), default=DEFAULT_BASE_DIR, show_default=True
+    "--base-dir",
+    type=click.Path(path_type=Path),
+    default=setting_default("local", "base_dir"),
+    show_default=True,
 )
 @click.option("--docker-host", metavar="URL", help="Engine API [default: DOCKER_HOST].")
 def gc(plugin: str, state_dir: Path, base_dir: Path, docker_host: str | None) -> None:
@@ -50,8 +53,8 @@ def gc(plugin: str, state_dir: Path, base_dir: Path, docker_host: str | None) ->
     except (ConfigError, OSError) as exc:
         if isinstance(exc, ConfigError) and "gc failed" in str(exc):
             raise
-        from dockplug.drivers.local import LocalDriver
-        from dockplug.volumes import gc as volume_gc
+        from dockplug.drivers.volume import gc as volume_gc
+        from dockplug.drivers.volume.local import LocalDriver
 
         driver = LocalDriver(base_dir=base_dir, state_dir=state_dir, log=click.echo)
         try:

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from dockplug import __version__, discovery
+from dockplug import __version__
 from dockplug.cli.check import check
 from dockplug.cli.local import local
 from dockplug.cli.plugin import (
@@ -32,6 +32,8 @@ from dockplug.cli.secret import secret
 from dockplug.cli.serve import serve
 from dockplug.cli.systemd import systemd
 from dockplug.errors import ConfigError, PluginError
+from dockplug.facts import managed_socket
+from dockplug.server import discovery
 
 
 class _Main(click.Group):
@@ -161,7 +163,7 @@ def _managed() -> tuple[list[Row], str | None]:
             (
                 p.name,
                 "managed",
-                f"/run/docker/plugins/{p.id}/{socket_name}" if p.enabled else "-",
+                str(managed_socket(p.id, socket_name)) if p.enabled else "-",
                 ", ".join(types),
                 "enabled" if p.enabled else "disabled",
             )

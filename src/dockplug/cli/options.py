@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from dockplug import discovery
 from dockplug.errors import ConfigError
+from dockplug.server import discovery
 from dockplug.server.runner import ServeOptions, TLSSettings
 
 _PATH = click.Path(path_type=Path)

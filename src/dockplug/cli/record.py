@@ -67,8 +67,8 @@ def record(
       docker volume create -d rec v1     # in another shell
     """
     from dockplug.client import resolve
-    from dockplug.discovery import SOCKET_DIR
-    from dockplug.testing.recorder import Recorder
+    from dockplug.conformance.recorder import Recorder
+    from dockplug.server.discovery import SOCKET_DIR
 
     address = resolve(target)
     sock = listen or SOCKET_DIR / f"{name}.sock"

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from dockplug.drivers.sshfs import DEFAULT_STATE_DIR
+from dockplug.drivers.registry import setting_default
 from dockplug.errors import ConfigError
 
 _STATE_DIR = click.option(
     "--state-dir",
     type=click.Path(path_type=Path),
-    default=DEFAULT_STATE_DIR,
+    default=setting_default("sshfs", "state_dir"),
     show_default=True,
     help="The plugin's state dir (the store is secrets.json in it).",
 )
@@ -32,7 +32,7 @@ def set_secret(name: str, state_dir: Path) -> None:
 
     Volumes use it with -o secret=NAME; the value is never shown again.
     """
-    from dockplug.volumes.secrets import FILE_NAME, SecretStore, check_secret_name
+    from dockplug.state.secrets import FILE_NAME, SecretStore, check_secret_name
 
     check_secret_name(name)
     if sys.stdin.isatty():
@@ -54,7 +54,7 @@ def set_secret(name: str, state_dir: Path) -> None:
 @_STATE_DIR
 def remove_secret(name: str, state_dir: Path) -> None:
     """Forget NAME (volumes that use it fail to mount until it is set again)."""
-    from dockplug.volumes.secrets import FILE_NAME, SecretStore
+    from dockplug.state.secrets import FILE_NAME, SecretStore
 
     if not SecretStore(state_dir / FILE_NAME).delete(name):
         raise ConfigError(f"no secret {name!r}")
@@ -65,7 +65,7 @@ def remove_secret(name: str, state_dir: Path) -> None:
 @_STATE_DIR
 def list_secrets(state_dir: Path) -> None:
     """Names of the stored secrets (never their values)."""
-    from dockplug.volumes.secrets import FILE_NAME, SecretStore
+    from dockplug.state.secrets import FILE_NAME, SecretStore
 
     for name in SecretStore(state_dir / FILE_NAME).names():
         click.echo(name)

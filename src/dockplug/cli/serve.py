@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import click
 
 from dockplug.cli.options import serve_options, transport_options
+from dockplug.drivers.registry import BUILTINS, BuiltinDriver, ServeSetting
 from dockplug.errors import ConfigError
 from dockplug.protocol.base import Driver
 from dockplug.server.runner import run
@@ -87,23 +89,53 @@ def custom_command(target: str) -> click.Command:
     return command
 
 
-BUILTINS: dict[str, str] = {
-    "local": "dockplug.cli.serve_local:command",
-    "sshfs": "dockplug.cli.serve_sshfs:command",
-}
+def _click_option(setting: ServeSetting) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A registry setting as a click option: flags for bools, paths, bounded numbers, choices."""
+    kind: Any = setting.type
+    if setting.type is bool:
+        return click.option(setting.flag, setting.name, is_flag=True, help=setting.help)
+    if setting.type is Path:
+        kind = click.Path(path_type=Path)
+    elif setting.choices:
+        kind = click.Choice(list(setting.choices))
+    elif setting.minimum is not None and setting.type is float:
+        kind = click.FloatRange(min=setting.minimum)
+    elif setting.minimum is not None and setting.type is int:
+        kind = click.IntRange(min=int(setting.minimum))
+    return click.option(
+        setting.flag,
+        setting.name,
+        type=kind,
+        default=setting.default,
+        show_default=setting.default is not None,
+        metavar=setting.metavar,
+        help=setting.help,
+    )
+
+
+def builtin_command(entry: BuiltinDriver) -> click.Command:
+    """``dockplug serve NAME`` for a registry entry: its settings become the driver's
+    constructor keywords; the transport options are every driver's."""
+
+    def command(**params: Any) -> None:
+        opts = serve_options(params)
+        run(entry.load()(**params), opts)
+
+    command = transport_options(default_name=entry.plugin_name)(command)
+    for setting in reversed(entry.settings):  # listed first in --help
+        command = _click_option(setting)(command)
+    return click.command(name=entry.name, help=entry.help)(command)
 
 
 class ServeGroup(click.Group):
     """Subcommands are the built-in drivers plus any ``X:Class`` target given on the line."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(BUILTINS)
+        return list(BUILTINS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in BUILTINS:
-            module, _, attr = BUILTINS[cmd_name].partition(":")
-            cmd: click.Command = getattr(importlib.import_module(module), attr)
-            return cmd
+            return builtin_command(BUILTINS[cmd_name])
         if ":" in cmd_name:
             return custom_command(cmd_name)
         return None

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from dockplug.discovery import SOCKET_DIR, check_plugin_name
 from dockplug.errors import ConfigError
+from dockplug.server.discovery import SOCKET_DIR, check_plugin_name
 
 
 def units(name: str, command: list[str], group: str | None = None) -> dict[str, str]:

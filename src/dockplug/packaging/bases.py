@@ -35,14 +35,13 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from dockplug.drivers.registry import BUILTINS
 from dockplug.errors import ConfigError
 
 Kind = Literal["debootstrap", "image", "tar", "dockerfile"]
 KINDS: tuple[Kind, ...] = ("debootstrap", "image", "tar", "dockerfile")
 BASE_HELP = "debootstrap (default), image:REF, tar:PATH or dockerfile:PATH"
 MIN_PYTHON = (3, 11)
-#: what a Debian package of a driver provides, to find it in a base that has no dpkg database
-PROGRAMS = {"fuse3": "fusermount3", "openssh-client": "ssh", "sshfs": "sshfs"}
 _BIN_DIRS = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin", "sbin", "bin")
 #: files a container export adds that are not part of the image
 _EXPORT_ONLY = (".dockerenv",)
@@ -353,6 +352,10 @@ def _has_program(root: Path, program: str) -> bool:
     return any(_lexists(root, f"{d}/{program}") for d in _BIN_DIRS)
 
 
+#: what a Debian package of a driver provides, to find it in a base that has no dpkg database
+_PROGRAMS = {pkg: prog for d in BUILTINS.values() for pkg, prog in d.managed.packages.items()}
+
+
 def check_base(
     root: Path,
     base: Base,
@@ -398,7 +401,7 @@ def check_base(
             )
     installed = _installed_packages(root)
     for pkg in sorted(set(packages) - {"python3"}):
-        program = PROGRAMS.get(pkg, pkg)
+        program = _PROGRAMS.get(pkg, pkg)
         if (installed is None or pkg not in installed) and not _has_program(root, program):
             missing.append(f"{pkg} (no {program} program)" if program != pkg else pkg)
     if missing:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from dockplug.drivers.registry import BUILTINS
 from dockplug.errors import ConfigError
 from dockplug.packaging.bases import DEBOOTSTRAP, Base
 from dockplug.packaging.config import (
-    BUILTIN_DRIVERS,
     PluginConfig,
     config_for_driver,
     driver_packages,
@@ -120,9 +120,9 @@ def build(
     starting from BASE."""
     from dockplug.packaging.project import is_project
 
-    if is_project(Path(driver)) and (driver not in BUILTIN_DRIVERS or "/" in driver):
+    if is_project(Path(driver)) and (driver not in BUILTINS or "/" in driver):
         return build_project(Path(driver), name, output, cache=cache, console=console, base=base)
-    if driver not in BUILTIN_DRIVERS and Path(driver).is_dir():
+    if driver not in BUILTINS and Path(driver).is_dir():
         from dockplug.packaging.project import load_project
 
         load_project(Path(driver))  # raises: no pyproject.toml, with an example

@@ -9,7 +9,6 @@ field and the fix (plugin-protocol.md §10, §12 P8).
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 from pathlib import Path
@@ -18,13 +17,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from dockplug.drivers.registry import builtin
 from dockplug.errors import ConfigError
+from dockplug.facts import MANAGED_SOCKET_PREFIX, PLUGIN_DIR, SOCKET_NAME_MAX, UNIX_PATH_MAX
 
 #: Where dockerd bind-mounts the plugin's socket folder, inside and outside the plugin.
-PLUGIN_SOCKET_DIR = "/run/docker/plugins"
-#: ``/run/docker/plugins/`` + 64-hex id + ``/`` (85 bytes) + socket name must stay within 107.
-SOCKET_NAME_MAX = 22
-UNIX_PATH_MAX = 107
+PLUGIN_SOCKET_DIR = str(PLUGIN_DIR)
 PROTOCOL_SCHEMES = ("", "moby.plugins.http/v1")
 #: Where ``config_for_driver`` puts dockplug and its dependencies inside the rootfs.
 SITE_DIR = "/opt/dockplug/site"
@@ -53,7 +51,8 @@ def socket_problem(socket: str) -> tuple[str, str] | None:
     if size > SOCKET_NAME_MAX:
         return (
             f"{socket!r} is {size} bytes; {PLUGIN_SOCKET_DIR}/<64-hex-id>/{socket} would be "
-            f"{85 + size} bytes, over the {UNIX_PATH_MAX}-byte unix socket limit",
+            f"{MANAGED_SOCKET_PREFIX + size} bytes, over the {UNIX_PATH_MAX}-byte unix socket "
+            "limit",
             f"use a name of at most {SOCKET_NAME_MAX} bytes, e.g. 'plugin.sock'",
         )
     return None
@@ -306,28 +305,9 @@ def load_config(path: Path) -> PluginConfig:
     return validate_config(data, str(path))
 
 
-#: The dockplug drivers that ship as managed plugins: each ``dockplug.drivers.NAME`` package
-#: holds a ``MANAGED`` descriptor (socket, args, propagated and state mounts, capabilities,
-#: devices, optional ``network`` type and extra Debian ``packages`` for the rootfs).
-BUILTIN_DRIVERS = ("local", "sshfs")
-STATE_DESCRIPTION = "host folder for the state database (survives upgrades)"
-
-
-def managed_descriptor(name: str) -> dict[str, Any]:
-    """The ``MANAGED`` descriptor of the built-in driver NAME."""
-    if name not in BUILTIN_DRIVERS:
-        raise ConfigError(
-            f"no built-in driver {name!r}; fix: use one of {', '.join(BUILTIN_DRIVERS)}"
-        )
-    managed = getattr(importlib.import_module(f"dockplug.drivers.{name}"), "MANAGED", None)
-    if not isinstance(managed, dict):  # pragma: no cover - every built-in driver has one
-        raise ConfigError(f"driver {name!r} has no MANAGED descriptor")
-    return managed
-
-
 def driver_packages(name: str) -> tuple[str, ...]:
     """The Debian packages the rootfs of driver NAME needs besides python3 (sorted, unique)."""
-    return tuple(sorted({str(p) for p in managed_descriptor(name).get("packages", [])}))
+    return tuple(sorted(builtin(name).managed.packages))
 
 
 def make_config(
@@ -377,27 +357,29 @@ def make_config(
 
 
 def config_for_driver(name: str) -> PluginConfig:
-    """The managed-plugin config of a built-in dockplug driver (its ``MANAGED`` descriptor)."""
-    managed = managed_descriptor(name)
-    state = managed["state_mount"]
-    assert isinstance(state, dict)
-    return make_config(
-        description=str(managed["description"]),
-        socket=str(managed["socket"]),
-        args=[str(a) for a in managed["args"]],
-        network=str(managed.get("network", "")),
-        mounts=[
+    """The managed-plugin config of a built-in dockplug driver (its registry entry)."""
+    managed = builtin(name).managed
+    state = managed.state_mount
+    mounts = []
+    if state is not None:
+        mounts.append(
             Mount(
                 name="state",
-                description=str(state.get("description", STATE_DESCRIPTION)),
-                source=state["source"],
-                destination=state["destination"],
+                description=state.description,
+                source=state.source,
+                destination=state.destination,
                 type="bind",
                 options=["rbind", "rw"],
                 settable=["source"],
             )
-        ],
-        propagated_mount=str(managed["propagated_mount"]),
-        capabilities=[str(c) for c in managed.get("capabilities", [])],
-        devices=[str(d) for d in managed.get("devices", [])],
+        )
+    return make_config(
+        description=managed.description,
+        socket=managed.socket,
+        args=list(managed.args),
+        network=managed.network,
+        mounts=mounts,
+        propagated_mount=managed.propagated_mount,
+        capabilities=list(managed.capabilities),
+        devices=list(managed.devices),
     )

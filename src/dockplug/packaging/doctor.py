@@ -20,9 +20,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from dockplug.facts import UNIX_PATH_MAX, managed_rootfs, managed_socket
 from dockplug.packaging.config import (
     PLUGIN_SOCKET_DIR,
-    UNIX_PATH_MAX,
     PluginConfig,
     format_errors,
     socket_problem,
@@ -492,7 +492,7 @@ def check_socket(socket: Any) -> list[Finding]:
         ]
     problem = socket_problem(socket)
     if problem is None:
-        host = f"{PLUGIN_SOCKET_DIR}/{'0' * 64}/{socket}"
+        host = str(managed_socket("0" * 64, socket))
         if len(host.encode()) > UNIX_PATH_MAX:  # pragma: no cover - same rule as socket_problem
             problem = (f"{host} is over {UNIX_PATH_MAX} bytes", "use a shorter socket name")
     if problem is None:
@@ -643,26 +643,34 @@ def check_entrypoint(rootfs: Path, config: Any) -> list[Finding]:
 
 #: devices used only to mount (so the plugin needs CAP_SYS_ADMIN) and how a host gets them
 MOUNT_DEVICES = {"/dev/fuse": "modprobe fuse", "/dev/loop-control": "modprobe loop"}
+#: programs a plugin may run that need a device and capability: (capabilities, devices, why)
+PROGRAM_NEEDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
+    "sshfs": (("CAP_SYS_ADMIN",), ("/dev/fuse",), "a FUSE mount"),
+}
 
 
 def _needs(config: Any, argv: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     """(capability -> why, device path -> why) the plugin needs, from what it runs: a
-    built-in dockplug driver (its MANAGED descriptor), sshfs, or a declared mount device."""
-    from dockplug.packaging.config import BUILTIN_DRIVERS, managed_descriptor
+    built-in dockplug driver (its registry entry), a program known to need devices, or a
+    declared mount device."""
+    from dockplug.drivers.registry import BUILTINS
 
     caps: dict[str, str] = {}
     devices: dict[str, str] = {}
     words = [str(w) for w in [*(_get(config, "entrypoint") or []), *argv]]
-    if len(argv) >= 2 and argv[0] == "serve" and argv[1] in BUILTIN_DRIVERS:
-        managed = managed_descriptor(argv[1])
+    if len(argv) >= 2 and argv[0] == "serve" and argv[1] in BUILTINS:
+        managed = BUILTINS[argv[1]].managed
         why = f"the dockplug {argv[1]} driver"
-        for cap in managed.get("capabilities", []):
-            caps.setdefault(str(cap), why)
-        for dev in managed.get("devices", []):
-            devices.setdefault(str(dev), why)
-    if any("sshfs" in w for w in words):
-        devices.setdefault("/dev/fuse", "sshfs (a FUSE mount)")
-        caps.setdefault("CAP_SYS_ADMIN", "sshfs (a FUSE mount)")
+        for cap in managed.capabilities:
+            caps.setdefault(cap, why)
+        for dev in managed.devices:
+            devices.setdefault(dev, why)
+    for program, (need_caps, need_devices, what) in PROGRAM_NEEDS.items():
+        if any(program in Path(w).name for w in words):
+            for dev in need_devices:
+                devices.setdefault(dev, f"{program} ({what})")
+            for cap in need_caps:
+                caps.setdefault(cap, f"{program} ({what})")
     for d in _get(config, "linux", "devices") or []:
         path = _get(d, "path")
         if path in MOUNT_DEVICES:
@@ -833,7 +841,7 @@ def diagnose_installed(
         root = engine.data_root(client)
     except Exception:
         root = None
-    rootfs = Path(root) / "plugins" / plugin.id / "rootfs" if root else None
+    rootfs = Path(managed_rootfs(root, plugin.id)) if root else None
     if rootfs is not None and engine.is_local(client) and rootfs.is_dir():
         findings += check_entrypoint(rootfs, config)
     findings += check_devices(

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dockplug.discovery import HostPaths, PluginAddress
 from dockplug.errors import ConfigError
+from dockplug.facts import managed_propagated_mount, managed_rootfs, managed_socket
 from dockplug.packaging.config import PLUGIN_SOCKET_DIR
+from dockplug.server.discovery import HostPaths, PluginAddress
 
 
 class EngineError(ConfigError):
@@ -108,7 +109,7 @@ def _bind_sources(plugin: Any) -> list[str]:
 def plugin_socket(plugin: Any) -> Path:
     """Where an enabled managed plugin's socket is on the host (its config's socket name)."""
     socket = ((plugin.attrs.get("Config") or {}).get("Interface") or {}).get("Socket")
-    return Path(PLUGIN_SOCKET_DIR) / str(plugin.id) / str(socket)
+    return managed_socket(str(plugin.id), str(socket))
 
 
 def enable(name: str, timeout: int = 30, client: Any = None) -> EnableResult:
@@ -170,9 +171,13 @@ def managed_target(name: str, client: Any = None) -> ManagedTarget:
         raise EngineError(f"{plugin.name} is disabled; fix: dockplug enable {plugin.name}")
     sock = plugin_socket(plugin)
     address = PluginAddress(plugin.name, f"unix://{sock}", f"managed plugin {plugin.id[:12]}")
-    home = Path(data_root(client)) / "plugins" / plugin.id
+    root = data_root(client)
     propagated = str((plugin.attrs.get("Config") or {}).get("PropagatedMount") or "")
-    paths = HostPaths(str(home / "rootfs"), propagated, str(home / "propagated-mount"))
+    paths = HostPaths(
+        str(managed_rootfs(root, plugin.id)),
+        propagated,
+        str(managed_propagated_mount(root, plugin.id)),
+    )
     return ManagedTarget(address, paths)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from rich.console import Console
 
 from dockplug.errors import ConfigError
+from dockplug.facts import managed_rootfs
 from dockplug.packaging import engine
 from dockplug.packaging.bases import CountingReader, UnsafeMember, byte_progress, rootfs_member
 from dockplug.packaging.config import PluginConfig, validate_config
@@ -108,7 +109,7 @@ def _source(name: str, client: Any) -> Source:
             f"exporting {plugin.name} reads its rootfs from dockerd's data root, and dockerd is "
             "not on this machine; fix: run dockplug export on the Docker host"
         )
-    rootfs = Path(engine.data_root(client)) / "plugins" / plugin.id / "rootfs"
+    rootfs = Path(managed_rootfs(engine.data_root(client), plugin.id))
     if not rootfs.is_dir():
         raise EngineError(
             f"{rootfs} (the rootfs of {plugin.name}) is not readable here; fix: run as root on "

@@ -15,21 +15,16 @@ import stat
 from pathlib import Path
 
 from dockplug.errors import ConfigError
+from dockplug.facts import UNIX_PATH_MAX
 
-SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the NUL; Go refuses 108 and more
-PLUGIN_DIR = Path("/run/docker/plugins")
 SD_LISTEN_FDS_START = 3
-
-
-def default_socket(name: str) -> Path:
-    return PLUGIN_DIR / f"{name}.sock"
 
 
 def check_socket_path(path: Path) -> None:
     size = len(os.fsencode(path))
-    if size > SOCKET_PATH_MAX:
+    if size > UNIX_PATH_MAX:
         raise ConfigError(
-            f"socket path {path} is {size} bytes; unix sockets allow at most {SOCKET_PATH_MAX}. "
+            f"socket path {path} is {size} bytes; unix sockets allow at most {UNIX_PATH_MAX}. "
             "Use a shorter --name or --socket"
         )
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import uvicorn
 
-from dockplug import discovery
 from dockplug.errors import ConfigError
+from dockplug.facts import PLUGIN_DIR, default_socket
 from dockplug.protocol.base import Driver
-from dockplug.server import listeners
+from dockplug.server import discovery, listeners
 from dockplug.server.app import PluginApp
 from dockplug.server.reqlog import RequestLog
 
@@ -126,15 +126,15 @@ def bind(opts: ServeOptions) -> Bound:
             sock.close()
             raise ConfigError(f"cannot write discovery file in {opts.spec_dir}: {exc}") from exc
         return Bound([sock], [], files, url)
-    path = Path(opts.socket) if opts.socket else listeners.default_socket(opts.name)
+    path = Path(opts.socket) if opts.socket else default_socket(opts.name)
     if opts.tls is not None:
         raise ConfigError("TLS needs --tcp: dockerd never speaks TLS over a unix socket")
     sock = listeners.unix_listener(path, group=opts.socket_group)
     url = f"unix://{path}"
     files = []
     discoverable = path in (
-        discovery.SOCKET_DIR / f"{opts.name}.sock",
-        discovery.SOCKET_DIR / opts.name / f"{opts.name}.sock",
+        default_socket(opts.name),
+        PLUGIN_DIR / opts.name / f"{opts.name}.sock",
     )
     try:
         if opts.announce == "json":

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
+from dockplug.conformance import Report
+from dockplug.conformance import run as run_conformance
 from dockplug.protocol.base import Driver
 from dockplug.server.runner import ServeOptions
-from dockplug.testing import harness
 from dockplug.testing.dockerd import Dockerd, unavailable_reason
-from dockplug.testing.harness import Report
 from dockplug.testing.pki import Certificates, make_certificates
 from dockplug.testing.servers import ThreadedPlugin
 from dockplug.testing.sshd import Sshd, sshd_unavailable, throwaway_sshd
@@ -132,6 +132,6 @@ def conformance() -> Callable[..., Report]:
     def run_checks(
         target: str, kind: str = "volume", opts: dict[str, str] | None = None, **kw: Any
     ) -> Report:
-        return harness.run(target, kind=kind, opts=opts, **kw)
+        return run_conformance(target, kind=kind, opts=opts, **kw)
 
     return run_checks

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dockplug.discovery import PluginAddress
+from dockplug.server.discovery import PluginAddress
 
 FORMAT = "dockplug-recording/1"
 Headers = list[tuple[str, str]]

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from dockplug.client import PluginClient, Reply
-from dockplug.discovery import HostPaths, PluginAddress
+from dockplug.server.discovery import HostPaths, PluginAddress
 
 
 class Result(StrEnum):

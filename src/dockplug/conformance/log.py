@@ -24,9 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dockplug.client import Reply
-from dockplug.protocol.log import FrameError, FrameReader, frame
-from dockplug.protocol.logentry import EntryError, LogEntry, PartialMetadata, decode, encode
-from dockplug.testing.harness.checks import (
+from dockplug.conformance.checks import (
     Check,
     Context,
     Outcome,
@@ -42,8 +40,10 @@ from dockplug.testing.harness.checks import (
     short,
     warned,
 )
-from dockplug.testing.harness.robustness import reject_garbage
-from dockplug.testing.harness.shapes import casing_problems
+from dockplug.conformance.robustness import reject_garbage
+from dockplug.conformance.shapes import casing_problems
+from dockplug.protocol.log import FrameError, FrameReader, frame
+from dockplug.protocol.logentry import EntryError, LogEntry, PartialMetadata, decode, encode
 
 CHECKS: list[Check] = []
 _P = "LogDriver."

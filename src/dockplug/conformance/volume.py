@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dockplug.client import Reply
-from dockplug.testing.harness.checks import (
+from dockplug.conformance.checks import (
     Check,
     Outcome,
     Skip,
@@ -25,7 +25,7 @@ from dockplug.testing.harness.checks import (
     reply_json,
     warned,
 )
-from dockplug.testing.harness.shapes import casing_problems, is_mount, volume_problems
+from dockplug.conformance.shapes import casing_problems, is_mount, volume_problems
 
 CHECKS: list[Check] = []
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from html import escape
 from typing import TYPE_CHECKING
 
-from dockplug.testing.harness.checks import Result
+from dockplug.conformance.checks import Result
 
 if TYPE_CHECKING:
-    from dockplug.testing.harness.runner import Report
+    from dockplug.conformance.runner import Report
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#222}

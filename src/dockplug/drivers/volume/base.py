@@ -16,6 +16,10 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
+from dockplug.drivers.options import OptionSet
+from dockplug.drivers.volume import gc
+from dockplug.drivers.volume.names import check_name
+from dockplug.drivers.volume.refcount import MountTable
 from dockplug.errors import Conflict, InvalidOption, VolumeInUse, VolumeNotFound
 from dockplug.protocol.base import (
     Empty,
@@ -37,10 +41,6 @@ from dockplug.protocol.volume import (
 )
 from dockplug.server.reqlog import log_event
 from dockplug.state.sqlite import VolumeRecord, VolumeStore
-from dockplug.volumes import gc
-from dockplug.volumes.names import check_name
-from dockplug.volumes.options import OptionSet
-from dockplug.volumes.refcount import MountTable
 
 
 class GcRequest(WireModel):

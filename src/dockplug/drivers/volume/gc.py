@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from dockplug.errors import PluginError
 
 if TYPE_CHECKING:
-    from dockplug.volumes.driver import StatefulVolumeDriver
+    from dockplug.drivers.volume.base import StatefulVolumeDriver
 
 
 def engine(docker_host: str | None = None) -> Any:

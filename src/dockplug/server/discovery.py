@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from dockplug.errors import ConfigError
+from dockplug.facts import PLUGIN_DIR, SPEC_DIRS
 
-SOCKET_DIR = Path("/run/docker/plugins")
-SPEC_DIRS = (Path("/etc/docker/plugins"), Path("/usr/lib/docker/plugins"))
+__all__ = ["SOCKET_DIR", "SPEC_DIRS"]  # re-exported: where discovery looks
+SOCKET_DIR = PLUGIN_DIR
 
 
 @dataclass(frozen=True)

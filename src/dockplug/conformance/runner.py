@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from dockplug.client import resolve
-from dockplug.discovery import HostPaths, PluginAddress
-from dockplug.testing.harness import authz, ipam, log, network, replay, robustness, volume
-from dockplug.testing.harness.checks import (
+from dockplug.conformance import authz, ipam, log, network, replay, robustness, volume
+from dockplug.conformance.checks import (
     Check,
     Context,
     Outcome,
@@ -22,6 +21,7 @@ from dockplug.testing.harness.checks import (
     VolumeContext,
     failed,
 )
+from dockplug.server.discovery import HostPaths, PluginAddress
 
 KINDS: dict[str, list[Check]] = {
     "volume": [*volume.CHECKS, *robustness.CHECKS, *replay.CHECKS],
@@ -127,7 +127,7 @@ class Report:
     def write(self, path: Path) -> None:
         """JSON, or a self-contained HTML page when the file name ends in .html/.htm."""
         if path.suffix.lower() in (".html", ".htm"):
-            from dockplug.testing.harness.html import render
+            from dockplug.conformance.html import render
 
             path.write_text(render(self), encoding="utf-8")
             return

@@ -12,12 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from dockplug.drivers.local import loopfs
-from dockplug.errors import InvalidOption, PluginError
-from dockplug.server.reqlog import log_event
-from dockplug.state.sqlite import VolumeRecord, VolumeStore
-from dockplug.volumes.driver import StatefulVolumeDriver
-from dockplug.volumes.options import (
+from dockplug.drivers.options import (
     Option,
     OptionSet,
     format_size,
@@ -25,13 +20,19 @@ from dockplug.volumes.options import (
     parse_mode,
     parse_size,
 )
+from dockplug.drivers.registry import setting_default
+from dockplug.drivers.volume.base import StatefulVolumeDriver
+from dockplug.drivers.volume.local import loopfs
+from dockplug.errors import InvalidOption, PluginError
+from dockplug.facts import NAME_MAX
+from dockplug.server.reqlog import log_event
+from dockplug.state.sqlite import VolumeRecord, VolumeStore
 
-DEFAULT_BASE_DIR = Path("/var/lib/dockplug/local/volumes")
-DEFAULT_STATE_DIR = Path("/var/lib/dockplug/local")
+DEFAULT_BASE_DIR: Path = setting_default("local", "base_dir")
+DEFAULT_STATE_DIR: Path = setting_default("local", "state_dir")
 FORBIDDEN = (Path("/proc"), Path("/sys"), Path("/dev"))
 TRASH = ".trash"
 TRASH_DELAY = 0.05  # seconds between a Remove and freeing the folder's space
-NAME_MAX = 255  # bytes in one file name
 
 
 def _absolute_path(text: str) -> str:

@@ -20,7 +20,7 @@ from importlib.resources.abc import Traversable
 from typing import Any
 
 from dockplug.client import PluginClient, Reply
-from dockplug.testing.harness.checks import (
+from dockplug.conformance.checks import (
     Check,
     Context,
     Exchange,
@@ -34,10 +34,10 @@ from dockplug.testing.harness.checks import (
     short,
     warned,
 )
-from dockplug.testing.harness.ipam import IpamContext
-from dockplug.testing.harness.shapes import VOLUME_KEYS, volume_problems
+from dockplug.conformance.ipam import IpamContext
+from dockplug.conformance.shapes import VOLUME_KEYS, volume_problems
 
-RECORDINGS: Traversable = resources.files("dockplug.testing.harness") / "recordings"
+RECORDINGS: Traversable = resources.files("dockplug.conformance") / "recordings"
 
 # dockerd's per-call timeouts for volume plugins (protocol §1.7); other calls have none
 VOLUME_TIMEOUTS = {"Create": 120.0, "Mount": 120.0}

@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from dockplug.client import Reply
-from dockplug.testing.harness.checks import (
+from dockplug.conformance.checks import (
     Check,
     Context,
     Outcome,
@@ -29,8 +29,8 @@ from dockplug.testing.harness.checks import (
     reply_json,
     warned,
 )
-from dockplug.testing.harness.robustness import reject_garbage
-from dockplug.testing.harness.shapes import casing_problems
+from dockplug.conformance.robustness import reject_garbage
+from dockplug.conformance.shapes import casing_problems
 
 CHECKS: list[Check] = []
 GATEWAY = {"RequestAddressType": "com.docker.network.gateway"}

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dockplug.client import Reply
-from dockplug.testing.harness.checks import (
+from dockplug.conformance.checks import (
     Check,
     Context,
     Outcome,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dockplug.client import Reply
-from dockplug.testing.harness.checks import (
+from dockplug.conformance.checks import (
     Check,
     Context,
     Outcome,
@@ -32,8 +32,8 @@ from dockplug.testing.harness.checks import (
     reply_json,
     warned,
 )
-from dockplug.testing.harness.robustness import reject_garbage
-from dockplug.testing.harness.shapes import casing_problems
+from dockplug.conformance.robustness import reject_garbage
+from dockplug.conformance.shapes import casing_problems
 
 CHECKS: list[Check] = []
 _P = "NetworkDriver."

@@ -25,17 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dockplug.drivers.local import loopfs
+from dockplug.drivers.options import Option, OptionSet, parse_bool, parse_int, parse_mode
+from dockplug.drivers.registry import setting_default
+from dockplug.drivers.volume.base import StatefulVolumeDriver
+from dockplug.drivers.volume.local import loopfs
 from dockplug.errors import InvalidOption, PluginError
 from dockplug.server.reqlog import add_secret, log_event, redact
+from dockplug.state.secrets import FILE_NAME, SecretStore, check_secret_name
 from dockplug.state.sqlite import VolumeRecord, VolumeStore
-from dockplug.volumes.driver import StatefulVolumeDriver
-from dockplug.volumes.options import Option, OptionSet, parse_bool, parse_int, parse_mode
-from dockplug.volumes.secrets import FILE_NAME, SecretStore, check_secret_name
 
-DEFAULT_BASE_DIR = Path("/var/lib/dockplug/sshfs/volumes")
-DEFAULT_STATE_DIR = Path("/var/lib/dockplug/sshfs")
-DEFAULT_MOUNT_TIMEOUT = 30.0
+DEFAULT_BASE_DIR: Path = setting_default("sshfs", "base_dir")
+DEFAULT_STATE_DIR: Path = setting_default("sshfs", "state_dir")
+DEFAULT_MOUNT_TIMEOUT: float = setting_default("sshfs", "mount_timeout")
 INLINE_PREFIX = "volume/"  # secrets-store entries holding a volume's inline password
 
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")

@@ -6,7 +6,7 @@ context it runs in, then one module per kind (``volume.py`` + ``robustness.py``,
 ``ipam.py``, ``authz.py``, ``log.py``); ``html.py`` renders a report as a page.
 """
 
-from dockplug.testing.harness.checks import Result
-from dockplug.testing.harness.runner import KINDS, CheckResult, Report, run
+from dockplug.conformance.checks import Result
+from dockplug.conformance.runner import KINDS, CheckResult, Report, run
 
 __all__ = ["KINDS", "CheckResult", "Report", "Result", "run"]

@@ -1,0 +1,227 @@
+"""The one table of dockplug's built-in drivers.
+
+Each entry says everything the rest of dockplug needs to know about a driver: the class that
+answers dockerd (imported only when served), the ``dockplug serve NAME`` settings that become
+its constructor's keywords, and how it ships as a managed plugin (socket, mounts, capabilities,
+devices, the Debian packages and programs its rootfs needs). ``dockplug serve``, ``build``,
+``doctor`` and ``ls`` read it; adding a driver is one entry here plus its folder.
+
+This module is imported on every ``dockplug serve``, so it loads no driver code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dockplug.errors import ConfigError
+from dockplug.facts import PLUGIN_DIR
+
+if TYPE_CHECKING:
+    from dockplug.protocol.base import Driver
+
+
+@dataclass(frozen=True)
+class ServeSetting:
+    """One ``dockplug serve DRIVER --flag``: NAME is the constructor's keyword (``base_dir``
+    becomes ``--base-dir``). TYPE is str, Path, float, int or bool (a flag)."""
+
+    name: str
+    help: str
+    type: type = str
+    default: Any = None
+    metavar: str | None = None
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class StateMount:
+    """A host folder bind-mounted into the managed plugin for its state (survives upgrades)."""
+
+    source: str
+    destination: str = "/mnt/state"
+    description: str = "host folder for the state database (survives upgrades)"
+
+
+@dataclass(frozen=True)
+class Managed:
+    """How the driver ships as a managed (v2) plugin: the parts of its config.json that are
+    the driver's own (``packaging.config.config_for_driver`` adds the rest)."""
+
+    description: str
+    socket: str  # a bare name: dockerd finds it under PLUGIN_DIR/<plugin id>/
+    args: tuple[str, ...]  # of ``dockplug`` inside the plugin
+    propagated_mount: str = ""
+    state_mount: StateMount | None = None
+    capabilities: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    network: str = ""  # "host" when the plugin must reach the host's network
+    #: Debian packages its rootfs needs besides python3, and the program each provides (how a
+    #: base without a dpkg database is checked for it)
+    packages: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuiltinDriver:
+    name: str  # ``dockplug serve NAME`` / ``dockplug build NAME``
+    cls: str  # ``module:Class``, imported when served
+    plugin_name: str  # the default --name: what users give ``docker -d``
+    help: str  # ``dockplug serve NAME --help``
+    settings: tuple[ServeSetting, ...]
+    managed: Managed
+
+    def load(self) -> type[Driver]:
+        module, _, attr = self.cls.partition(":")
+        cls: type[Driver] = getattr(importlib.import_module(module), attr)
+        return cls
+
+
+LOCAL = BuiltinDriver(
+    name="local",
+    cls="dockplug.drivers.volume.local.driver:LocalDriver",
+    plugin_name="dockplug-local",
+    help=(
+        "Serve persistent local volumes: docker volume create -d dockplug-local NAME.\n\n"
+        "Options users may give with -o: mountpoint, uid, gid, mode, size (-o help lists them)."
+    ),
+    settings=(
+        ServeSetting(
+            "base_dir",
+            "Where volume folders are created.",
+            Path,
+            Path("/var/lib/dockplug/local/volumes"),
+        ),
+        ServeSetting(
+            "state_dir",
+            "Where the state database and size-limit images live.",
+            Path,
+            Path("/var/lib/dockplug/local"),
+        ),
+        ServeSetting("allowed_root", "Only accept -o mountpoint=PATH inside this folder.", Path),
+        ServeSetting("keep_data", "Remove forgets volumes but keeps their folders.", bool, False),
+        ServeSetting(
+            "scope",
+            "global: the base dir is storage shared by all hosts.",
+            str,
+            "local",
+            choices=("local", "global"),
+        ),
+        ServeSetting(
+            "gc_interval",
+            "Every SECONDS, clear mount counts no running container backs (0: off).",
+            float,
+            0.0,
+            metavar="SECONDS",
+        ),
+        ServeSetting("docker_host", "Engine API for gc [default: DOCKER_HOST].", metavar="URL"),
+    ),
+    # Inside the plugin, volumes live under the propagated mount (so dockerd sees them on the
+    # host) and state on a bind-mounted host folder of its own, never shared with a local
+    # driver run directly on the host.
+    managed=Managed(
+        description="dockplug local volumes: persistent, crash-safe, size limits",
+        socket="local.sock",
+        args=(
+            "serve", "local", "--socket", f"{PLUGIN_DIR}/local.sock",
+            "--base-dir", "/mnt/volumes", "--state-dir", "/mnt/state",
+        ),
+        propagated_mount="/mnt/volumes",
+        state_mount=StateMount("/var/lib/dockplug/managed-local"),
+        capabilities=("CAP_SYS_ADMIN",),  # loop mounts for size limits
+        devices=("/dev/loop-control",),
+    ),
+)  # fmt: skip
+
+SSHFS = BuiltinDriver(
+    name="sshfs",
+    cls="dockplug.drivers.volume.sshfs.driver:SshfsDriver",
+    plugin_name="dockplug-sshfs",
+    help=(
+        "Serve sshfs volumes: docker volume create -d dockplug-sshfs -o sshcmd=user@host:/path "
+        "NAME.\n\n"
+        "Passwords by reference: -o secret=NAME (dockplug secret set NAME), -o password_file=PATH,"
+        " or a key with -o identity_file=PATH. Host keys are checked strictly (-o host_key=...,"
+        " -o known_hosts_file=PATH). -o help lists every option.\n\n"
+        "With --allow-inline-secrets a Create may carry -o password=...: dockplug keeps it only "
+        "in its secrets store, but dockerd itself keeps every create option and shows it under "
+        "Options in docker volume inspect; prefer -o secret=NAME."
+    ),
+    settings=(
+        ServeSetting(
+            "base_dir",
+            "Where each volume's mountpoint is made.",
+            Path,
+            Path("/var/lib/dockplug/sshfs/volumes"),
+        ),
+        ServeSetting(
+            "state_dir",
+            "Where the state database, the secrets store and ssh configs live.",
+            Path,
+            Path("/var/lib/dockplug/sshfs"),
+        ),
+        ServeSetting(
+            "allow_inline_secrets",
+            "Accept -o password=... (kept only in the secrets store; dockerd still shows it "
+            "in docker volume inspect).",
+            bool,
+            False,
+        ),
+        ServeSetting(
+            "mount_timeout",
+            "Give up on an sshfs that has not mounted after SECONDS.",
+            float,
+            30.0,
+            metavar="SECONDS",
+            minimum=1,
+        ),
+    ),
+    # sshfs needs FUSE (CAP_SYS_ADMIN and /dev/fuse) and the host's network (the remote is
+    # reached from the host). Secrets for the plugin are stored in its state folder with
+    # `dockplug secret set NAME --state-dir /var/lib/dockplug/managed-sshfs`; key files placed
+    # there are /mnt/state/... inside.
+    managed=Managed(
+        description="dockplug sshfs volumes: remote folders over SSH, secrets kept secret",
+        socket="sshfs.sock",
+        args=(
+            "serve", "sshfs", "--socket", f"{PLUGIN_DIR}/sshfs.sock",
+            "--base-dir", "/mnt/volumes", "--state-dir", "/mnt/state",
+        ),
+        propagated_mount="/mnt/volumes",
+        state_mount=StateMount(
+            "/var/lib/dockplug/managed-sshfs",
+            description="host folder for the state database, secrets store and ssh configs",
+        ),
+        capabilities=("CAP_SYS_ADMIN",),
+        devices=("/dev/fuse",),
+        network="host",
+        packages={"sshfs": "sshfs", "fuse3": "fusermount3", "openssh-client": "ssh"},
+    ),
+)  # fmt: skip
+
+#: name -> entry, in the order ``dockplug serve --help`` lists them
+BUILTINS: dict[str, BuiltinDriver] = {d.name: d for d in (LOCAL, SSHFS)}
+
+
+def builtin(name: str) -> BuiltinDriver:
+    """The entry of the built-in driver NAME; an error listing the others if there is none."""
+    try:
+        return BUILTINS[name]
+    except KeyError:
+        raise ConfigError(
+            f"no built-in driver {name!r}; fix: use one of {', '.join(BUILTINS)}"
+        ) from None
+
+
+def setting_default(driver: str, name: str) -> Any:
+    """The default of one serve setting (``dockplug local gc`` and ``secret`` share them)."""
+    for s in builtin(driver).settings:
+        if s.name == name:
+            return s.default
+    raise KeyError(f"{driver} has no setting {name}")
