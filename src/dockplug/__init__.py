@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         VolumeInUse,
         VolumeNotFound,
     )
+    from dockplug.observe import add_secret
     from dockplug.protocol.authz import AuthzPlugin
     from dockplug.protocol.base import Driver, WouldBlock, may_block, nonblocking, try_inline
     from dockplug.protocol.ipam import IpamDriver
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
         Volume,
         VolumeDriver,
     )
-    from dockplug.server.reqlog import add_secret
     from dockplug.server.runner import ServeOptions, TLSSettings, run, serve_async
 
 _EXPORTS = {
@@ -63,7 +63,7 @@ _EXPORTS = {
     "try_inline": "dockplug.protocol.base",
     "may_block": "dockplug.protocol.base",
     "WouldBlock": "dockplug.protocol.base",
-    "add_secret": "dockplug.server.reqlog",
+    "add_secret": "dockplug.observe.redaction",
     "ServeOptions": "dockplug.server.runner",
     "TLSSettings": "dockplug.server.runner",
     "run": "dockplug.server.runner",

@@ -18,7 +18,7 @@ from dockplug.client import PluginClient
 from dockplug.drivers.volume.sshfs import SSHFS_OPTIONS, SshfsDriver
 from dockplug.drivers.volume.sshfs.driver import explain, parse_host_key, parse_sshcmd, plan_mount
 from dockplug.errors import ConfigError
-from dockplug.server.reqlog import MASK, add_secret
+from dockplug.observe import MASK, add_secret
 from dockplug.state.secrets import SecretStore
 from dockplug.testing.servers import ThreadedPlugin
 

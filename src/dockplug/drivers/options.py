@@ -1,5 +1,6 @@
-"""Driver options (``-o key=value``), declared once: the declaration drives validation, the
-``-o help`` table, redaction of secrets and the docs."""
+"""Driver options, declared once: volume ``-o``, network ``-o`` and ``--ipam-opt``, and
+``--log-opt`` all reach a driver as a map of strings. The declaration (name, parser, default,
+secret or not, help) drives validation, the ``help`` table, redaction of secrets and the docs."""
 
 from __future__ import annotations
 
@@ -21,14 +22,27 @@ class Option:
     parse: Callable[[str], Any] = str
     example: str = ""
     secret: bool = False
+    default: Any = None  # the value when the option is not given (None: absent)
 
 
 class OptionSet:
-    """The options a driver accepts."""
+    """The options a driver accepts. KIND and FLAG say where users give them, for the help
+    table and errors: ("volume", "-o"), ("network", "-o"), ("IPAM", "--ipam-opt"),
+    ("log", "--log-opt"); THING is what a ``help`` request leaves uncreated."""
 
-    def __init__(self, driver: str, options: Iterable[Option]) -> None:
+    def __init__(
+        self,
+        driver: str,
+        options: Iterable[Option],
+        kind: str = "volume",
+        flag: str = "-o",
+        thing: str = "volume",
+    ) -> None:
         self.driver = driver
         self.options = {opt.name: opt for opt in options}
+        self.kind = kind
+        self.flag = flag
+        self.thing = thing
 
     def accepted(self) -> str:
         return ", ".join(sorted(self.options)) or "(none)"
@@ -39,28 +53,33 @@ class OptionSet:
     def help_table(self) -> str:
         """The text ``docker volume create -d DRIVER -o help x`` shows (as its error)."""
         width = max((len(o.name) for o in self.options.values()), default=4) + 2
-        lines = [f"options of the {self.driver} volume driver (-o NAME=VALUE):"]
+        lines = [f"options of the {self.driver} {self.kind} driver ({self.flag} NAME=VALUE):"]
         for opt in self.options.values():
             example = f" (e.g. {opt.name}={opt.example})" if opt.example else ""
-            lines.append(f"  {opt.name.ljust(width)}{opt.help}{example}")
-        lines.append("no volume was created; -o help only prints this table")
+            default = f" [default: {opt.default}]" if opt.default is not None else ""
+            lines.append(f"  {opt.name.ljust(width)}{opt.help}{default}{example}")
+        lines.append(f"no {self.thing} was created; {self.flag} help only prints this table")
         return "\n".join(lines)
 
     def parse(self, raw: dict[str, str] | None) -> dict[str, Any]:
-        """Typed values for the given options; unknown or malformed ones raise InvalidOption."""
+        """Typed values for the given options, defaults filled in; unknown or malformed ones
+        raise InvalidOption."""
         out: dict[str, Any] = {}
         for key, text in (raw or {}).items():
             opt = self.options.get(key)
             if opt is None:
                 raise InvalidOption(
                     f"unknown option {key!r} for the {self.driver} driver; "
-                    f"accepted: {self.accepted()} (-o help lists them)"
+                    f"accepted: {self.accepted()} ({self.flag} help lists them)"
                 )
             try:
                 out[key] = opt.parse(text)
             except (ValueError, TypeError) as exc:
                 shown = "********" if opt.secret else repr(text)
                 raise InvalidOption(f"option {key}={shown}: {exc}") from None
+        for name, opt in self.options.items():
+            if name not in out and opt.default is not None:
+                out[name] = opt.default
         return out
 
     def public(self, values: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from dockplug.errors import (
     PluginError,
     RequestTooLarge,
 )
+from dockplug.observe.redaction import redact
 from dockplug.protocol.base import (
     Driver,
     Endpoint,
@@ -42,7 +43,7 @@ from dockplug.protocol.base import (
     runs_inline,
     tries_inline,
 )
-from dockplug.server.reqlog import RequestLog, redact
+from dockplug.server.reqlog import RequestLog
 
 CONTENT_TYPE = b"application/vnd.docker.plugins.v1+json"
 DEFAULT_BODY_LIMIT = 16 * 1024 * 1024  # authz bodies carry up to 4 MiB of base64'd API payload

@@ -1,56 +1,18 @@
-"""One log line per request, and redaction of secrets from everything the plugin prints.
+"""One log line per request, in the plugin's log format (``observe/events.py``).
 
-dockerd forwards a managed plugin's stdout into its own log, where many people can read it, so a
-password must never reach a line: drivers register secret values with :func:`add_secret` and
-option names that hold secrets are masked wherever bodies are shown.
+``time req=ID Endpoint name=X outcome STATUS duration``: enough to follow each dockerd call
+without a debugger; ``--debug`` adds request and reply bodies, secrets masked.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import re
-import sys
-import threading
-import time
-from typing import Any, TextIO
+from typing import TextIO
 
-SECRET_KEY = re.compile(r"pass(word|phrase)?|secret|token|private|credential|key$|^key", re.I)
-MASK = "********"
+from dockplug.observe.events import LineLog
+from dockplug.observe.redaction import redact, redact_body
 
-_secrets: set[str] = set()
-_secrets_lock = threading.Lock()
-
-
-def add_secret(value: str) -> None:
-    """Never print ``value``: every log line and error reply replaces it with a mask."""
-    if value and len(value) >= 3:
-        with _secrets_lock:
-            _secrets.add(value)
-
-
-def redact(text: str) -> str:
-    if not _secrets:
-        return text
-    for secret in sorted(_secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text
-
-
-def redact_body(value: Any) -> Any:
-    """A JSON value with the values of secret-looking keys masked, recursively."""
-    if isinstance(value, dict):
-        return {
-            k: (MASK if isinstance(k, str) and SECRET_KEY.search(k) and v else redact_body(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [redact_body(v) for v in value]
-    if isinstance(value, str):
-        return redact(value)
-    return value
+__all__ = ["RequestLog", "redact"]
 
 
 def _quote(value: str) -> str:
@@ -59,23 +21,12 @@ def _quote(value: str) -> str:
     return json.dumps(value)
 
 
-class RequestLog:
+class RequestLog(LineLog):
     """Writes ``time req=ID Endpoint name=X outcome STATUS duration`` lines (logfmt-like)."""
 
     def __init__(self, stream: TextIO | None = None, debug: bool = False) -> None:
-        self.stream = stream if stream is not None else sys.stdout
-        self._flush_pending = False
+        super().__init__(stream)
         self.debug = debug
-        self._second = -1
-        self._stamp = ""
-
-    def _now(self) -> str:
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
 
     def request(
         self,
@@ -106,40 +57,3 @@ class RequestLog:
         except ValueError:
             shown = _quote(redact(raw[:512].decode("utf-8", "replace")))
         self._write(f"{self._now()} req={rid:x} {direction} {shown}")
-
-    def event(self, message: str) -> None:
-        """A non-request line: start-up, reconciliation, shutdown."""
-        self._write(f"{self._now()} {redact(message)}")
-
-    def _write(self, line: str) -> None:
-        """Write now; flush once per event-loop turn (lines of requests finishing together
-        share one write), or at once when called outside the loop (driver threads)."""
-        try:
-            self.stream.write(line + "\n")
-        except (OSError, ValueError):
-            return
-        if self._flush_pending:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._flush()
-            return
-        self._flush_pending = True
-        loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_pending = False
-        with contextlib.suppress(OSError, ValueError):
-            self.stream.flush()
-
-
-_events: RequestLog | None = None
-
-
-def log_event(message: str) -> None:
-    """A timestamped line on stdout, in the same format as the request lines."""
-    global _events
-    if _events is None:
-        _events = RequestLog()
-    _events.event(message)

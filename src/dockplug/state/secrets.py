@@ -2,7 +2,7 @@
 folder, replaced atomically (write, fsync, rename, fsync the folder) on every change.
 
 Volume options refer to a secret by name (``-o secret=NAME``); the value is read when it is
-needed and registered with :func:`~dockplug.server.reqlog.add_secret`, so no log line or error
+needed and registered with :func:`~dockplug.observe.add_secret`, so no log line or error
 reply can show it. The file is read again on every access: ``dockplug secret set`` works while
 a plugin runs.
 """
@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from dockplug.errors import ConfigError
-from dockplug.server.reqlog import add_secret
+from dockplug.observe import add_secret
 from dockplug.state.durable import fsync_dir
 
 FILE_NAME = "secrets.json"

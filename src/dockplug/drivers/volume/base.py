@@ -21,6 +21,7 @@ from dockplug.drivers.volume import gc
 from dockplug.drivers.volume.names import check_name
 from dockplug.drivers.volume.refcount import MountTable
 from dockplug.errors import Conflict, InvalidOption, VolumeInUse, VolumeNotFound
+from dockplug.observe import log_event
 from dockplug.protocol.base import (
     Empty,
     Endpoint,
@@ -39,7 +40,6 @@ from dockplug.protocol.volume import (
     Volume,
     VolumeDriver,
 )
-from dockplug.server.reqlog import log_event
 from dockplug.state.sqlite import VolumeRecord, VolumeStore
 
 

@@ -25,7 +25,7 @@ from dockplug.drivers.volume.base import StatefulVolumeDriver
 from dockplug.drivers.volume.local import loopfs
 from dockplug.errors import InvalidOption, PluginError
 from dockplug.facts import NAME_MAX
-from dockplug.server.reqlog import log_event
+from dockplug.observe import log_event
 from dockplug.state.sqlite import VolumeRecord, VolumeStore
 
 DEFAULT_BASE_DIR: Path = setting_default("local", "base_dir")

@@ -30,7 +30,7 @@ from dockplug.drivers.registry import setting_default
 from dockplug.drivers.volume.base import StatefulVolumeDriver
 from dockplug.drivers.volume.local import loopfs
 from dockplug.errors import InvalidOption, PluginError
-from dockplug.server.reqlog import add_secret, log_event, redact
+from dockplug.observe import add_secret, log_event, redact
 from dockplug.state.secrets import FILE_NAME, SecretStore, check_secret_name
 from dockplug.state.sqlite import VolumeRecord, VolumeStore
 

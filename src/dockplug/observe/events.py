@@ -1,0 +1,71 @@
+"""The plugin's own log: timestamped lines on stdout, secrets masked.
+
+Request lines (``server/reqlog.py``) and events from drivers (start-up, reconcile, a remount)
+share one format and one writer, so ``journalctl -u docker`` shows a managed plugin's story
+in order. Drivers call :func:`log_event`; nothing here knows about the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from typing import TextIO
+
+from dockplug.observe.redaction import redact
+
+
+class LineLog:
+    """Writes timestamped lines; flushes once per event-loop turn."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        self._flush_pending = False
+        self._second = -1
+        self._stamp = ""
+
+    def _now(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
+
+    def event(self, message: str) -> None:
+        """A non-request line: start-up, reconciliation, shutdown."""
+        self._write(f"{self._now()} {redact(message)}")
+
+    def _write(self, line: str) -> None:
+        """Write now; flush once per event-loop turn (lines of requests finishing together
+        share one write), or at once when called outside the loop (driver threads)."""
+        try:
+            self.stream.write(line + "\n")
+        except (OSError, ValueError):
+            return
+        if self._flush_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._flush()
+            return
+        self._flush_pending = True
+        loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.flush()
+
+
+_events: LineLog | None = None
+
+
+def log_event(message: str) -> None:
+    """A timestamped line on stdout, in the same format as the request lines."""
+    global _events
+    if _events is None:
+        _events = LineLog()
+    _events.event(message)
