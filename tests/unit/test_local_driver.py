@@ -22,7 +22,7 @@ from dockplug.client import PluginClient, Reply
 from dockplug.drivers.volume.local import LocalDriver, loopfs
 from dockplug.facts import NAME_MAX as MAX_NAME
 from dockplug.protocol.volume import CreateRequest, NameRequest
-from dockplug.state.sqlite import VolumeRecord
+from dockplug.state import VolumeRecord
 from dockplug.testing.servers import ThreadedPlugin
 
 Serve = Callable[..., ThreadedPlugin]

@@ -186,6 +186,11 @@ def test_inline_password_lives_only_in_the_secrets_store(
     assert stat.S_IMODE(d.secrets.path.stat().st_mode) == 0o600
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert not any(PASSWORD in line for line in d.lines)  # type: ignore[attr-defined]
+    # dockerd keeps the Create options and `docker volume inspect` shows them: each such
+    # Create is logged as a warning pointing at secrets by name
+    warnings = [line for line in d.lines if "inline password" in line]  # type: ignore[attr-defined]
+    assert len(warnings) == 2 and "docker volume inspect" in warnings[0]
+    assert "dockplug secret set" in warnings[0]
     # Create again with another password replaces it (a changed password is not ignored)
     assert _create(client, "v", sshcmd=SSHCMD, port="2222", password="new-" + PASSWORD)[0] == 200
     assert d.secrets.get("volume/v") == "new-" + PASSWORD

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from dockplug.state.sqlite import IDLE_CHECKPOINT, WAL_SIZE_LIMIT, VolumeRecord, VolumeStore
+from dockplug.state import VolumeRecord
+from dockplug.state.sqlite import IDLE_CHECKPOINT, WAL_SIZE_LIMIT
+from dockplug.state.sqlite import SqliteVolumeStore as VolumeStore
 
 
 class SyncSpy:

@@ -1,5 +1,19 @@
-"""Durable stores behind one small interface (SQLite now; etcd later for clusters)."""
+"""Where answers are remembered: interfaces first, then their implementations.
 
-from dockplug.state.sqlite import VolumeRecord, VolumeStore
+- ``volumes``: :class:`VolumeRecord` and the :class:`VolumeStore` interface; ``sqlite`` is
+  the embedded implementation (one host, crash-safe).
+- ``durable``: crash-safe file helpers; ``secrets``: the 0600 secrets store.
+"""
 
-__all__ = ["VolumeRecord", "VolumeStore"]
+from pathlib import Path
+
+from dockplug.state.volumes import VolumeRecord, VolumeStore
+
+__all__ = ["VolumeRecord", "VolumeStore", "open_volume_store"]
+
+
+def open_volume_store(state_dir: Path) -> VolumeStore:
+    """The volume store of a driver whose state lives in STATE_DIR (the embedded default)."""
+    from dockplug.state.sqlite import SqliteVolumeStore
+
+    return SqliteVolumeStore(Path(state_dir) / "volumes.db")

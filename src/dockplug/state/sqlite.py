@@ -1,4 +1,4 @@
-"""Durable volume state in one SQLite database (WAL).
+"""The embedded :class:`~dockplug.state.volumes.VolumeStore`: one SQLite database (WAL).
 
 Each change is one transaction, so a ``kill -9`` at any instant leaves either the old or the new
 state on disk, never a mix. The driver keeps an in-memory copy for Get/List and writes through.
@@ -20,12 +20,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from dockplug.state.durable import fsync_dir
+from dockplug.state.volumes import VolumeRecord, VolumeStore
 
 SYNC_DELAY = 0.002  # seconds from a lazily synced commit to its fsync
 CHECKPOINT_EVERY = 500  # commits between checkpoints (a few pages each: a WAL of ~4 MiB)
@@ -60,24 +59,8 @@ CREATE TABLE IF NOT EXISTS mounts (
 """
 
 
-@dataclass
-class VolumeRecord:
-    """What a driver remembers about one volume.
-
-    ``owned`` volumes live in storage the driver created (it may delete their data on Remove);
-    others (a user's ``mountpoint``) are only forgotten. ``extra`` is driver-specific.
-    """
-
-    name: str
-    mountpoint: str
-    options: dict[str, Any]
-    owned: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-
-class VolumeStore:
-    """Volumes and mount counts; thread-safe (one connection behind a lock).
+class SqliteVolumeStore(VolumeStore):
+    """Volumes and mount counts in one SQLite file; thread-safe (one connection behind a lock).
 
     The lock is only ever held for SQLite's in-memory work and its writes to the WAL, never
     across an fsync or a checkpoint (those run outside it, or on the background thread), so

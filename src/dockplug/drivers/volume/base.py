@@ -9,13 +9,13 @@ Get/List from memory on the event loop because dockerd calls them constantly.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
+from dockplug.drivers.lifecycle import Lifecycle
 from dockplug.drivers.options import OptionSet
 from dockplug.drivers.volume import gc
 from dockplug.drivers.volume.names import check_name
@@ -40,7 +40,7 @@ from dockplug.protocol.volume import (
     Volume,
     VolumeDriver,
 )
-from dockplug.state.sqlite import VolumeRecord, VolumeStore
+from dockplug.state.volumes import VolumeRecord, VolumeStore
 
 
 class GcRequest(WireModel):
@@ -83,13 +83,12 @@ class StatefulVolumeDriver(VolumeDriver):
         self.log = log
         self.gc_interval = gc_interval
         self.docker_host = docker_host
-        self._gc_task: asyncio.Task[None] | None = None
+        self.lifecycle = Lifecycle(log)
+        self.lifecycle.every(gc_interval, "gc", lambda: gc.collect(self, self.docker_host))
         self.volumes: dict[str, VolumeRecord] = {}
         self.mounts = MountTable()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._maintenance = threading.Lock()
-        self._closed = False
         records, mounts = store.load()
         for rec in records:
             self.volumes[rec.name] = rec
@@ -269,36 +268,14 @@ class StatefulVolumeDriver(VolumeDriver):
         return Capability.model_validate({"Scope": self.scope})
 
     async def startup(self) -> None:
-        await asyncio.to_thread(self._maintain, self.reconcile)
-        if self.gc_interval > 0:
-            self._gc_task = asyncio.create_task(self._gc_loop())
-
-    async def _gc_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.gc_interval)
-            try:
-                await asyncio.to_thread(self._maintain, gc.collect, self, self.docker_host)
-            except Exception as exc:
-                self.log(f"gc: {exc}")
-
-    def _maintain(self, work: Callable[..., Any], *args: Any) -> Any:
-        """Background work (reconcile, periodic gc): cancelling its task does not stop its
-        thread, so shutdown waits for it here before closing the store under it."""
-        with self._maintenance:
-            if self._closed:
-                return None
-            return work(*args)
+        await self.lifecycle.start(self.reconcile)
 
     def gc(self, req: GcRequest) -> dict[str, int]:
         """Maintenance call (``dockplug local gc``): clear counts no running container backs."""
         return gc.collect(self, req.docker_host or self.docker_host)
 
     def shutdown(self) -> None:
-        if self._gc_task is not None:
-            self._gc_task.cancel()
-        with self._maintenance:  # a reconcile or gc still running in its thread finishes first
-            self._closed = True
-        self.store.close()
+        self.lifecycle.close(self.store.close)
 
     # -- maintenance ---------------------------------------------------------------------
 

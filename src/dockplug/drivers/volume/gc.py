@@ -9,12 +9,21 @@ request, and calling back into it would deadlock.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
+from dockplug.drivers.volume.refcount import MountTable
 from dockplug.errors import PluginError
 
-if TYPE_CHECKING:
-    from dockplug.drivers.volume.base import StatefulVolumeDriver
+
+class MountHolder(Protocol):
+    """What gc needs of a driver: its volumes, their counts, a way to clear them, its log."""
+
+    volumes: dict[str, Any]
+    mounts: MountTable
+    log: Callable[[str], None]
+
+    def clear_mounts(self, name: str) -> dict[str, int]: ...
 
 
 def engine(docker_host: str | None = None) -> Any:
@@ -28,7 +37,7 @@ def engine(docker_host: str | None = None) -> Any:
         raise PluginError(f"cannot reach the Docker Engine API: {exc}") from exc
 
 
-def collect(driver: StatefulVolumeDriver, docker_host: str | None = None) -> dict[str, int]:
+def collect(driver: MountHolder, docker_host: str | None = None) -> dict[str, int]:
     """Clear the mount IDs of volumes no running container uses; returns what was cleared."""
     import docker
 

@@ -26,7 +26,7 @@ from dockplug.drivers.volume.local import loopfs
 from dockplug.errors import InvalidOption, PluginError
 from dockplug.facts import NAME_MAX
 from dockplug.observe import log_event
-from dockplug.state.sqlite import VolumeRecord, VolumeStore
+from dockplug.state import VolumeRecord, open_volume_store
 
 DEFAULT_BASE_DIR: Path = setting_default("local", "base_dir")
 DEFAULT_STATE_DIR: Path = setting_default("local", "state_dir")
@@ -104,7 +104,7 @@ class LocalDriver(StatefulVolumeDriver):
         self._janitor = ThreadPoolExecutor(1, thread_name_prefix="dockplug-trash")
         self._doomed: dict[str, str] = {}  # folder -> volume: removed, freed by the janitor soon
         super().__init__(
-            VolumeStore(self.state_dir / "volumes.db"),
+            open_volume_store(self.state_dir),
             scope=scope,
             log=log,
             gc_interval=gc_interval,

@@ -31,8 +31,8 @@ from dockplug.drivers.volume.base import StatefulVolumeDriver
 from dockplug.drivers.volume.local import loopfs
 from dockplug.errors import InvalidOption, PluginError
 from dockplug.observe import add_secret, log_event, redact
+from dockplug.state import VolumeRecord, open_volume_store
 from dockplug.state.secrets import FILE_NAME, SecretStore, check_secret_name
-from dockplug.state.sqlite import VolumeRecord, VolumeStore
 
 DEFAULT_BASE_DIR: Path = setting_default("sshfs", "base_dir")
 DEFAULT_STATE_DIR: Path = setting_default("sshfs", "state_dir")
@@ -412,7 +412,7 @@ class SshfsDriver(StatefulVolumeDriver):
         self._status: dict[str, tuple[str, str]] = {}  # name -> (state, reason)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         super().__init__(
-            VolumeStore(self.state_dir / "volumes.db"),
+            open_volume_store(self.state_dir),
             scope=scope,
             log=lambda message: log(redact(message)),
             gc_interval=gc_interval,
@@ -421,13 +421,23 @@ class SshfsDriver(StatefulVolumeDriver):
 
     # -- secrets -------------------------------------------------------------------------
 
-    def _check_inline(self, opts: dict[str, Any]) -> None:
-        if "password" in opts and not self.allow_inline_secrets:
+    def _check_inline(self, opts: dict[str, Any], name: str) -> None:
+        """Inline passwords are refused by default. When allowed, dockplug keeps the value only
+        in its secrets store, but dockerd itself saves every Create option and prints it under
+        Options in ``docker volume inspect``: the plugin cannot stop that, so it warns."""
+        if "password" not in opts:
+            return
+        if not self.allow_inline_secrets:
             raise InvalidOption(
                 "option password: this plugin refuses inline passwords (start it with "
                 "--allow-inline-secrets to accept them); store it with `dockplug secret set "
                 "NAME` and give -o secret=NAME, or give -o password_file=PATH"
             )
+        self.log(
+            f"warning: volume {name} was created with an inline password: dockerd keeps it in "
+            "its own volume options and `docker volume inspect` shows it; use "
+            "`dockplug secret set NAME` and -o secret=NAME instead"
+        )
 
     def _password(self, rec: VolumeRecord) -> str | None:
         opts = rec.options
@@ -464,7 +474,7 @@ class SshfsDriver(StatefulVolumeDriver):
 
     def provision(self, name: str, opts: dict[str, Any]) -> VolumeRecord:
         validate(opts)
-        self._check_inline(opts)
+        self._check_inline(opts, name)
         for key in ("identity_file", "password_file", "known_hosts_file"):
             if key in opts and not os.path.isfile(opts[key]):
                 raise InvalidOption(f"option {key}={opts[key]}: no such file on the plugin's host")
@@ -490,7 +500,7 @@ class SshfsDriver(StatefulVolumeDriver):
         )
 
     def recreate(self, rec: VolumeRecord, opts: dict[str, Any]) -> None:
-        self._check_inline(opts)
+        self._check_inline(opts, rec.name)
         if "password" in opts:
             key = INLINE_PREFIX + rec.name
             if self.secrets.get(key) != opts["password"]:
