@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from dockplug.client import PluginClient, Reply
-from dockplug.drivers.volume.local import loopfs
+from dockplug.drivers.volume import mountinfo
 from dockplug.drivers.volume.sshfs import SshfsDriver
 from dockplug.testing.servers import SubprocessPlugin, ThreadedPlugin, free_port
 from dockplug.testing.sshd import Sshd
@@ -38,7 +38,7 @@ def mounts_on(path: Path | str) -> int:
 
 
 def unmount_everything_under(root: Path) -> None:
-    for point in sorted(loopfs.mount_points(), key=len, reverse=True):
+    for point in sorted(mountinfo.mount_points(), key=len, reverse=True):
         if point.startswith(f"{root}/"):
             subprocess.run(["fusermount", "-uz", point], capture_output=True)
 

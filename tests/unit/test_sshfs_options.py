@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from dockplug.cli.main import cli
 from dockplug.client import PluginClient
 from dockplug.drivers.volume.sshfs import SSHFS_OPTIONS, SshfsDriver
-from dockplug.drivers.volume.sshfs.driver import explain, parse_host_key, parse_sshcmd, plan_mount
+from dockplug.drivers.volume.sshfs.mounting import explain, plan_mount
+from dockplug.drivers.volume.sshfs.options import parse_host_key, parse_sshcmd
 from dockplug.errors import ConfigError
 from dockplug.observe import MASK, add_secret
 from dockplug.state.secrets import SecretStore

@@ -10,38 +10,12 @@ import os
 import subprocess
 from pathlib import Path
 
+from dockplug.drivers.volume.mountinfo import is_mounted, mount_points
 from dockplug.errors import PluginError
 
+__all__ = ["is_mounted", "mount_points"]  # re-exported for the local driver
+
 MIN_SIZE = 8 * 2**20  # ext4 needs room for its journal and metadata
-
-
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal (``\\040``)."""
-    out, i = [], 0
-    while i < len(field):
-        code = field[i + 1 : i + 4]
-        if field[i] == "\\" and len(code) == 3 and code.isdigit():
-            out.append(chr(int(code, 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mount_points() -> set[str]:
-    """Every mount point this process sees (from /proc/self/mountinfo)."""
-    points = set()
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            parts = line.split()
-            if len(parts) > 4:
-                points.add(_unescape(parts[4]))
-    return points
-
-
-def is_mounted(path: str | Path) -> bool:
-    return os.path.realpath(path) in mount_points()
 
 
 def _run(args: list[str], what: str) -> None:

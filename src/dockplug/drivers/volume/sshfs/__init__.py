@@ -13,9 +13,9 @@ if TYPE_CHECKING:
         DEFAULT_BASE_DIR,
         DEFAULT_MOUNT_TIMEOUT,
         DEFAULT_STATE_DIR,
-        SSHFS_OPTIONS,
         SshfsDriver,
     )
+    from dockplug.drivers.volume.sshfs.options import SSHFS_OPTIONS
 
 __all__ = [
     "DEFAULT_BASE_DIR",
@@ -27,6 +27,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:  # loaded on first use: the registry imports no driver
+    if name == "SSHFS_OPTIONS":
+        from dockplug.drivers.volume.sshfs.options import SSHFS_OPTIONS
+
+        return SSHFS_OPTIONS
     if name in __all__:
         from dockplug.drivers.volume.sshfs import driver
 
