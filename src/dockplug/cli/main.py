@@ -30,6 +30,7 @@ from dockplug.cli.plugin import (
 from dockplug.cli.record import record
 from dockplug.cli.secret import secret
 from dockplug.cli.serve import serve
+from dockplug.cli.status import status
 from dockplug.cli.systemd import systemd
 from dockplug.errors import ConfigError, PluginError
 from dockplug.facts import managed_socket
@@ -75,6 +76,7 @@ cli.add_command(export_)
 cli.add_command(import_)
 cli.add_command(rename)
 cli.add_command(systemd)
+cli.add_command(status)
 
 
 @cli.command()

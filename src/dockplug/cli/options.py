@@ -69,6 +69,22 @@ def transport_options(default_name: str) -> Callable[[Callable[..., Any]], Calla
             ),
             click.option("--socket-group", metavar="GROUP", help="Group owning the socket."),
             click.option(
+                "--metrics",
+                metavar="HOST:PORT|unix:PATH",
+                envvar="DOCKPLUG_METRICS",  # settable in a managed plugin
+                help="Serve /metrics (Prometheus) and /health here, beside the plugin socket "
+                "[env DOCKPLUG_METRICS; default: off].",
+            ),
+            click.option(
+                "--log-format",
+                type=click.Choice(["text", "json"]),
+                default="text",
+                show_default=True,
+                envvar="DOCKPLUG_LOG_FORMAT",
+                help="The plugin's own log lines: text, or one JSON object per line "
+                "[env DOCKPLUG_LOG_FORMAT].",
+            ),
+            click.option(
                 "--debug",
                 is_flag=True,
                 envvar="DOCKPLUG_DEBUG",  # settable in a managed plugin: docker plugin set
@@ -97,6 +113,8 @@ TRANSPORT_KEYS = (
     "spec_dir",
     "announce",
     "socket_group",
+    "metrics",
+    "log_format",
     "debug",
 )
 
@@ -134,4 +152,6 @@ def serve_options(params: dict[str, Any]) -> ServeOptions:
         announce=p["announce"],
         socket_group=p["socket_group"],
         debug=p["debug"],
+        metrics=p["metrics"] or None,
+        log_format=p["log_format"],
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 import time
 from typing import TextIO
@@ -17,10 +18,14 @@ from dockplug.observe.redaction import redact
 
 
 class LineLog:
-    """Writes timestamped lines; flushes once per event-loop turn."""
+    """Writes timestamped lines; flushes once per event-loop turn. With ``json_lines`` each
+    line is one JSON object (``--log-format json``) with the same fields, for log shippers:
+    dockerd prefixes a managed plugin's stdout lines and ``journalctl -u docker`` keeps them
+    whole."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, json_lines: bool = False) -> None:
         self.stream = stream if stream is not None else sys.stdout
+        self.json_lines = json_lines
         self._flush_pending = False
         self._second = -1
         self._stamp = ""
@@ -35,7 +40,10 @@ class LineLog:
 
     def event(self, message: str) -> None:
         """A non-request line: start-up, reconciliation, shutdown."""
-        self._write(f"{self._now()} {redact(message)}")
+        if self.json_lines:
+            self._write(json.dumps({"time": self._now(), "msg": redact(message)}))
+        else:
+            self._write(f"{self._now()} {redact(message)}")
 
     def _write(self, line: str) -> None:
         """Write now; flush once per event-loop turn (lines of requests finishing together
@@ -61,11 +69,22 @@ class LineLog:
 
 
 _events: LineLog | None = None
+_json_events = False
+
+
+def set_event_format(log_format: str) -> None:
+    """``text`` or ``json``: the format of :func:`log_event` lines from now on."""
+    global _events, _json_events
+    if log_format not in ("text", "json"):
+        raise ValueError(f"log format {log_format!r}: use text or json")
+    _json_events = log_format == "json"
+    if _events is not None:
+        _events.json_lines = _json_events
 
 
 def log_event(message: str) -> None:
     """A timestamped line on stdout, in the same format as the request lines."""
     global _events
     if _events is None:
-        _events = LineLog()
+        _events = LineLog(json_lines=_json_events)
     _events.event(message)

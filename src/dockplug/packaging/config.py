@@ -337,6 +337,18 @@ def make_config(
                 value="0",
                 settable=["value"],
             ),
+            Env(
+                name="DOCKPLUG_METRICS",
+                description="HOST:PORT or unix:PATH for /metrics and /health (empty: off)",
+                value="",
+                settable=["value"],
+            ),
+            Env(
+                name="DOCKPLUG_LOG_FORMAT",
+                description="text, or json: one JSON object per log line",
+                value="text",
+                settable=["value"],
+            ),
         ],
         args=Args(
             name="args",

@@ -121,6 +121,8 @@ class AuthzPlugin(Driver):
     error answers non-200, which dockerd also treats as a denial (500 to the client).
     """
 
+    metrics_family: ClassVar[str] = "authz"
+
     protocols: ClassVar[tuple[Protocol, ...]] = (AUTHZ,)
 
     @placeholder

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from dockplug.observe.metrics import Metrics
 
 W = TypeVar("W", bound="WireModel")
 
@@ -108,16 +111,25 @@ class Driver:
 
     Optional hooks: ``startup()`` runs after the socket listens (so slow reconciling never
     misses dockerd's enable window), ``shutdown()`` after the last request finished. Either may
-    be sync or async.
+    be sync or async. ``declare_metrics(metrics)`` declares the driver's own metrics (under
+    ``dockplug_<metrics_family>_``) before start-up; ``health_reasons()`` says why the driver
+    is degraded right now (quick, thread-safe; empty when all is well).
     """
 
     protocols: ClassVar[tuple[Protocol, ...]] = ()
+    metrics_family: ClassVar[str] = "driver"
 
     def startup(self) -> Any:
         return None
 
     def shutdown(self) -> Any:
         return None
+
+    def declare_metrics(self, metrics: Metrics) -> None:
+        return None
+
+    def health_reasons(self) -> Sequence[str]:
+        return ()
 
 
 def protocols_of(driver: Driver | type[Driver]) -> list[Protocol]:

@@ -207,6 +207,8 @@ class IpamDriver(Driver):
     re-requests when a pool overlaps one in use and loops on a driver that repeats itself.
     """
 
+    metrics_family: ClassVar[str] = "ipam"
+
     protocols: ClassVar[tuple[Protocol, ...]] = (IPAM,)
 
     @nonblocking

@@ -272,6 +272,8 @@ class LogDriver(Driver):
     with ``follow`` keep yielding until the client goes away.
     """
 
+    metrics_family: ClassVar[str] = "log"
+
     protocols: ClassVar[tuple[Protocol, ...]] = (LOG,)
 
     @placeholder

@@ -375,6 +375,8 @@ class NetworkDriver(Driver):
     class can be a network and an IPAM driver at once.
     """
 
+    metrics_family: ClassVar[str] = "network"
+
     protocols: ClassVar[tuple[Protocol, ...]] = (NETWORK,)
 
     @nonblocking

@@ -150,6 +150,8 @@ class VolumeDriver(Driver):
     ``propagatedMount``); ``get`` returns a :class:`Volume` or raises ``VolumeNotFound``.
     """
 
+    metrics_family: ClassVar[str] = "volume"
+
     protocols: ClassVar[tuple[Protocol, ...]] = (VOLUME,)
 
     @placeholder

@@ -29,6 +29,7 @@ from dockplug.errors import (
     PluginError,
     RequestTooLarge,
 )
+from dockplug.observe.metrics import CLIENT_GONE, NO_METRICS, Metrics
 from dockplug.observe.redaction import redact
 from dockplug.protocol.base import (
     Driver,
@@ -84,6 +85,10 @@ def describe_validation(endpoint: str, exc: ValidationError) -> str:
     return f"invalid {endpoint} request: " + "; ".join(problems)
 
 
+#: dockplug's own endpoint for ``dockplug status``: not a plugin protocol, not in Activate
+HEALTH_PATH = "/Dockplug.Health"
+
+
 class PluginApp:
     """Serves one or more drivers; all the protocols they implement share one socket."""
 
@@ -92,6 +97,7 @@ class PluginApp:
         drivers: Driver | Sequence[Driver],
         log: RequestLog | None = None,
         body_limit: int = DEFAULT_BODY_LIMIT,
+        metrics: Metrics = NO_METRICS,
         slow_workers: int = 128,
         fast_workers: int = 32,
     ) -> None:
@@ -99,6 +105,9 @@ class PluginApp:
         if not self.drivers:
             raise ConfigError("no driver to serve")
         self.log = log or RequestLog()
+        self.metrics = metrics
+        #: the report ``dockplug status`` asks for on the plugin socket (never announced)
+        self.health: Callable[[], dict[str, Any]] | None = None
         self.body_limit = body_limit
         self._ids = itertools.count(1)
         self.fast_pool = ThreadPoolExecutor(fast_workers, thread_name_prefix="dockplug-fast")
@@ -143,6 +152,20 @@ class PluginApp:
                 f"required method(s): {', '.join(missing)}"
             )
 
+    def _done(
+        self,
+        rid: int,
+        path: str,
+        subject: str | None,
+        status: int,
+        started: float,
+        error: str | None = None,
+    ) -> None:
+        """The one place a finished call is accounted for: its log line and its metrics."""
+        seconds = time.perf_counter() - started
+        self.log.request(rid, path, subject, status, seconds, error)
+        self.metrics.request_done(path, status, seconds)
+
     def close(self) -> None:
         self.fast_pool.shutdown(wait=False, cancel_futures=True)
         self.slow_pool.shutdown(wait=False, cancel_futures=True)
@@ -153,6 +176,7 @@ class PluginApp:
         if scope["type"] != "http":
             return
         started = time.perf_counter()
+        self.metrics.request_started()
         rid = next(self._ids)
         path: str = scope["path"]
         subject: str | None = None
@@ -160,8 +184,9 @@ class PluginApp:
         proto = route.protocol if route else None
         try:
             body = await self._read_body(receive)
-            if body is None:
-                return  # client went away
+            if body is None:  # client went away
+                self.metrics.request_done(path, CLIENT_GONE, time.perf_counter() - started)
+                return
             if self.log.debug and body:
                 self.log.body(rid, "<", body)
             if scope["method"] != "POST":
@@ -169,7 +194,11 @@ class PluginApp:
             if route is None:
                 if path == "/Plugin.Activate":
                     await self._reply(send, 200, self.activate_body)
-                    self.log.request(rid, path, None, 200, time.perf_counter() - started)
+                    self._done(rid, path, None, 200, started)
+                    return
+                if path == HEALTH_PATH and self.health is not None:
+                    await self._reply(send, 200, json.dumps(self.health()).encode())
+                    self._done(rid, path, None, 200, started)
                     return
                 raise EndpointNotFound(
                     f"{path.lstrip('/') or '/'} is not implemented by this plugin "
@@ -186,14 +215,14 @@ class PluginApp:
                 result = await self._call_sync(route, req)
             if ep.streams:
                 await self._stream(send, result)
-                self.log.request(rid, path, subject, 200, time.perf_counter() - started)
+                self._done(rid, path, subject, 200, started)
                 return
             reply = ep.reply(result, req)
             data = reply.wire() if isinstance(reply, WireModel) else json.dumps(reply).encode()
             await self._reply(send, 200, data)
             if self.log.debug:
                 self.log.body(rid, ">", data)
-            self.log.request(rid, path, subject, 200, time.perf_counter() - started)
+            self._done(rid, path, subject, 200, started)
         except PluginError as exc:
             await self._fail(send, rid, path, subject, proto, exc.status, exc.message, started)
         except Exception as exc:  # a driver bug must not take the server down
@@ -293,7 +322,7 @@ class PluginApp:
         # the client may already be gone; then there is nobody to tell
         with contextlib.suppress(Exception):
             await self._reply(send, status, json.dumps(payload).encode())
-        self.log.request(rid, path, subject, status, time.perf_counter() - started, message)
+        self._done(rid, path, subject, status, started, message)
 
 
 async def _aiter(result: Any) -> AsyncIterator[bytes]:

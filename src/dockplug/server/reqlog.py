@@ -24,8 +24,10 @@ def _quote(value: str) -> str:
 class RequestLog(LineLog):
     """Writes ``time req=ID Endpoint name=X outcome STATUS duration`` lines (logfmt-like)."""
 
-    def __init__(self, stream: TextIO | None = None, debug: bool = False) -> None:
-        super().__init__(stream)
+    def __init__(
+        self, stream: TextIO | None = None, debug: bool = False, json_lines: bool = False
+    ) -> None:
+        super().__init__(stream, json_lines)
         self.debug = debug
 
     def request(
@@ -37,6 +39,9 @@ class RequestLog(LineLog):
         seconds: float,
         error: str | None = None,
     ) -> None:
+        if self.json_lines:
+            self._write(_json_request(self._now(), rid, path, subject, status, seconds, error))
+            return
         parts = [self._now(), f"req={rid:x}", path.lstrip("/")]
         if subject:
             parts.append(f"name={_quote(redact(subject))}")
@@ -53,7 +58,32 @@ class RequestLog(LineLog):
         if not self.debug:
             return
         try:
-            shown = json.dumps(redact_body(json.loads(raw)), separators=(",", ":"))
+            body = redact_body(json.loads(raw))
         except ValueError:
-            shown = _quote(redact(raw[:512].decode("utf-8", "replace")))
-        self._write(f"{self._now()} req={rid:x} {direction} {shown}")
+            body = redact(raw[:512].decode("utf-8", "replace"))
+        if self.json_lines:
+            line = {"time": self._now(), "req": f"{rid:x}", "dir": direction, "body": body}
+            self._write(json.dumps(line, separators=(",", ":")))
+            return
+        shown = json.dumps(body, separators=(",", ":")) if not isinstance(body, str) else None
+        self._write(f"{self._now()} req={rid:x} {direction} {shown or _quote(body)}")
+
+
+def _json_request(
+    now: str,
+    rid: int,
+    path: str,
+    subject: str | None,
+    status: int,
+    seconds: float,
+    error: str | None,
+) -> str:
+    line: dict[str, object] = {"time": now, "req": f"{rid:x}", "endpoint": path.lstrip("/")}
+    if subject:
+        line["name"] = redact(subject)
+    line["outcome"] = "ok" if error is None else "err"
+    if error is not None:
+        line["err"] = redact(error)
+    line["status"] = status
+    line["ms"] = round(seconds * 1000, 2)
+    return json.dumps(line)

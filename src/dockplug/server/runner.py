@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +24,14 @@ import uvicorn
 
 from dockplug.errors import ConfigError
 from dockplug.facts import PLUGIN_DIR, default_socket
+from dockplug.observe.events import set_event_format
+from dockplug.observe.health import Health
+from dockplug.observe.metrics import NO_METRICS, Metrics
 from dockplug.protocol.base import Driver
 from dockplug.server import discovery, listeners
 from dockplug.server.app import PluginApp
 from dockplug.server.reqlog import RequestLog
+from dockplug.server.side import SideListener, parse_address
 
 
 @dataclass
@@ -66,6 +71,8 @@ class ServeOptions:
     socket_group: str | None = None
     debug: bool = False
     graceful_timeout: int = 30
+    metrics: str | None = None  # side listener for /metrics and /health: HOST:PORT or unix:PATH
+    log_format: str = "text"  # text | json
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
@@ -181,8 +188,16 @@ class PluginServer:
 
     def __init__(self, drivers: Driver | Sequence[Driver], opts: ServeOptions) -> None:
         self.opts = opts
-        self.log = RequestLog(debug=opts.debug)
-        self.app = PluginApp(drivers, log=self.log)
+        self.log = RequestLog(debug=opts.debug, json_lines=opts.log_format == "json")
+        set_event_format(opts.log_format)
+        self.metrics = _metrics(drivers, opts)
+        self.app = PluginApp(drivers, log=self.log, metrics=self.metrics)
+        self.health = Health(opts.name)
+        self.app.health = self.health.report
+        for driver in self.app.drivers:
+            driver.declare_metrics(self.metrics.family(driver.metrics_family))
+            self.health.checks.append(driver.health_reasons)
+        self.side: SideListener | None = None
         config = uvicorn.Config(
             self.app,
             http="httptools",
@@ -213,16 +228,28 @@ class PluginServer:
         while not self.server.started and not self.server.should_exit:
             await asyncio.sleep(0.002)
         self.ready.set()
+        self.health.listening = True
+        self.metrics.phase("startup", time.time() - self.health.started)
+        t0 = time.perf_counter()
         for driver in self.app.drivers:
             try:
                 await _maybe_await(driver.startup())
             except Exception as exc:
                 self.log.event(f"start-up of {type(driver).__name__} failed: {exc}")
+        self.metrics.phase("reconcile", time.perf_counter() - t0)
+        self.health.started_up = True
 
     async def serve(self) -> None:
         """Serve until stop() or SIGTERM/SIGINT; returns after a clean shutdown."""
         opts, app, log = self.opts, self.app, self.log
         self.bound = bound = bind(opts)
+        if opts.metrics:
+            try:
+                self.side = self._side_listener(bound)
+            except Exception:
+                release(bound)
+                raise
+            log.event(f"metrics and health on {self.side.url}")
         announced = ", ".join(map(str, bound.discovery_files))
         log.event(
             f"dockplug serving {opts.name} ({', '.join(app.implements)}) on {bound.url}"
@@ -238,7 +265,10 @@ class PluginServer:
             await self.server.serve(sockets=bound.sockets)
         finally:
             startup_task.cancel()
+            self.health.stopping = True
             release(bound)
+            if self.side is not None:
+                self.side.stop()
             for driver in app.drivers:
                 try:
                     await _maybe_await(driver.shutdown())
@@ -246,6 +276,31 @@ class PluginServer:
                     log.event(f"shutdown of {type(driver).__name__} failed: {exc}")
             app.close()
             log.event(f"dockplug {opts.name} stopped")
+
+    def _side_listener(self, bound: Bound) -> SideListener:
+        from dockplug.observe.prometheus import CONTENT_TYPE_LATEST, PrometheusMetrics
+
+        metrics = self.metrics
+        assert isinstance(metrics, PrometheusMetrics)
+        plugin_socket = bound.socket_files[0] if bound.socket_files else None
+        return SideListener(
+            parse_address(self.opts.metrics or ""),
+            lambda: (metrics.exposition(), CONTENT_TYPE_LATEST),
+            self.health.report,
+            plugin_socket,
+        ).start()
+
+
+def _metrics(drivers: Driver | Sequence[Driver], opts: ServeOptions) -> Metrics:
+    """Real metrics only with --metrics: prometheus_client costs start-up time otherwise."""
+    if not opts.metrics:
+        return NO_METRICS
+    parse_address(opts.metrics)  # a bad address fails before anything is bound
+    from dockplug import __version__
+    from dockplug.observe.prometheus import PrometheusMetrics
+
+    first = drivers if isinstance(drivers, Driver) else drivers[0]
+    return PrometheusMetrics(opts.name, type(first).__name__, __version__)
 
 
 async def serve_async(drivers: Driver | Sequence[Driver], opts: ServeOptions) -> None:

@@ -22,6 +22,7 @@ from dockplug.drivers.volume.names import check_name
 from dockplug.drivers.volume.refcount import MountTable
 from dockplug.errors import Conflict, InvalidOption, VolumeInUse, VolumeNotFound
 from dockplug.observe import log_event
+from dockplug.observe.metrics import Metrics
 from dockplug.protocol.base import (
     Empty,
     Endpoint,
@@ -276,6 +277,17 @@ class StatefulVolumeDriver(VolumeDriver):
 
     def shutdown(self) -> None:
         self.lifecycle.close(self.store.close)
+
+    # -- observability -------------------------------------------------------------------
+
+    def declare_metrics(self, metrics: Metrics) -> None:
+        """Volumes held and mounts in use (read when scraped); Create/Remove/Mount results."""
+        metrics.gauge_fn("volumes", "Volumes the driver holds", lambda: len(self.volumes))
+        metrics.gauge_fn(
+            "mounts",
+            "Mounts in use (one per mount ID and count: docker cp mounts twice)",
+            lambda: sum(self.mounts.total(name) for name in list(self.volumes)),
+        )
 
     # -- maintenance ---------------------------------------------------------------------
 

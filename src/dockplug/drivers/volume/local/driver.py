@@ -26,6 +26,7 @@ from dockplug.drivers.volume.local import loopfs
 from dockplug.errors import InvalidOption, PluginError
 from dockplug.facts import NAME_MAX
 from dockplug.observe import log_event
+from dockplug.observe.metrics import Metrics
 from dockplug.state import VolumeRecord, open_volume_store
 
 DEFAULT_BASE_DIR: Path = setting_default("local", "base_dir")
@@ -289,6 +290,25 @@ class LocalDriver(StatefulVolumeDriver):
         if rec.extra.get("error"):
             status["Error"] = rec.extra["error"]
         return status
+
+    # -- observability -------------------------------------------------------------------
+
+    def declare_metrics(self, metrics: Metrics) -> None:
+        super().declare_metrics(metrics)
+        metrics.gauge_fn(
+            "bytes_used",
+            "Bytes used by size-limited volumes (their ext4 images, mounted ones)",
+            self._bytes_used,
+        )
+
+    def _bytes_used(self) -> float:
+        """statvfs of each mounted image: cheap, never a walk of a folder tree."""
+        total = 0
+        for rec in list(self.volumes.values()):
+            if rec.extra.get("image") and loopfs.is_mounted(rec.mountpoint):
+                with contextlib.suppress(OSError):
+                    total += loopfs.usage(Path(rec.mountpoint))["UsedBytes"]
+        return total
 
     # -- start-up ------------------------------------------------------------------------
 

@@ -33,6 +33,8 @@ from dockplug.drivers.volume.sshfs.mounting import (
 from dockplug.drivers.volume.sshfs.options import SSHFS_OPTIONS, validate
 from dockplug.errors import InvalidOption, PluginError
 from dockplug.observe import add_secret, log_event, redact
+from dockplug.observe import metrics as obs_metrics
+from dockplug.observe.metrics import Metrics
 from dockplug.state import VolumeRecord, open_volume_store
 from dockplug.state.secrets import FILE_NAME, SecretStore
 
@@ -75,6 +77,7 @@ class SshfsDriver(StatefulVolumeDriver):
         self.known_hosts_dir = self.state_dir / "known_hosts"
         self.secrets = SecretStore(self.state_dir / FILE_NAME)
         self._status: dict[str, tuple[str, str]] = {}  # name -> (state, reason)
+        self._reconnects: obs_metrics.Counter = obs_metrics.NO_METRICS.counter("", "")
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         super().__init__(
             open_volume_store(self.state_dir),
@@ -366,6 +369,32 @@ class SshfsDriver(StatefulVolumeDriver):
             + ("; ".join(fixed) if fixed else "nothing to fix")
         )
 
+    def declare_metrics(self, metrics: Metrics) -> None:
+        super().declare_metrics(metrics)
+        metrics.gauge_fn(
+            "sshfs_mounts",
+            "sshfs volumes by mount state (mounted, unmounted, failed)",
+            self._by_state,
+            ("state",),
+        )
+        self._reconnects = metrics.counter(
+            "sshfs_remounts", "Dead sshfs mounts mounted again, by result", ("result",)
+        )
+
+    def _by_state(self) -> dict[tuple[str, ...], float]:
+        counts: dict[tuple[str, ...], float] = {("mounted",): 0, ("unmounted",): 0, ("failed",): 0}
+        for state, _ in list(self._status.values()):
+            counts[(state,)] = counts.get((state,), 0) + 1
+        return counts
+
+    def health_reasons(self) -> list[str]:
+        """A volume whose mount failed and could not be restored is a reason to look."""
+        return [
+            f"sshfs volume {name}: {why or state}"
+            for name, (state, why) in list(self._status.items())
+            if state == "failed"
+        ]
+
     def _remount(self, rec: VolumeRecord) -> str:
         error = ""
         for attempt in range(self.remount_tries):
@@ -373,8 +402,10 @@ class SshfsDriver(StatefulVolumeDriver):
                 time.sleep(self.remount_backoff * 2 ** (attempt - 1))
             try:
                 self._mount(rec)
+                self._reconnects.inc(result="ok")
                 return f"mounted again (try {attempt + 1})"
             except PluginError as exc:
                 error = str(exc)
         self._status[rec.name] = ("failed", error)
+        self._reconnects.inc(result="failed")
         return f"could not mount again after {self.remount_tries} tries: {error}"
