@@ -3,7 +3,9 @@
 Checks a bundle folder (``config.json`` + ``rootfs/``) or an installed plugin (through the Engine
 API, plus its rootfs where this process can read it). The checks are here; what they read is
 in :mod:`~dockplug.packaging.rootpaths`, :mod:`~dockplug.packaging.elf`,
-:mod:`~dockplug.packaging.libraries` and :mod:`~dockplug.packaging.dockerd_log`.
+:mod:`~dockplug.packaging.libraries` and :mod:`~dockplug.packaging.dockerd_log`. One module
+(a little over 500 lines) on purpose: it is the one table of what enable trips over, each check
+turning one dockerd failure into a finding that names the fix.
 """
 
 from __future__ import annotations
