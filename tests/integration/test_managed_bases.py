@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from dockplug.errors import ConfigError
-from dockplug.packaging import engine
+from dockplug.packaging import engine, verbs
 from dockplug.packaging.bases import parse_base
 from dockplug.packaging.bundle import build
 from dockplug.packaging.doctor import diagnose_bundle
@@ -89,11 +89,11 @@ def test_image_base_end_to_end(
 
     name = f"{plugin_name}:latest"
     state = Path(tempfile.mkdtemp(prefix="dpt-state-"))
-    engine.create(name, res.path, docker_client)
+    verbs.create(name, res.path, docker_client)
     plugin_id = docker_client.plugins.get(name).id
     try:
         engine.set_options(name, [f"state.source={state}"], docker_client)
-        enabled = engine.enable(name, timeout=30, client=docker_client)
+        enabled = verbs.enable(name, timeout=30, client=docker_client)
         assert enabled.socket is not None and enabled.socket.exists()
         vol = f"v-{uuid.uuid4().hex[:6]}"
         dockerd.docker("volume", "create", "-d", name, vol)

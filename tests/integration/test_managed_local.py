@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from dockplug.packaging import engine
+from dockplug.packaging import engine, verbs
 from dockplug.packaging.bundle import BuildResult, build
 from dockplug.testing.dockerd import Dockerd
 
@@ -37,7 +37,7 @@ def local_bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuildResu
 def plugin(dockerd: Dockerd, docker_client: Any, local_bundle: BuildResult) -> Iterator[str]:
     name = f"dpt-{uuid.uuid4().hex[:8]}:latest"
     t0 = time.monotonic()
-    engine.create(name, local_bundle.path, docker_client)
+    verbs.create(name, local_bundle.path, docker_client)
     plugin_id = docker_client.plugins.get(name).id
     print(f"create took {time.monotonic() - t0:.1f}s; bundle {local_bundle.size / 1e6:.0f} MB, "
           f"built in {local_bundle.seconds:.1f}s (cold={local_bundle.cold})")  # fmt: skip
@@ -57,7 +57,7 @@ def test_managed_local_end_to_end(
     try:
         # keep the plugin's state off the host's real /var/lib/dockplug/managed-local
         engine.set_options(plugin, [f"state.source={state}"], docker_client)
-        res = engine.enable(plugin, timeout=30, client=docker_client)
+        res = verbs.enable(plugin, timeout=30, client=docker_client)
         print(f"enable-to-socket-ready {res.seconds:.2f}s")
         assert res.seconds < 9.5
         assert res.socket is not None and res.socket.exists()
@@ -78,7 +78,7 @@ def test_managed_local_end_to_end(
         engine.set_options(plugin, ["DOCKPLUG_DEBUG=1"], docker_client)
         env = json.loads(dockerd.docker("plugin", "inspect", plugin).stdout)[0]["Settings"]["Env"]
         assert "DOCKPLUG_DEBUG=1" in env
-        again = engine.enable(plugin, client=docker_client)
+        again = verbs.enable(plugin, client=docker_client)
         assert again.socket is not None and again.socket.exists()
         vol2 = f"v-{uuid.uuid4().hex[:6]}"
         dockerd.docker("volume", "create", "-d", plugin, vol2)
@@ -110,7 +110,7 @@ def test_failed_enable_runs_the_doctor(dockerd: Dockerd, docker_client: Any, plu
     engine.set_options(plugin, ["args=no-such-command"], docker_client)
     t0 = time.monotonic()
     with pytest.raises(engine.EngineError) as info:
-        engine.enable(plugin, timeout=30, client=docker_client)
+        verbs.enable(plugin, timeout=30, client=docker_client)
     message = str(info.value)
     assert f"enabling {plugin} failed" in message and "\ndoctor:\n" in message, message
     assert "plugin=" in message or "fix:" in message
@@ -130,7 +130,7 @@ def test_check_a_managed_plugin_by_name(
     state = Path(tempfile.mkdtemp(prefix="dpt-state-"))
     try:
         engine.set_options(plugin, [f"state.source={state}"], docker_client)
-        engine.enable(plugin, timeout=30, client=docker_client)
+        verbs.enable(plugin, timeout=30, client=docker_client)
         monkeypatch.setenv("DOCKER_HOST", dockerd.host)
         out = state / "report.json"
         result = CliRunner().invoke(cli, ["check", plugin, "--report", str(out)])

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dockplug.packaging import engine
+from dockplug.packaging import engine, verbs
 from dockplug.packaging.bundle import BuildResult, build
 from dockplug.testing.dockerd import Dockerd
 
@@ -46,9 +46,9 @@ def test_managed_project_end_to_end(
         site = hello_bundle.path / "rootfs/opt/dockplug/site"
         assert (site / "hello_plugin" / "__init__.py").is_file()
         assert (site / "dockplug").is_dir()
-        engine.create(name, hello_bundle.path, client)
+        verbs.create(name, hello_bundle.path, client)
         plugin_id = client.plugins.get(name).id
-        res = engine.enable(name, timeout=30, client=client)
+        res = verbs.enable(name, timeout=30, client=client)
         print(f"enable-to-socket-ready {res.seconds:.2f}s")
         assert res.socket is not None and res.socket.name == "plugin.sock"
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from dockplug.packaging import engine
+from dockplug.packaging import engine, verbs
 from dockplug.packaging.bundle import BuildResult, build
 from dockplug.packaging.doctor import diagnose_bundle, diagnose_installed
 from dockplug.packaging.rootfs import cache_dir, ensure_base
@@ -58,7 +58,7 @@ def _unmount_under(prefix: str) -> None:
 def plugin(dockerd: Dockerd, docker_client: Any, sshfs_bundle: BuildResult) -> Iterator[str]:
     name = f"dpt-sshfs-{uuid.uuid4().hex[:8]}:latest"
     t0 = time.monotonic()
-    engine.create(name, sshfs_bundle.path, docker_client)
+    verbs.create(name, sshfs_bundle.path, docker_client)
     plugin_id = docker_client.plugins.get(name).id
     print(f"create took {time.monotonic() - t0:.1f}s; bundle {sshfs_bundle.size / 1e6:.0f} MB, "
           f"built in {sshfs_bundle.seconds:.1f}s (cold={sshfs_bundle.cold})")  # fmt: skip
@@ -100,7 +100,7 @@ def test_managed_sshfs_end_to_end(
         engine.set_options(plugin, [f"state.source={state}"], docker_client)
         # the doctor's /dev/fuse check accepts the installed plugin
         assert [f.check for f in diagnose_installed(plugin, docker_client)] == ["disabled"]
-        res = engine.enable(plugin, timeout=30, client=docker_client)
+        res = verbs.enable(plugin, timeout=30, client=docker_client)
         print(f"enable-to-socket-ready {res.seconds:.2f}s")
         assert res.socket is not None and res.socket.exists()
         assert res.socket.name == "sshfs.sock" and len(str(res.socket)) <= 107

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from dockplug.cli.main import cli
-from dockplug.packaging import engine
+from dockplug.packaging import engine, verbs
 from dockplug.packaging.bundle import BuildResult, build
 from dockplug.packaging.transfer import authored_config, settable_args, settings_pairs, unpack
 from dockplug.testing.dockerd import Dockerd
@@ -133,7 +133,7 @@ def test_push_then_install_with_alias(
     name = f"{registry}/dockplug/local-{tag}:0.1"
     alias = f"dpt-inst-{tag}:latest"
     cleanup += [name, alias]
-    engine.create(name, bundle.path, docker_client)
+    verbs.create(name, bundle.path, docker_client)
 
     with pytest.raises(engine.EngineError, match="not a pushable reference"):
         engine.push(f"dockplug/local-{tag}:0.1", client=docker_client)
@@ -188,7 +188,7 @@ def test_export_import_then_rename(
     tag = uuid.uuid4().hex[:8]
     old, copy, renamed = (f"dpt-{kind}-{tag}:latest" for kind in ("exp", "imp", "ren"))
     cleanup += [old, copy, renamed]
-    engine.create(old, bundle.path, docker_client)
+    verbs.create(old, bundle.path, docker_client)
     engine.set_options(old, [f"state.source={state}", "DOCKPLUG_DEBUG=1"], docker_client)
 
     archive = tmp_path / "plugin.tar.gz"
@@ -212,7 +212,7 @@ def test_export_import_then_rename(
     assert "DOCKPLUG_DEBUG=1" in settings["Env"] and str(state) in _sources(settings)
 
     # an enabled plugin in use cannot be renamed: it has to be disabled first
-    engine.enable(copy, client=docker_client)
+    verbs.enable(copy, client=docker_client)
     vol = f"v-{tag}"
     dockerd.docker("volume", "create", "-d", copy, vol)
     res = _cli(dockerd, "rename", copy, renamed)
@@ -335,7 +335,7 @@ def test_settings_with_spaces_survive_import_and_rename(
     old, copy, renamed = (f"dpt-{kind}-{tag}:latest" for kind in ("sp", "spi", "spr"))
     cleanup += [old, copy, renamed]
     state = tmp_path / "state with spaces"
-    engine.create(old, bundle.path, docker_client)
+    verbs.create(old, bundle.path, docker_client)
     engine.set_options(old, [f"state.source={state}", "DOCKPLUG_DEBUG=a b  c"], docker_client)
     archive = tmp_path / "plugin.tar.gz"
     assert _cli(dockerd, "export", old, "-o", str(archive)).exit_code == 0

@@ -16,9 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 from dockplug.cli.main import cli
-from dockplug.packaging import doctor
+from dockplug.packaging import dockerd_log, doctor, libraries
 from dockplug.packaging.config import config_for_driver
-from dockplug.packaging.doctor import HOST_MACHINES, diagnose_bundle, read_elf, resolve_in_root
+from dockplug.packaging.doctor import diagnose_bundle
+from dockplug.packaging.elf import HOST_MACHINES, read_dynamic, read_elf
+from dockplug.packaging.rootpaths import resolve_in_root
 
 HOST = os.uname().machine
 HOST_EM = min(HOST_MACHINES.get(HOST, {62}))
@@ -264,11 +266,11 @@ def test_cli_doctor_bundle(tmp_path: Path) -> None:
 
 
 def test_create_refuses_a_broken_bundle_before_calling_dockerd(tmp_path: Path) -> None:
-    from dockplug.packaging import engine
+    from dockplug.packaging import engine, verbs
 
     bundle = make_bundle(tmp_path, content=elf(OTHER_EM))
     with pytest.raises(engine.EngineError, match=r"not a usable plugin bundle:\n.*\[elf-arch\]"):
-        engine.create("dpt-broken", bundle, client=object())
+        verbs.create("dpt-broken", bundle, client=object())
 
 
 # -- shared libraries ------------------------------------------------------------------------
@@ -276,7 +278,7 @@ def test_create_refuses_a_broken_bundle_before_calling_dockerd(tmp_path: Path) -
 
 def test_one_finding_per_missing_library(tmp_path: Path) -> None:
     bundle = loader_only(tmp_path)
-    info = doctor.read_dynamic(Path(LS))
+    info = read_dynamic(Path(LS))
     assert info is not None and info.needed
     findings = diagnose_bundle(bundle)
     assert [f.check for f in findings] == ["library-missing"] * len(info.needed), findings
@@ -338,11 +340,11 @@ def test_the_rootfs_loader_as_a_second_opinion(tmp_path: Path) -> None:
     bundle = loader_only(tmp_path / "lo")
     interp = read_elf(Path(LS))
     assert interp is not None and interp.interpreter
-    needed = doctor.read_dynamic(Path(LS))
+    needed = read_dynamic(Path(LS))
     assert needed is not None
-    missing = doctor.loader_missing(bundle / "rootfs", "/bin/plugin", interp.interpreter)
+    missing = libraries.loader_missing(bundle / "rootfs", "/bin/plugin", interp.interpreter)
     assert missing is not None and set(needed.needed) <= set(missing)
-    assert doctor.loader_missing(with_ls(tmp_path / "ok") / "rootfs", "/bin/plugin",
+    assert libraries.loader_missing(with_ls(tmp_path / "ok") / "rootfs", "/bin/plugin",
                                  interp.interpreter) == []  # fmt: skip
     # a library pyelftools finds through ld.so.conf, but the loader would not: no ld.so.cache
     b = loader_only(tmp_path / "conf")
@@ -374,14 +376,14 @@ time="t5" level=info msg="prefix match only" plugin={PID}ff
 def test_plugin_log_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = tmp_path / "dockerd.log"
     log.write_text(LOG)
-    lines, source = doctor.plugin_log_lines(PID, log)
+    lines, source = dockerd_log.plugin_log_lines(PID, log)
     assert source == str(log)
     assert lines is not None and [ln.split()[0] for ln in lines] == ['time="t1"', 'time="t4"']
-    lines, _ = doctor.plugin_log_lines(PID, log, lines=1)
+    lines, _ = dockerd_log.plugin_log_lines(PID, log, lines=1)
     assert lines is not None and len(lines) == 1 and "no such command" in lines[0]
-    monkeypatch.setenv(doctor.LOG_ENV, str(log))
-    assert doctor.plugin_log_lines(OTHER)[0] == [LOG.splitlines()[2]]
-    lines, note = doctor.plugin_log_lines(PID, tmp_path / "nope.log")
+    monkeypatch.setenv(dockerd_log.LOG_ENV, str(log))
+    assert dockerd_log.plugin_log_lines(OTHER)[0] == [LOG.splitlines()[2]]
+    lines, note = dockerd_log.plugin_log_lines(PID, tmp_path / "nope.log")
     assert lines is None and "nope.log" in note
 
 

@@ -205,7 +205,7 @@ def test_cli_check_of_a_name_that_is_no_plugin_says_where_it_looked(
     result = CliRunner().invoke(cli, ["check", "dpcheck-nobody/nothing:latest"])
     assert result.exit_code == 1
     assert "no plugin named 'dpcheck-nobody/nothing:latest'" in result.output
-    assert "nor as a managed plugin: Engine API not reachable" in result.output
+    assert "nor as a managed plugin: cannot reach the Docker Engine API" in result.output
 
 
 def test_cli_check_passes_serve_local_subprocess(short_tmp: Path, tmp_path: Path) -> None:

@@ -131,7 +131,7 @@ def test_gc_with_an_unreachable_engine_is_a_clear_error_and_clears_nothing(
     populate(driver)
     with pytest.raises(PluginError) as info:
         gc.collect(driver, docker_host=UNREACHABLE)
-    assert str(info.value).startswith("cannot reach the Docker Engine API:")
+    assert str(info.value).startswith("cannot reach the Docker Engine API at")
     assert "nonexistent.sock" in str(info.value) or "No such file" in str(info.value)
     assert counts(driver) == BEFORE
     assert stored_counts(driver) == [("busy", "a", 2), ("busy", "b", 1), ("stale", "c", 2)]
@@ -148,7 +148,7 @@ def test_gc_endpoint_with_an_unreachable_engine_replies_the_error(
             reply = client.call("DockplugVolume.Gc", body)
             assert reply.status == 500
             assert reply.error is not None
-            assert reply.error.startswith("cannot reach the Docker Engine API:")
+            assert reply.error.startswith("cannot reach the Docker Engine API at")
         status = client.call("VolumeDriver.Get", {"Name": "busy"}).json["Volume"]["Status"]
         assert status["Mounts"] == 3
     assert counts(driver) == BEFORE

@@ -56,9 +56,9 @@ def build(driver: str, name: str, output: Path | None, base_text: str, do_create
         f"built {result.path} ({_size(result.size)}, {result.seconds:.1f}s, {kind})", err=True
     )
     if do_create:
-        from dockplug.packaging import engine
+        from dockplug.packaging import verbs
 
-        engine.create(name, result.path)
+        verbs.create(name, result.path)
         click.echo(f"created {name} (disabled); next: dockplug enable {name}", err=True)
     click.echo(str(result.path))
 
@@ -68,9 +68,9 @@ def build(driver: str, name: str, output: Path | None, base_text: str, do_create
 @click.argument("bundle", type=click.Path(path_type=Path, file_okay=False, exists=True))
 def create(name: str, bundle: Path) -> None:
     """Register the bundle folder BUNDLE with dockerd as plugin NAME (disabled)."""
-    from dockplug.packaging import engine
+    from dockplug.packaging import verbs
 
-    engine.create(name, bundle)
+    verbs.create(name, bundle)
     click.echo(f"created {name} (disabled); next: dockplug enable {name}")
 
 
@@ -79,9 +79,9 @@ def create(name: str, bundle: Path) -> None:
 @click.option("--timeout", default=30, show_default=True, help="Seconds dockerd may take.")
 def enable(name: str, timeout: int) -> None:
     """Enable plugin NAME, wait for its socket, and run the doctor if it fails."""
-    from dockplug.packaging import engine
+    from dockplug.packaging import verbs
 
-    res = engine.enable(name, timeout=timeout)
+    res = verbs.enable(name, timeout=timeout)
     where = f" at {res.socket}" if res.socket else ""
     click.echo(f"enabled {res.name}; socket ready{where} after {res.seconds:.2f}s")
 
@@ -189,7 +189,7 @@ def install(
     from rich.table import Table
     from rich.text import Text
 
-    from dockplug.packaging import engine
+    from dockplug.packaging import engine, verbs
 
     engine.check_pairs(list(pairs))
     console = _stderr()
@@ -217,7 +217,7 @@ def install(
             )
         if not click.confirm("Grant these privileges?", default=False, err=True):
             raise engine.EngineError(f"not installing {ref}: privileges not granted")
-    res = engine.install(
+    res = verbs.install(
         ref,
         asked,
         alias=alias,

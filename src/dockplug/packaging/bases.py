@@ -356,6 +356,25 @@ def _has_program(root: Path, program: str) -> bool:
 _PROGRAMS = {pkg: prog for d in BUILTINS.values() for pkg, prog in d.managed.packages.items()}
 
 
+def python_version(rootfs: Path) -> tuple[int, int]:
+    """The minor version of ``/usr/bin/python3`` inside rootfs (from its symlink or libdir,
+    ``/usr/local/lib`` too: python:* images)."""
+    link = rootfs / "usr/bin/python3"
+    with contextlib.suppress(OSError):
+        m = re.fullmatch(r"python(\d+)\.(\d+)", os.readlink(link).rsplit("/", 1)[-1])
+        if m:
+            return int(m[1]), int(m[2])
+    found = sorted(
+        (int(m[1]), int(m[2]))
+        for lib in ("usr/lib", "usr/local/lib")
+        for p in (rootfs / lib).glob("python3.*")
+        if (m := re.fullmatch(r"python(\d+)\.(\d+)", p.name))
+    )
+    if not found:
+        raise ConfigError(f"{rootfs}: no python3 found; fix: remove the cache to rebuild it")
+    return found[-1]
+
+
 def check_base(
     root: Path,
     base: Base,
@@ -367,8 +386,6 @@ def check_base(
     missing and the fix. A python3 only in /usr/local/bin (python:* images) gets a
     /usr/bin/python3 link, as the plugin's entrypoint is /usr/bin/python3. RUN_PYTHON: ask the
     base's python3 its version in a chroot (default: when root), else read it from the files."""
-    from dockplug.packaging.rootfs import python_version
-
     want = sys.version_info[:2]
     missing: list[str] = []
     if not _lexists(root, "usr/bin/python3") and _lexists(root, "usr/local/bin/python3"):

@@ -1,19 +1,17 @@
 """``dockplug doctor``: why a managed plugin will not start, one line per finding with the fix.
 
 Checks a bundle folder (``config.json`` + ``rootfs/``) or an installed plugin (through the Engine
-API, plus its rootfs under ``<data-root>/plugins/<id>/rootfs`` where this process can read it).
+API, plus its rootfs where this process can read it). The checks are here; what they read is
+in :mod:`~dockplug.packaging.rootpaths`, :mod:`~dockplug.packaging.elf`,
+:mod:`~dockplug.packaging.libraries` and :mod:`~dockplug.packaging.dockerd_log`. One module
+(a little over 500 lines) on purpose: it is the one table of what enable trips over, each check
+turning one dockerd failure into a finding that names the fix.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import re
-import shutil
-import stat
-import struct
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -21,31 +19,23 @@ from typing import Any
 from pydantic import ValidationError
 
 from dockplug.facts import UNIX_PATH_MAX, managed_rootfs, managed_socket
+from dockplug.packaging import engine
 from dockplug.packaging.config import (
     PLUGIN_SOCKET_DIR,
     PluginConfig,
     format_errors,
     socket_problem,
 )
-
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-#: os.uname().machine -> ELF e_machine values that run there
-HOST_MACHINES: dict[str, set[int]] = {
-    "x86_64": {62},
-    "aarch64": {183},
-    "arm64": {183},
-    "i686": {3},
-    "i386": {3},
-    "armv7l": {40},
-    "armv6l": {40},
-    "ppc64le": {21},
-    "s390x": {22},
-    "riscv64": {243},
-}
-ELF_MACHINES = {3: "i386", 40: "arm", 62: "x86_64", 183: "aarch64", 21: "ppc64", 22: "s390x",
-                243: "riscv64", 8: "mips"}  # fmt: skip
-PT_INTERP = 3
+from dockplug.packaging.dockerd_log import LOG_LINES, plugin_log_lines
+from dockplug.packaging.elf import (
+    ELF_MACHINES,
+    HOST_MACHINES,
+    PACKAGING_EXTRA,
+    ElfToolsMissing,
+    read_elf,
+)
+from dockplug.packaging.libraries import loader_missing, missing_libraries
+from dockplug.packaging.rootpaths import DEFAULT_PATH, find_in_root, inside, resolve_in_root
 
 
 @dataclass(frozen=True)
@@ -68,204 +58,7 @@ def _get(data: Any, *keys: str) -> Any:
     return data
 
 
-# -- paths inside the rootfs ------------------------------------------------------------------
-
-
-def resolve_in_root(root: Path, path: str, max_links: int = 40) -> Path | None:
-    """Resolve PATH (absolute, inside ROOT) following symlinks as if ROOT were '/'.
-    Returns the host path of the final file, or None if it does not exist."""
-    parts = list(PurePosixPath(path).parts[1:])
-    current = PurePosixPath("/")
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part in ("", "."):
-            continue
-        if part == "..":
-            current = current.parent
-            continue
-        candidate = current / part
-        host = root / str(candidate).lstrip("/")
-        try:
-            st = os.lstat(host)
-        except OSError:
-            return None
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > max_links:
-                return None
-            target = os.readlink(host)
-            tparts = list(PurePosixPath(target).parts)
-            if target.startswith("/"):
-                current = PurePosixPath("/")
-                tparts = tparts[1:]
-            parts = tparts + parts
-            continue
-        current = candidate
-    return root / str(current).lstrip("/")
-
-
-def find_in_root(root: Path, cmd: str, path_var: str = DEFAULT_PATH) -> Path | None:
-    if cmd.startswith("/"):
-        return resolve_in_root(root, cmd)
-    for d in path_var.split(":"):
-        if d.startswith("/"):
-            found = resolve_in_root(root, f"{d.rstrip('/')}/{cmd}")
-            if found is not None and found.is_file():
-                return found
-    return None
-
-
-# -- ELF -------------------------------------------------------------------------------------
-
-
-@dataclass
-class ElfInfo:
-    machine: int
-    interpreter: str | None
-
-
-def read_elf(path: Path) -> ElfInfo | None:
-    """e_machine and PT_INTERP of an ELF file, or None if it is not ELF."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-            if len(head) < 52 or head[:4] != b"\x7fELF":
-                return None
-            bits64 = head[4] == 2
-            end = "<" if head[5] == 1 else ">"
-            (machine,) = struct.unpack_from(end + "H", head, 18)
-            if bits64:
-                (phoff,) = struct.unpack_from(end + "Q", head, 32)
-                phentsize, phnum = struct.unpack_from(end + "HH", head, 54)
-            else:
-                (phoff,) = struct.unpack_from(end + "I", head, 28)
-                phentsize, phnum = struct.unpack_from(end + "HH", head, 42)
-            interp = None
-            for i in range(min(phnum, 256)):
-                f.seek(phoff + i * phentsize)
-                ph = f.read(phentsize)
-                if len(ph) < (56 if bits64 else 32):
-                    break
-                (ptype,) = struct.unpack_from(end + "I", ph, 0)
-                if ptype != PT_INTERP:
-                    continue
-                if bits64:
-                    (off,) = struct.unpack_from(end + "Q", ph, 8)
-                    (size,) = struct.unpack_from(end + "Q", ph, 32)
-                else:
-                    (off,) = struct.unpack_from(end + "I", ph, 4)
-                    (size,) = struct.unpack_from(end + "I", ph, 16)
-                f.seek(off)
-                interp = f.read(min(size, 4096)).split(b"\0", 1)[0].decode(errors="replace")
-                break
-            return ElfInfo(machine, interp)
-    except (OSError, struct.error):
-        return None
-
-
 # -- shared libraries ------------------------------------------------------------------------
-
-#: e_machine -> Debian multiarch triplets searched under /lib and /usr/lib
-MULTIARCH: dict[int, tuple[str, ...]] = {
-    62: ("x86_64-linux-gnu",),
-    183: ("aarch64-linux-gnu",),
-    3: ("i386-linux-gnu",),
-    40: ("arm-linux-gnueabihf", "arm-linux-gnueabi"),
-    21: ("powerpc64le-linux-gnu",),
-    22: ("s390x-linux-gnu",),
-    243: ("riscv64-linux-gnu",),
-}
-STANDARD_LIB_DIRS = ("/lib", "/usr/lib", "/lib64", "/usr/lib64")
-MAX_LIBRARIES = 256  # objects visited per binary; a real program needs far fewer
-PACKAGING_EXTRA = "pip install dockplug[packaging]"
-
-
-@dataclass
-class DynamicInfo:
-    needed: list[str]
-    rpath: list[str]
-    runpath: list[str]
-
-
-class ElfToolsMissing(Exception):
-    """pyelftools (the ``packaging`` extra) is not installed."""
-
-
-def read_dynamic(path: Path) -> DynamicInfo | None:
-    """DT_NEEDED, DT_RPATH and DT_RUNPATH of an ELF file (None if not ELF or unreadable);
-    a static binary has empty lists. Raises ElfToolsMissing without pyelftools."""
-    try:
-        from elftools.elf.dynamic import DynamicSegment
-        from elftools.elf.elffile import ELFFile
-    except ImportError as exc:
-        raise ElfToolsMissing(str(exc)) from exc
-    info = DynamicInfo([], [], [])
-    try:
-        with open(path, "rb") as f:
-            if f.read(4) != b"\x7fELF":
-                return None
-            f.seek(0)
-            elf = ELFFile(f)
-            for seg in elf.iter_segments():
-                if not isinstance(seg, DynamicSegment):
-                    continue
-                tag: Any  # pyelftools sets needed/rpath/runpath per tag kind
-                for tag in seg.iter_tags():
-                    kind = tag.entry.d_tag
-                    if kind == "DT_NEEDED":
-                        info.needed.append(str(tag.needed))
-                    elif kind == "DT_RPATH":
-                        info.rpath += str(tag.rpath).split(":")
-                    elif kind == "DT_RUNPATH":
-                        info.runpath += str(tag.runpath).split(":")
-                break
-    except Exception:  # malformed ELF: the arch/interpreter checks say what they can
-        return None
-    return info
-
-
-def _ld_so_conf(rootfs: Path, conf: str = "/etc/ld.so.conf", depth: int = 0) -> list[str]:
-    """Directories listed in the rootfs's ld.so.conf, following ``include`` lines."""
-    host = resolve_in_root(rootfs, conf)
-    if host is None or depth > 8:
-        return []
-    try:
-        text = host.read_text(errors="replace")
-    except OSError:
-        return []
-    dirs: list[str] = []
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line or line.startswith("hwcap "):
-            continue
-        if line.startswith("include "):
-            for pattern in line.split()[1:]:
-                if not pattern.startswith("/"):
-                    pattern = f"{PurePosixPath(conf).parent}/{pattern}"
-                for match in sorted(glob.glob(str(rootfs) + pattern)):
-                    inner = "/" + os.path.relpath(match, rootfs)
-                    dirs += _ld_so_conf(rootfs, inner, depth + 1)
-            continue
-        dirs += [d for d in re.split(r"[:,\s]+", line) if d.startswith("/")]
-    return dirs
-
-
-def _expand(entries: list[str], origin: str) -> list[str]:
-    out: list[str] = []
-    for entry in entries:
-        if not entry:
-            continue
-        entry = entry.replace("${ORIGIN}", origin).replace("$ORIGIN", origin)
-        if "$LIB" in entry or "${LIB}" in entry:
-            out += [entry.replace("${LIB}", x).replace("$LIB", x) for x in ("lib64", "lib")]
-        elif "$" not in entry and entry.startswith("/"):
-            out.append(entry)
-    return out
-
-
-def _inside(rootfs: Path, host: Path) -> str:
-    return "/" + os.path.relpath(host, rootfs)
 
 
 def check_libraries(
@@ -274,7 +67,7 @@ def check_libraries(
     """One finding per DT_NEEDED library of BINARY (a host path inside ROOTFS) and of the
     libraries it pulls in that the dynamic loader would not find inside ROOTFS."""
     try:
-        top = read_dynamic(binary)
+        missing = missing_libraries(rootfs, binary, label, env_library_path)
     except ElfToolsMissing:
         return [
             Finding(
@@ -284,101 +77,17 @@ def check_libraries(
                 PACKAGING_EXTRA,
             )
         ]
-    elf = read_elf(binary)
-    if top is None or elf is None or not top.needed:
-        return []
-    machine = elf.machine
-    standard = list(STANDARD_LIB_DIRS)
-    for triplet in MULTIARCH.get(machine, ()):
-        standard += [f"/lib/{triplet}", f"/usr/lib/{triplet}"]
-    system = _ld_so_conf(rootfs) + standard
-    env_dirs = [d for d in env_library_path.split(":") if d.startswith("/")]
-    exe_rpath = (
-        _expand(top.rpath, str(PurePosixPath(_inside(rootfs, binary)).parent))
-        if not top.runpath
-        else []
-    )
-
-    def lookup(name: str, dirs: list[str]) -> Path | None:
-        if "/" in name:
-            return resolve_in_root(rootfs, name if name.startswith("/") else "/" + name)
-        for d in dirs:
-            found = resolve_in_root(rootfs, f"{d.rstrip('/')}/{name}")
-            if found is None or not found.is_file():
-                continue
-            lib = read_elf(found)
-            if lib is None or lib.machine == machine:  # the loader skips other arches
-                return found
-        return None
-
-    findings: list[Finding] = []
-    seen: set[str] = set()
-    queue: list[tuple[Path, DynamicInfo, str]] = [(binary, top, label)]
-    visited = 0
-    while queue and visited < MAX_LIBRARIES:
-        obj, info, who = queue.pop(0)
-        visited += 1
-        origin = str(PurePosixPath(_inside(rootfs, obj)).parent)
-        if info.runpath:
-            dirs = env_dirs + _expand(info.runpath, origin)
-        else:
-            own = _expand(info.rpath, origin) if obj != binary else []
-            dirs = own + exe_rpath + env_dirs
-        dirs += system
-        for name in info.needed:
-            if name in seen:
-                continue
-            seen.add(name)
-            found = lookup(name, dirs)
-            if found is None:
-                findings.append(
-                    Finding(
-                        "library-missing",
-                        "error",
-                        f"{who} needs the shared library {name}, which the loader would not "
-                        "find in the rootfs (searched RPATH/RUNPATH, ld.so.conf and "
-                        f"{', '.join(standard)})",
-                        f"install the package that provides {name} into the rootfs",
-                    )
-                )
-                continue
-            try:
-                sub = read_dynamic(found)
-            except ElfToolsMissing:  # pragma: no cover - imported above
-                sub = None
-            if sub is not None and sub.needed:
-                queue.append((found, sub, f"{name} (needed by {label})"))
-    return findings
-
-
-def loader_missing(
-    rootfs: Path, inside: str, interpreter: str, lib_path: str = ""
-) -> list[str] | None:
-    """The libraries ROOTFS's own loader INTERPRETER reports "not found" for the program at
-    INSIDE (a path in the rootfs), run chrooted in ROOTFS with LD_TRACE_LOADED_OBJECTS, as ldd
-    does (``--list`` stops at the first missing one; the program itself never runs). None when
-    it cannot be asked (not root, the loader does not run here)."""
-    if os.geteuid() != 0:
-        return None
-    env = {"LD_TRACE_LOADED_OBJECTS": "1", "PATH": DEFAULT_PATH}
-    if lib_path:
-        env["LD_LIBRARY_PATH"] = lib_path
-
-    def enter() -> None:  # in the child only: the env must not reach a host chroot binary
-        os.chroot(rootfs)
-        os.chdir("/")
-
-    try:
-        res = subprocess.run(
-            [interpreter, inside],
-            capture_output=True, text=True, timeout=30, env=env, preexec_fn=enter,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    missing = re.findall(r"^\s*(\S+) => not found", res.stdout, re.M)
-    if res.returncode != 0 and not missing:
-        return None  # e.g. a loader of another architecture: the ELF checks cover it
-    return missing
+    return [
+        Finding(
+            "library-missing",
+            "error",
+            f"{m.who} needs the shared library {m.name}, which the loader would not "
+            "find in the rootfs (searched RPATH/RUNPATH, ld.so.conf and "
+            f"{', '.join(m.standard)})",
+            f"install the package that provides {m.name} into the rootfs",
+        )
+        for m in missing
+    ]
 
 
 def check_with_loader(
@@ -394,7 +103,7 @@ def check_with_loader(
         return []
     if resolve_in_root(rootfs, elf.interpreter) is None:
         return []
-    missing = loader_missing(rootfs, _inside(rootfs, binary), elf.interpreter, lib_path)
+    missing = loader_missing(rootfs, inside(rootfs, binary), elf.interpreter, lib_path)
     known = " ".join(f.message for f in reported if f.check == "library-missing")
     return [
         Finding(
@@ -410,47 +119,6 @@ def check_with_loader(
 
 
 # -- dockerd's log -----------------------------------------------------------------------------
-
-LOG_ENV = "DOCKPLUG_DOCKERD_LOG"
-LOG_LINES = 20
-JOURNAL_CMD = ("journalctl", "-u", "docker", "--no-pager", "-n", "200")
-LOG_HINT = (
-    "dockerd's log (journalctl -u docker, /var/log/docker.log, or where dockerd's stderr goes)"
-)
-
-
-def plugin_log_lines(
-    plugin_id: str, log_path: str | Path | None = None, lines: int = LOG_LINES
-) -> tuple[list[str] | None, str]:
-    """The last LINES lines dockerd logged with ``plugin=<PLUGIN_ID>`` (a managed plugin's
-    stdout at info level, its stderr at error level) and where they came from: LOG_PATH, else
-    $DOCKPLUG_DOCKERD_LOG, else ``journalctl -u docker``. (None, hint) if no log was found."""
-    pattern = re.compile(rf"\bplugin={re.escape(plugin_id)}\b")
-    path = log_path or os.environ.get(LOG_ENV)
-    text: str | None = None
-    source = ""
-    if path:
-        try:
-            with open(path, "rb") as f:
-                size = f.seek(0, os.SEEK_END)
-                f.seek(max(0, size - 4 * 1024 * 1024))  # the tail is enough
-                text = f.read().decode(errors="replace")
-            source = str(path)
-        except OSError as exc:
-            return None, f"cannot read {path} ({exc.strerror}); look in {LOG_HINT}"
-    elif shutil.which(JOURNAL_CMD[0]):
-        try:
-            res = subprocess.run(JOURNAL_CMD, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            res = None
-        body = [] if res is None else [ln for ln in res.stdout.splitlines() if ln.strip()]
-        if res is not None and res.returncode == 0 and body and body != ["-- No entries --"]:
-            text = res.stdout
-            source = " ".join(JOURNAL_CMD)
-    if text is None:
-        return None, f"no dockerd log found (set {LOG_ENV}); look in {LOG_HINT}"
-    found = [ln.strip() for ln in text.splitlines() if pattern.search(ln)]
-    return found[-lines:] if lines > 0 else [], source
 
 
 def log_findings(
@@ -805,8 +473,6 @@ def diagnose_installed(
     """Findings for the installed plugin NAME, through the Engine API, followed by the last
     LOG_LINES lines dockerd logged for it (from LOG_PATH, $DOCKPLUG_DOCKERD_LOG or journalctl).
     When no log is found, a note saying where to look is added if something is wrong."""
-    from dockplug.packaging import engine
-
     client = client or engine.connect()
     plugin = engine.get_plugin(client, name)
     attrs = plugin.attrs

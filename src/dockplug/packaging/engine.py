@@ -1,39 +1,24 @@
-"""Managed-plugin verbs over the Engine API (docker SDK, ``DOCKER_HOST`` honoured), with errors
-that say what to do, and ``enable`` that waits for the socket and runs the doctor on failure."""
+"""The Engine API's managed-plugin calls (docker SDK, ``DOCKER_HOST`` honoured), with errors that
+say what to do. The verbs that run the doctor when they fail (create, enable, install) are in
+:mod:`dockplug.packaging.verbs`, above both this module and the doctor."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dockplug.errors import ConfigError
+from dockplug.engine_api import EngineError as EngineError  # the verbs' error, re-exported
+from dockplug.engine_api import docker_client
 from dockplug.facts import managed_propagated_mount, managed_rootfs, managed_socket
-from dockplug.packaging.config import PLUGIN_SOCKET_DIR
 from dockplug.server.discovery import HostPaths, PluginAddress
-
-
-class EngineError(ConfigError):
-    """An Engine API call failed; the message says why and what to do."""
 
 
 def connect(timeout: int = 600) -> Any:
     """A docker SDK client from the environment (DOCKER_HOST and friends)."""
-    import docker
-
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-    except Exception as exc:
-        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        raise EngineError(
-            f"Engine API not reachable at {host} ({type(exc).__name__}: {exc}); fix: start "
-            "dockerd or set DOCKER_HOST"
-        ) from exc
-    return client
+    return docker_client(timeout=timeout)
 
 
 def is_local(client: Any) -> bool:
@@ -46,7 +31,7 @@ def data_root(client: Any) -> str:
     return str(client.info().get("DockerRootDir", "/var/lib/docker"))
 
 
-def _explain(exc: Exception) -> str:
+def explain(exc: Exception) -> str:
     text = getattr(exc, "explanation", None) or str(exc)
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
@@ -64,93 +49,13 @@ def get_plugin(client: Any, name: str) -> Any:
             "plugin ls)"
         ) from exc
     except docker.errors.APIError as exc:
-        raise EngineError(f"{name}: {_explain(exc)}") from exc
-
-
-def create(name: str, bundle: Path, client: Any = None) -> Any:
-    """Register the bundle folder as plugin NAME (created disabled)."""
-    import docker.errors
-
-    from dockplug.packaging.doctor import diagnose_bundle
-
-    errors = [f for f in diagnose_bundle(bundle) if f.level == "error"]
-    if errors:
-        raise EngineError(
-            f"{bundle} is not a usable plugin bundle:\n" + "\n".join(str(f) for f in errors)
-        )
-    client = client or connect()
-    try:
-        return client.plugins.create(name, str(bundle))
-    except docker.errors.APIError as exc:
-        text = _explain(exc)
-        fix = ""
-        if "already exists" in text:
-            fix = f"; fix: dockplug rm {name} first, or choose another name"
-        raise EngineError(f"creating {name}: {text}{fix}") from exc
-
-
-@dataclass
-class EnableResult:
-    name: str
-    id: str
-    seconds: float  # from the enable request to the socket answering
-    socket: Path | None
-
-
-def _bind_sources(plugin: Any) -> list[str]:
-    mounts = (plugin.attrs.get("Settings") or {}).get("Mounts") or []
-    return [
-        str(m["Source"])
-        for m in mounts
-        if m.get("Type") == "bind" and isinstance(m.get("Source"), str)
-    ]
+        raise EngineError(f"{name}: {explain(exc)}") from exc
 
 
 def plugin_socket(plugin: Any) -> Path:
     """Where an enabled managed plugin's socket is on the host (its config's socket name)."""
     socket = ((plugin.attrs.get("Config") or {}).get("Interface") or {}).get("Socket")
     return managed_socket(str(plugin.id), str(socket))
-
-
-def enable(name: str, timeout: int = 30, client: Any = None) -> EnableResult:
-    """Enable NAME and wait for its socket; on failure the error carries the doctor's findings."""
-    import docker.errors
-
-    from dockplug.packaging.doctor import diagnose_installed
-
-    client = client or connect()
-    plugin = get_plugin(client, name)
-    if plugin.enabled:
-        raise EngineError(f"{plugin.name} is already enabled")
-    local = is_local(client)
-    if local:
-        # runc refuses a bind mount whose host folder is missing; make it, as docker -v does
-        for src in _bind_sources(plugin):
-            Path(src).mkdir(parents=True, exist_ok=True)
-    sock = plugin_socket(plugin)
-    t0 = time.monotonic()
-    try:
-        plugin.enable(timeout=timeout)
-    except (docker.errors.APIError, OSError) as exc:
-        try:
-            found = diagnose_installed(name, client)
-            findings = [str(f) for f in found if f.check != "disabled"]
-        except Exception as derr:  # the enable error matters more
-            findings = [f"(the doctor failed too: {derr})"]
-        extra = "\n".join(findings) or (
-            "nothing wrong in the config or rootfs; the plugin process probably exited or did "
-            f"not listen on {PLUGIN_SOCKET_DIR}/{sock.name} within ~9.5 s; fix: read dockerd's "
-            f"log lines with plugin={plugin.id}"
-        )
-        raise EngineError(
-            f"enabling {plugin.name} failed: {_explain(exc)}\ndoctor:\n{extra}"
-        ) from exc
-    if local:
-        deadline = time.monotonic() + 5
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-    seconds = time.monotonic() - t0
-    return EnableResult(plugin.name, plugin.id, seconds, sock if local else None)
 
 
 @dataclass(frozen=True)
@@ -191,7 +96,7 @@ def disable(name: str, force: bool = False, client: Any = None) -> None:
     try:
         plugin.disable(force=force)
     except docker.errors.APIError as exc:
-        text = _explain(exc)
+        text = explain(exc)
         fix = ""
         if "in use" in text:
             fix = (
@@ -209,7 +114,7 @@ def remove(name: str, force: bool = False, client: Any = None) -> None:
     try:
         plugin.remove(force=force)
     except docker.errors.APIError as exc:
-        text = _explain(exc)
+        text = explain(exc)
         fix = ""
         if "enabled" in text:
             fix = f"; fix: dockplug disable {plugin.name} first, or use --force"
@@ -240,14 +145,14 @@ def set_options(name: str, pairs: list[str], client: Any = None) -> None:
     try:
         client.api.configure_plugin(plugin.name, list(pairs))
     except docker.errors.APIError as exc:
-        text = _explain(exc)
+        text = explain(exc)
         fix = ""
         if "not found" in text or "not settable" in text:
             fix = "; fix: only settable entries of the config can be set (docker plugin inspect)"
         raise EngineError(f"setting {' '.join(pairs)} on {plugin.name}: {text}{fix}") from exc
 
 
-def _registry_of(ref: str) -> str | None:
+def registry_of(ref: str) -> str | None:
     """The registry host of a reference, or None when it names no registry (Docker Hub)."""
     first, sep, _rest = ref.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost"):
@@ -263,7 +168,7 @@ def check_pushable(name: str) -> None:
             f"{name!r} is a digest reference and cannot be pushed; fix: use REGISTRY/REPO:TAG, "
             f"e.g. {example}"
         )
-    if _registry_of(name) is None:
+    if registry_of(name) is None:
         raise EngineError(
             f"{name!r} is not a pushable reference: it names no registry (host[:port]/...); "
             f"fix: give the plugin a registry name, e.g. dockplug rename {name} {example}"
@@ -273,7 +178,7 @@ def check_pushable(name: str) -> None:
 ProgressFn = Callable[[str], None]
 
 
-def _follow(stream: Any, what: str, progress: ProgressFn | None) -> dict[str, Any]:
+def follow(stream: Any, what: str, progress: ProgressFn | None) -> dict[str, Any]:
     """Read an Engine API JSON progress stream; report each new status once, raise on an error
     item, return the last ``aux`` item (push: Tag, Digest, Size)."""
     seen: dict[str, str] = {}
@@ -324,9 +229,9 @@ def push(name: str, progress: ProgressFn | None = None, client: Any = None) -> P
         # not APIClient.push_plugin: docker SDK 7.1 posts it to /plugins/NAME/pull
         res = api._post(api._url("/plugins/{0}/push", plugin.name), headers=headers, stream=True)
         api._raise_for_status(res)
-        aux = _follow(api._stream_helper(res, decode=True), f"pushing {plugin.name}", progress)
+        aux = follow(api._stream_helper(res, decode=True), f"pushing {plugin.name}", progress)
     except docker.errors.APIError as exc:
-        raise EngineError(f"pushing {plugin.name}: {_explain(exc)}") from exc
+        raise EngineError(f"pushing {plugin.name}: {explain(exc)}") from exc
     except OSError as exc:
         raise EngineError(
             f"pushing {plugin.name}: {exc}; fix: is the registry {registry} running?"
@@ -342,7 +247,7 @@ def privileges(ref: str, client: Any = None) -> list[dict[str, Any]]:
     try:
         found = client.api.plugin_privileges(ref)
     except docker.errors.APIError as exc:
-        text = _explain(exc)
+        text = explain(exc)
         fix = ""
         if "not found" in text or "unknown" in text or "manifest" in text:
             fix = "; fix: check the reference (REGISTRY/REPO/NAME:TAG) and that it was pushed"
@@ -350,56 +255,3 @@ def privileges(ref: str, client: Any = None) -> list[dict[str, Any]]:
     except OSError as exc:
         raise EngineError(f"fetching the privileges of {ref}: {exc}") from exc
     return list(found or [])
-
-
-@dataclass
-class InstallResult:
-    name: str
-    id: str
-    pull_seconds: float
-    enabled: EnableResult | None
-
-
-def install(
-    ref: str,
-    granted: list[dict[str, Any]],
-    *,
-    alias: str | None = None,
-    settings: list[str] | None = None,
-    enable_after: bool = True,
-    progress: ProgressFn | None = None,
-    client: Any = None,
-) -> InstallResult:
-    """Pull REF granting exactly GRANTED (from :func:`privileges`), apply SETTINGS, enable."""
-    import docker.errors
-
-    check_pairs(settings or [])
-    client = client or connect()
-    t0 = time.monotonic()
-    try:
-        stream = client.api.pull_plugin(ref, granted, name=alias)
-        _follow(stream, f"installing {ref}", progress)
-    except docker.errors.APIError as exc:
-        text = _explain(exc)
-        fix = ""
-        if "already exists" in text:
-            fix = f"; fix: dockplug rm {alias or ref} first, or use --alias"
-        elif "privileges" in text:
-            fix = "; fix: grant exactly the privileges dockplug install lists"
-        elif "connection refused" in text or "dial tcp" in text or "no such host" in text:
-            where = _registry_of(ref) or "docker.io"
-            fix = f"; fix: is the registry {where} running and reachable from dockerd?"
-        raise EngineError(f"installing {ref}: {text}{fix}") from exc
-    pull_seconds = time.monotonic() - t0
-    name = alias or ref
-    plugin = get_plugin(client, name)
-    try:
-        if settings:
-            set_options(plugin.name, list(settings), client)
-        result = enable(plugin.name, client=client) if enable_after else None
-    except EngineError as exc:
-        raise EngineError(
-            f"{exc}\n({plugin.name} is installed, disabled; fix the cause, then dockplug "
-            f"enable {plugin.name}, or dockplug rm {plugin.name})"
-        ) from exc
-    return InstallResult(plugin.name, plugin.id, pull_seconds, result)

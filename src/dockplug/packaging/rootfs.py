@@ -31,6 +31,7 @@ from dockplug.packaging.bases import (
     Base,
     check_base,
     populate,
+    python_version,
     refuse_escaping_paths,
 )
 from dockplug.packaging.config import PLUGIN_SOCKET_DIR, SITE_DIR
@@ -112,25 +113,6 @@ def _step(console: Console, text: str) -> Iterator[None]:
     with console.status(text):
         yield
     console.print(f"[green]✓[/green] {text} ({time.monotonic() - t0:.1f}s)")
-
-
-def python_version(rootfs: Path) -> tuple[int, int]:
-    """The minor version of ``/usr/bin/python3`` inside rootfs (from its symlink or libdir,
-    ``/usr/local/lib`` too: python:* images)."""
-    link = rootfs / "usr/bin/python3"
-    with contextlib.suppress(OSError):
-        m = re.fullmatch(r"python(\d+)\.(\d+)", os.readlink(link).rsplit("/", 1)[-1])
-        if m:
-            return int(m[1]), int(m[2])
-    found = sorted(
-        (int(m[1]), int(m[2]))
-        for lib in ("usr/lib", "usr/local/lib")
-        for p in (rootfs / lib).glob("python3.*")
-        if (m := re.fullmatch(r"python(\d+)\.(\d+)", p.name))
-    )
-    if not found:
-        raise ConfigError(f"{rootfs}: no python3 found; fix: remove the cache to rebuild it")
-    return found[-1]
 
 
 def _is_complete(cache: Path, packages: tuple[str, ...]) -> bool:

@@ -2,8 +2,9 @@
 tar.gz), ``import`` (create it again, settings re-applied) and ``rename`` (both, on one host).
 
 The archive holds ``config.json`` (the authored lowerCamel form, rebuilt from the Engine API
-inspect through the packaging config models), ``rootfs/`` (read from
-``<data-root>/plugins/<id>/rootfs``, so dockerd must run on this machine) and ``settings.json``
+inspect through the packaging config models), ``rootfs/`` (read from the plugin's rootfs in
+dockerd's data root, :func:`~dockplug.facts.managed_rootfs`, so dockerd must run on this
+machine) and ``settings.json``
 (the plugin's name, enabled state and Settings: env, args, mounts, devices).
 """
 
@@ -28,7 +29,7 @@ from rich.console import Console
 
 from dockplug.errors import ConfigError
 from dockplug.facts import managed_rootfs
-from dockplug.packaging import engine
+from dockplug.packaging import engine, verbs
 from dockplug.packaging.bases import CountingReader, UnsafeMember, byte_progress, rootfs_member
 from dockplug.packaging.config import PluginConfig, validate_config
 from dockplug.packaging.engine import EngineError
@@ -251,7 +252,7 @@ class ImportResult:
     name: str
     id: str
     settings: list[str]  # the KEY=VALUE pairs re-applied
-    enabled: engine.EnableResult | None
+    enabled: verbs.EnableResult | None
     create_seconds: float
     seconds: float
 
@@ -283,7 +284,7 @@ def create_with_settings(
             markup=False,
         )
     with console.status(f"creating {name} (dockerd packs the rootfs)"):
-        engine.create(name, bundle, client)
+        verbs.create(name, bundle, client)
     create_seconds = time.monotonic() - t0
     plugin = engine.get_plugin(client, name)
     try:
@@ -292,7 +293,7 @@ def create_with_settings(
         )
         if pairs:
             engine.set_options(plugin.name, pairs, client)
-        enabled = engine.enable(plugin.name, client=client) if enable_after else None
+        enabled = verbs.enable(plugin.name, client=client) if enable_after else None
     except BaseException:
         with contextlib.suppress(docker.errors.APIError, EngineError):
             plugin.remove(force=True)
@@ -381,7 +382,7 @@ def rename(
         try:
             plugin.disable()
         except docker.errors.APIError as exc:
-            text = engine._explain(exc)
+            text = engine.explain(exc)
             if "in use" in text:
                 raise EngineError(
                     f"{plugin.name} is enabled and in use ({text}); rename re-creates the "
@@ -403,7 +404,7 @@ def rename(
     except BaseException:
         if was_enabled:  # leave OLD as it was
             with contextlib.suppress(Exception):
-                engine.enable(plugin.name, client=client)
+                verbs.enable(plugin.name, client=client)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -12,6 +12,7 @@ import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -28,6 +29,16 @@ _ACRONYMS = {"id": "ID", "ipv4": "IPv4", "ipv6": "IPv6", "uri": "Uri"}
 def pascal(name: str) -> str:
     """``network_id`` -> ``NetworkID``; ``ipv4_data`` -> ``IPv4Data``."""
     return "".join(_ACRONYMS.get(part, part[:1].upper() + part[1:]) for part in name.split("_"))
+
+
+def rfc3339(value: object) -> str | None:
+    """A time as Go's ``time.Time`` marshals it (RFC 3339, ``Z`` for UTC; a naive time is UTC),
+    None for no time: dockerd parses these fields with ``time.Parse(time.RFC3339Nano)``."""
+    if not isinstance(value, datetime):  # None, or e.g. "" assigned after construction
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat().replace("+00:00", "Z")
 
 
 class WireModel(BaseModel):

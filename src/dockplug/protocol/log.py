@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import AsyncIterable, Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar
 
 from pydantic import Field, field_serializer, field_validator
@@ -25,20 +25,13 @@ from dockplug.protocol.base import (
     WireModel,
     nonblocking,
     placeholder,
+    rfc3339,
 )
 
 _LENGTH = struct.Struct(">I")
 MAX_FRAME = 1 << 20
 """FrameReader's default limit: LogEntry lines are split at 16 KiB, so anything this large is a
 desynchronised stream, not a message."""
-
-
-def _rfc3339(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat().replace("+00:00", "Z")
 
 
 def _null_is_empty(value: Any, empty: Any) -> Any:
@@ -78,7 +71,7 @@ class Info(WireModel):
 
     @field_serializer("container_created")
     def _created(self, value: datetime | None) -> str | None:
-        return _rfc3339(value)
+        return rfc3339(value)
 
 
 class StartLoggingRequest(WireModel):
@@ -115,7 +108,7 @@ class ReadConfig(WireModel):
 
     @field_serializer("since", "until")
     def _times(self, value: datetime | None) -> str | None:
-        return _rfc3339(value)
+        return rfc3339(value)
 
 
 class ReadLogsRequest(WireModel):

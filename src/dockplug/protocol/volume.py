@@ -8,7 +8,7 @@ sends ``"Opts": null`` for implicit creates, may Mount the same ID twice, and re
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 from pydantic import field_serializer, field_validator
@@ -24,6 +24,7 @@ from dockplug.protocol.base import (
     WireModel,
     nonblocking,
     placeholder,
+    rfc3339,
 )
 
 
@@ -42,11 +43,7 @@ class Volume(WireModel):
 
     @field_serializer("created_at")
     def _rfc3339(self, value: datetime | None) -> str | None:
-        if not isinstance(value, datetime):  # e.g. "" assigned after construction
-            return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.isoformat().replace("+00:00", "Z")
+        return rfc3339(value)
 
 
 class CreateRequest(WireModel):

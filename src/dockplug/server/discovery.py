@@ -16,6 +16,7 @@ from typing import Any
 
 from dockplug.errors import ConfigError
 from dockplug.facts import PLUGIN_DIR, SPEC_DIRS
+from dockplug.state.durable import atomic_write
 
 __all__ = ["SOCKET_DIR", "SPEC_DIRS"]  # re-exported: where discovery looks
 SOCKET_DIR = PLUGIN_DIR
@@ -179,14 +180,9 @@ def scan(
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """dockerd may read a spec file at any moment: it sees the old one or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write(path, text, mode=0o644)
 
 
 def write_spec(spec_dir: Path, name: str, url: str) -> Path:

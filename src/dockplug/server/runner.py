@@ -296,11 +296,12 @@ def _metrics(drivers: Driver | Sequence[Driver], opts: ServeOptions) -> Metrics:
     if not opts.metrics:
         return NO_METRICS
     parse_address(opts.metrics)  # a bad address fails before anything is bound
-    from dockplug import __version__
+    from importlib.metadata import version
+
     from dockplug.observe.prometheus import PrometheusMetrics
 
     first = drivers if isinstance(drivers, Driver) else drivers[0]
-    return PrometheusMetrics(opts.name, type(first).__name__, __version__)
+    return PrometheusMetrics(opts.name, type(first).__name__, version("dockplug"))
 
 
 async def serve_async(drivers: Driver | Sequence[Driver], opts: ServeOptions) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dockplug.errors import ConfigError
 from dockplug.observe import add_secret
-from dockplug.state.durable import fsync_dir
+from dockplug.state.durable import atomic_write
 
 FILE_NAME = "secrets.json"
 # names users give; drivers keep their own entries under a "kind/" prefix no user name can take
@@ -60,19 +60,7 @@ class SecretStore:
         folder = self.path.parent
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(folder, 0o700)
-        tmp = folder / f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, json.dumps(data, indent=1, sort_keys=True).encode())
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        os.replace(tmp, self.path)
-        fsync_dir(folder)
+        atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True), mode=0o600)
 
     def get(self, name: str) -> str | None:
         with self._lock:

@@ -77,9 +77,9 @@ def dockerd() -> Iterator[Dockerd]:
 @pytest.fixture
 def docker_client(dockerd: Dockerd) -> Iterator[Any]:
     """A docker SDK client (Engine API) for the ``dockerd`` fixture's engine."""
-    import docker
+    from dockplug.engine_api import docker_client
 
-    client = docker.DockerClient(base_url=dockerd.host, timeout=600)
+    client = docker_client(dockerd.host, timeout=600)
     yield client
     client.close()
 

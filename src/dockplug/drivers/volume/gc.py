@@ -9,35 +9,38 @@ request, and calling back into it would deadlock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from dockplug.drivers.volume.refcount import MountTable
+from dockplug.engine_api import EngineError, docker_client
 from dockplug.errors import PluginError
 
 
-class MountHolder(Protocol):
-    """What gc needs of a driver: its volumes, their counts, a way to clear them, its log."""
+class Collectable(Protocol):
+    """What gc needs of a volume driver (``StatefulVolumeDriver`` is one); a protocol, so that
+    the driver's module imports this one and not the other way round."""
 
-    volumes: dict[str, Any]
-    mounts: MountTable
-    log: Callable[[str], None]
+    @property
+    def volumes(self) -> Iterable[str]: ...
+
+    @property
+    def mounts(self) -> MountTable: ...
 
     def clear_mounts(self, name: str) -> dict[str, int]: ...
 
+    def log(self, message: str) -> None: ...
+
 
 def engine(docker_host: str | None = None) -> Any:
-    import docker
-
+    """An Engine API client; its failure is a plugin error (the reply to a maintenance call)."""
     try:
-        if docker_host:
-            return docker.DockerClient(base_url=docker_host, timeout=30)
-        return docker.from_env(timeout=30)
-    except docker.errors.DockerException as exc:
-        raise PluginError(f"cannot reach the Docker Engine API: {exc}") from exc
+        return docker_client(docker_host, timeout=30)
+    except EngineError as exc:
+        raise PluginError(str(exc)) from exc
 
 
-def collect(driver: MountHolder, docker_host: str | None = None) -> dict[str, int]:
+def collect(driver: Collectable, docker_host: str | None = None) -> dict[str, int]:
     """Clear the mount IDs of volumes no running container uses; returns what was cleared."""
     import docker
 

@@ -1,15 +1,81 @@
-"""The report as one self-contained HTML page: inline CSS, no scripts, no external assets, every
-value escaped (evidence quotes plugin replies, which may contain anything)."""
+"""A run's report: each check's result with its evidence, what cleanup left behind, and its two
+forms, JSON and one self-contained HTML page (inline CSS, no scripts, no external assets, every
+value escaped: evidence quotes plugin replies, which may contain anything)."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass, field
 from html import escape
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any
 
 from dockplug.conformance.checks import Result
 
-if TYPE_CHECKING:
-    from dockplug.conformance.runner import Report
+
+@dataclass
+class CheckResult:
+    id: str
+    title: str
+    ref: str
+    result: Result
+    evidence: str
+    seconds: float
+
+
+@dataclass
+class Report:
+    target: str
+    url: str
+    kind: str
+    opts: dict[str, str]
+    started: str
+    results: list[CheckResult] = field(default_factory=list)
+    calls: int = 0
+    cleanup: list[str] = field(default_factory=list)
+
+    def count(self, result: Result) -> int:
+        return sum(1 for r in self.results if r.result is result)
+
+    @property
+    def ok(self) -> bool:
+        return self.count(Result.FAIL) == 0
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    def summary(self) -> str:
+        parts = [f"{self.count(r)} {r.value}" for r in Result if self.count(r)]
+        return f"{self.kind} checks on {self.target}: " + ", ".join(parts or ["nothing run"])
+
+    def failures(self) -> str:
+        """The failed checks, one per line with their evidence (for assertion messages)."""
+        return "\n".join(
+            f"{r.id} {r.title}: {r.evidence}" for r in self.results if r.result is Result.FAIL
+        )
+
+    def by_id(self) -> dict[str, CheckResult]:
+        return {r.id: r for r in self.results}
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["summary"] = self.summary()
+        data["ok"] = self.ok
+        data["counts"] = {r.value: self.count(r) for r in Result}
+        for r in data["results"]:
+            r["result"] = str(r["result"])
+        return data
+
+    def write(self, path: Path) -> None:
+        """JSON, or a self-contained HTML page when the file name ends in .html/.htm."""
+        if path.suffix.lower() in (".html", ".htm"):
+            path.write_text(render(self), encoding="utf-8")
+            return
+        path.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
+
+
+# -- the HTML page ------------------------------------------------------------------------------
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#222}
