@@ -242,22 +242,39 @@ def check_ops(ops: Sequence[Op]) -> None:
 
 class Watch(AsyncIterator[Event]):
     """The events of one watch: ``async with store.watch(prefix, rev) as events:
-    async for event in events: ...``. Closing it (or leaving the ``with``) ends the watch."""
+    async for event in events: ...``. Closing it (or leaving the ``with``) ends the watch.
 
-    def __init__(self, events: AsyncGenerator[Event, None]) -> None:
-        self._events = events
+    Entering the ``with`` (or ``await watch.start()``) establishes the watch: "from now"
+    (``start_revision=None``) then means that moment, and a compacted start revision raises
+    :class:`Compacted` there. Iterating without it establishes the watch at the first event.
+    """
+
+    def __init__(self, events: AsyncGenerator[Event | None, None]) -> None:
+        self._events = events  # yields None once established, then the events
+        self._started = False
+
+    async def start(self) -> Watch:
+        if not self._started:
+            self._started = True
+            if await self._events.__anext__() is not None:
+                raise RuntimeError("a watch implementation must yield None once established")
+        return self
 
     def __aiter__(self) -> Watch:
         return self
 
     async def __anext__(self) -> Event:
-        return await self._events.__anext__()
+        await self.start()
+        event = await self._events.__anext__()
+        if event is None:
+            raise RuntimeError("a watch implementation yielded None twice")
+        return event
 
     async def aclose(self) -> None:
         await self._events.aclose()
 
     async def __aenter__(self) -> Watch:
-        return self
+        return await self.start()
 
     async def __aexit__(
         self,
@@ -288,9 +305,7 @@ class KVStore(ABC):
         """The entry of KEY, or None."""
 
     @abstractmethod
-    async def range(
-        self, prefix: str, *, timeout: float | None = None
-    ) -> tuple[list[Entry], int]:
+    async def range(self, prefix: str, *, timeout: float | None = None) -> tuple[list[Entry], int]:
         """Every entry whose key starts with PREFIX ("" is every key), ordered by key, and the
         store's revision at that read: watch from that revision + 1 to miss nothing."""
 
@@ -349,8 +364,9 @@ class KVStore(ABC):
     @abstractmethod
     def _events(
         self, prefix: str, start_revision: int | None, timeout: float
-    ) -> AsyncGenerator[Event, None]:
-        """The implementation of :meth:`watch`."""
+    ) -> AsyncGenerator[Event | None, None]:
+        """The implementation of :meth:`watch`: yields None once the watch is established
+        (it raises :class:`Compacted` before that if it must), then every event."""
 
     def watch(
         self, prefix: str, start_revision: int | None = None, *, timeout: float | None = None
@@ -416,9 +432,7 @@ class LeaseKeeper:
                         f"{self.store.name}: lease {self.lease:x} could not be refreshed "
                         f"for {self.ttl} s, so the store has expired it"
                     )
-                ttl = await self.store.keep_alive(
-                    self.lease, timeout=min(left, self.store.timeout)
-                )
+                ttl = await self.store.keep_alive(self.lease, timeout=min(left, self.store.timeout))
             except StoreUnavailable as exc:
                 if time.monotonic() >= expires:
                     self._lose(exc)
