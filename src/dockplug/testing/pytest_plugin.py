@@ -20,6 +20,7 @@ from dockplug.protocol.base import Driver
 from dockplug.server.runner import ServeOptions
 from dockplug.testing import harness
 from dockplug.testing.dockerd import Dockerd, unavailable_reason
+from dockplug.testing.etcd_fixtures import etcd, etcd35, etcd_server  # noqa: F401 - fixtures
 from dockplug.testing.harness import Report
 from dockplug.testing.pki import Certificates, make_certificates
 from dockplug.testing.servers import ThreadedPlugin
