@@ -523,7 +523,7 @@ def test_close_ends_open_watches(backend: Backend) -> None:
 
 def test_a_store_that_does_not_answer_fails_calls_within_their_deadline(backend: Backend) -> None:
     async def body() -> None:
-        store = backend.open(timeout=0.5)
+        store = backend.open(timeout=0.3)
         assert (await store.health()).ok
         calls: list[Callable[[], Awaitable[Any]]] = [
             lambda: store.put("d/k", b"1"),
@@ -538,9 +538,9 @@ def test_a_store_that_does_not_answer_fails_calls_within_their_deadline(backend:
                 with pytest.raises(StoreUnavailable) as caught:
                     await call()
                 took = time.monotonic() - start
-                assert 0.4 < took < 1.2, took
+                assert 0.25 < took < 1.0, took
                 assert store.name in str(caught.value)
-            probe = await store.health(timeout=0.3) if backend.server else None
+            probe = await store.health(timeout=0.2) if backend.server else None
         if probe is not None:
             assert not probe.ok and probe.error
         assert await store.put("d/k", b"after", timeout=5)  # and it works again
