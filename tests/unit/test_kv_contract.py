@@ -587,9 +587,9 @@ def test_etcd_restart_the_same_client_recovers_and_the_watch_loses_nothing(
     async def body() -> None:
         store = EtcdKV(server.endpoint, timeout=1)
         other = EtcdKV(server.endpoint, timeout=1)
-        lease = await store.grant(3)
+        lease = await store.grant(2)
         await store.put("rs/leased", b"", lease=lease)
-        async with store.watch("rs/") as events, store.keep_lease_alive(lease, 3) as keeper:
+        async with store.watch("rs/") as events, store.keep_lease_alive(lease, 2) as keeper:
             await store.put("rs/1", b"before")
             first = await collect(events, 1)
             await asyncio.to_thread(server.restart, 0.5)
@@ -599,7 +599,7 @@ def test_etcd_restart_the_same_client_recovers_and_the_watch_loses_nothing(
             await _until_it_works(lambda: store.put("rs/3", b"after"), 5)
             recovered = time.monotonic() - start
             rest = await collect(events, 2, timeout=10)
-            await asyncio.sleep(3.5)  # past the lease's TTL: the keeper refreshed it
+            await asyncio.sleep(2.5)  # past the lease's TTL: the keeper refreshed it
             assert await store.get("rs/leased") is not None, keeper.error
             assert not keeper.lost.is_set()
         assert [e.entry.key for e in first + rest] == ["rs/1", "rs/2", "rs/3"]
