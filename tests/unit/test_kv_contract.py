@@ -550,7 +550,7 @@ def test_a_store_that_does_not_answer_fails_calls_within_their_deadline(backend:
 
 def test_sqlite_changelog_keeps_its_history_bound(tmp_path: Path) -> None:
     async def body() -> None:
-        store = SqliteKV(tmp_path / "kv.db", history=128)
+        store = await SqliteKV.open(tmp_path / "kv.db", history=128)
         first = await store.put("h/k", b"0")
         for i in range(300):
             last = await store.put("h/k", str(i).encode())
