@@ -8,7 +8,22 @@ mode=${1:-serve}
 
 packages=(docker.io e2fsprogs util-linux python3-venv)
 if [[ $mode == test ]]; then
-    packages+=(busybox-static openssl rclone fuse3 ca-certificates procps debootstrap debian-archive-keyring openssh-server sshfs docker-registry systemd prometheus)
+    packages+=(
+        busybox-static
+        ca-certificates
+        debian-archive-keyring
+        debootstrap
+        docker-registry
+        etcd-server
+        fuse3
+        openssh-server
+        openssl
+        procps
+        prometheus
+        rclone
+        sshfs
+        systemd
+    )
 fi
 missing=()
 for p in "${packages[@]}"; do
