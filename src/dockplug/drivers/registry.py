@@ -66,6 +66,8 @@ class Managed:
     #: Debian packages its rootfs needs besides python3, and the program each provides (how a
     #: base without a dpkg database is checked for it)
     packages: dict[str, str] = field(default_factory=dict)
+    #: config.json interface types (empty: a volume driver)
+    types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,7 @@ AUTHZ = BuiltinDriver(
             "/var/lib/dockplug/managed-authz",
             description="host folder holding policy/ (the Cedar policy) and audit.log",
         ),
+        types=("docker.authz/1.0",),
     ),
     takes_name=True,
 )  # fmt: skip
