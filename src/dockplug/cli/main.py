@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from dockplug import __version__
+from dockplug.cli.authz import authz
 from dockplug.cli.check import check
 from dockplug.cli.local import local
 from dockplug.cli.plugin import (
@@ -77,6 +78,7 @@ cli.add_command(import_)
 cli.add_command(rename)
 cli.add_command(systemd)
 cli.add_command(status)
+cli.add_command(authz)
 
 
 @cli.command()

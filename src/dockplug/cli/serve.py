@@ -119,6 +119,8 @@ def builtin_command(entry: BuiltinDriver) -> click.Command:
 
     def command(**params: Any) -> None:
         opts = serve_options(params)
+        if entry.takes_name:
+            params["plugin_name"] = opts.name
         run(entry.load()(**params), opts)
 
     command = transport_options(default_name=entry.plugin_name)(command)

@@ -66,6 +66,8 @@ class Managed:
     #: Debian packages its rootfs needs besides python3, and the program each provides (how a
     #: base without a dpkg database is checked for it)
     packages: dict[str, str] = field(default_factory=dict)
+    #: config.json interface types (empty: a volume driver)
+    types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class BuiltinDriver:
     help: str  # ``dockplug serve NAME --help``
     settings: tuple[ServeSetting, ...]
     managed: Managed
+    #: the constructor also takes ``plugin_name`` (the --name it is served as)
+    takes_name: bool = False
 
     def load(self) -> type[Driver]:
         module, _, attr = self.cls.partition(":")
@@ -205,8 +209,51 @@ SSHFS = BuiltinDriver(
     ),
 )  # fmt: skip
 
+AUTHZ = BuiltinDriver(
+    name="authz",
+    cls="dockplug.drivers.authz.driver:CedarAuthz",
+    plugin_name="dockplug-authz",
+    help=(
+        "Serve an authorization plugin for dockerd --authorization-plugin=dockplug-authz: "
+        "Cedar policies over a typed model of each API call, fail-closed.\n\n"
+        "The principal is the TLS client certificate (dockerd --tlsverify) or, on the local "
+        "socket, --local-principal. Reloads on SIGHUP and on file change; a bad policy is "
+        "refused and the last good one stays. Break-glass: remove the plugin from dockerd's "
+        "authorization-plugins (daemon.json) and reload dockerd."
+    ),
+    settings=(
+        ServeSetting("policy", "Cedar policy folder (policy, schema, tests) or file.", Path,
+                     metavar="DIR|FILE"),
+        ServeSetting("audit_log", "Append one JSON line per decision here (rotated).", Path,
+                     metavar="PATH"),
+        ServeSetting("syslog", "Also send audit lines to syslog: /dev/log or HOST:PORT (UDP)."),
+        ServeSetting("local_principal", "Principal of requests without a TLS user (the unix "
+                     "socket); empty: deny them.", str, "local", metavar="NAME"),
+        ServeSetting("time_budget", "Deny a decision that takes longer than SECONDS.", float,
+                     0.5, metavar="SECONDS", minimum=0.001),
+        ServeSetting("watch_interval", "Check the policy files for changes every SECONDS "
+                     "(0: SIGHUP only).", float, 1.0, metavar="SECONDS", minimum=0),
+    ),
+    # the policy folder is bind-mounted read-only from the host; the audit log goes to the
+    # state folder
+    managed=Managed(
+        description="dockplug authz: Cedar policies for the Engine API, fail-closed",
+        socket="authz.sock",
+        args=(
+            "serve", "authz", "--socket", f"{PLUGIN_DIR}/authz.sock",
+            "--policy", "/mnt/state/policy", "--audit-log", "/mnt/state/audit.log",
+        ),
+        state_mount=StateMount(
+            "/var/lib/dockplug/managed-authz",
+            description="host folder holding policy/ (the Cedar policy) and audit.log",
+        ),
+        types=("docker.authz/1.0",),
+    ),
+    takes_name=True,
+)  # fmt: skip
+
 #: name -> entry, in the order ``dockplug serve --help`` lists them
-BUILTINS: dict[str, BuiltinDriver] = {d.name: d for d in (LOCAL, SSHFS)}
+BUILTINS: dict[str, BuiltinDriver] = {d.name: d for d in (LOCAL, SSHFS, AUTHZ)}
 
 
 def builtin(name: str) -> BuiltinDriver:

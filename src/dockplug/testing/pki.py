@@ -64,3 +64,11 @@ def make_certificates(directory: Path) -> Certificates:
         client_key=d / "client.key",
         other_ca=d / "other-ca.pem",
     )
+
+
+def client_certificate(directory: Path, name: str) -> tuple[Path, Path]:
+    """One more client certificate (CN ``dockplug-NAME``) from the CA ``make_certificates``
+    wrote into DIRECTORY: (cert, key). For tests with several TLS users."""
+    d = Path(directory)
+    _leaf(d, name, "extendedKeyUsage=clientAuth")
+    return d / f"{name}.pem", d / f"{name}.key"

@@ -1,0 +1,1 @@
+"""``dockplug serve authz``: a fail-closed authorization plugin with policies in Cedar."""
