@@ -46,6 +46,14 @@ class WireModel(BaseModel):
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
+class Encoded(bytes):
+    """A reply body already in wire form: the server sends it as it is, skipping the reply
+    model. A driver returns one to answer a call dockerd repeats (Get before every volume
+    operation) from bytes it encoded once and keeps until the object changes."""
+
+    __slots__ = ()
+
+
 class Empty(WireModel):
     """A body with no fields (``{}`` or no body at all)."""
 

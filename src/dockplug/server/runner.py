@@ -12,20 +12,18 @@ import contextlib
 import inspect
 import signal
 import socket
-import ssl
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from dockplug.errors import ConfigError
 from dockplug.facts import PLUGIN_DIR, default_socket
 from dockplug.protocol.base import Driver
 from dockplug.server import discovery, listeners
 from dockplug.server.app import PluginApp
+from dockplug.server.http import HttpServer
 from dockplug.server.reqlog import RequestLog
 
 
@@ -163,17 +161,27 @@ async def _maybe_await(value: Any) -> Any:
     return value
 
 
-def _ssl_kwargs(tls: TLSSettings | None) -> dict[str, Any]:
+def ssl_context(tls: TLSSettings | None) -> Any:
+    """The server's TLS context, or None; ``ssl`` loads only for a TLS plugin."""
     if tls is None:
-        return {}
+        return None
+    import ssl
+
     for label, path in (("--tls-cert", tls.cert), ("--tls-key", tls.key)):
         if not Path(path).is_file():
             raise ConfigError(f"{label} {path}: no such file")
-    kwargs: dict[str, Any] = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"--tls-cert {tls.cert} / --tls-key {tls.key}: {exc}") from exc
     if tls.client_ca is not None:
-        kwargs["ssl_ca_certs"] = str(tls.client_ca)
-        kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
-    return kwargs
+        try:
+            ctx.load_verify_locations(cafile=str(tls.client_ca))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"--tls-client-ca {tls.client_ca}: {exc}") from exc
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 class PluginServer:
@@ -183,36 +191,35 @@ class PluginServer:
         self.opts = opts
         self.log = RequestLog(debug=opts.debug)
         self.app = PluginApp(drivers, log=self.log)
-        config = uvicorn.Config(
-            self.app,
-            http="httptools",
-            lifespan="off",
-            access_log=False,
-            log_config=None,
-            log_level="warning",
-            server_header=False,
-            proxy_headers=False,  # dockerd talks to us directly; no proxy middleware per call
-            date_header=False,
-            timeout_keep_alive=24 * 3600,  # let dockerd close idle connections, never race it
-            timeout_graceful_shutdown=opts.graceful_timeout,
-            **_ssl_kwargs(opts.tls),
-        )
-        self.server = uvicorn.Server(config)
+        self.ssl = ssl_context(opts.tls)
+        self.http = HttpServer(self.app, ssl=self.ssl)
         self.bound: Bound | None = None
-        self.ready = asyncio.Event()
+        self.ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._stop_asked = False
 
     @property
     def url(self) -> str:
         return self.bound.url if self.bound else ""
 
     def stop(self) -> None:
-        """Ask for a graceful stop (thread-safe: uvicorn polls the flag)."""
-        self.server.should_exit = True
+        """Ask for a graceful stop; safe from any thread and from signal handlers."""
+        self._stop_asked = True
+        loop, event = self._loop, self._stop
+        if loop is None or event is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            event.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(event.set)
 
-    async def _after_listen(self) -> None:
-        while not self.server.started and not self.server.should_exit:
-            await asyncio.sleep(0.002)
-        self.ready.set()
+    async def _startup(self) -> None:
         for driver in self.app.drivers:
             try:
                 await _maybe_await(driver.startup())
@@ -228,16 +235,29 @@ class PluginServer:
             f"dockplug serving {opts.name} ({', '.join(app.implements)}) on {bound.url}"
             + (f" announced by {announced}" if announced else "")
         )
+        loop = self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if self._stop_asked:
+            self._stop.set()
+        signals: list[signal.Signals] = []
         if threading.current_thread() is threading.main_thread():
-            # uvicorn re-raises the signal it caught once it has shut down; a no-op handler
-            # keeps that from killing us before we clean up, so a stop is a clean exit 0.
+            # a stop signal drains and returns, so systemd and dockerd see a clean exit 0
             for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: None)
-        startup_task = asyncio.create_task(self._after_listen())
+                loop.add_signal_handler(sig, self.stop)
+                signals.append(sig)
+        startup_task: asyncio.Task[None] | None = None
         try:
-            await self.server.serve(sockets=bound.sockets)
+            await self.http.start(bound.sockets)
+            self.ready.set()
+            startup_task = asyncio.create_task(self._startup())
+            await self._stop.wait()
+            await self.http.shutdown(opts.graceful_timeout)
         finally:
-            startup_task.cancel()
+            if startup_task is not None:
+                startup_task.cancel()
+            for sock in bound.sockets:
+                with contextlib.suppress(OSError):
+                    sock.close()
             release(bound)
             for driver in app.drivers:
                 try:
@@ -246,6 +266,9 @@ class PluginServer:
                     log.event(f"shutdown of {type(driver).__name__} failed: {exc}")
             app.close()
             log.event(f"dockplug {opts.name} stopped")
+            log.flush()
+            for sig in signals:
+                loop.remove_signal_handler(sig)
 
 
 async def serve_async(drivers: Driver | Sequence[Driver], opts: ServeOptions) -> None:
