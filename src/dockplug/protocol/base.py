@@ -31,7 +31,9 @@ class WireModel(BaseModel):
     """A JSON body as dockerd sends or reads it.
 
     Unknown keys are ignored (dockerd adds fields over versions), snake_case names are accepted
-    too, so Python callers may build models either way.
+    too, so Python callers may build models either way. A model's validator is built on first
+    use, not at import: a plugin answers ``Plugin.Activate`` sooner, and the dozens of models of
+    protocols it serves but dockerd seldom calls cost nothing until called.
     """
 
     model_config = ConfigDict(
@@ -39,6 +41,7 @@ class WireModel(BaseModel):
         populate_by_name=True,
         extra="ignore",
         frozen=False,
+        defer_build=True,
     )
 
     def wire(self) -> bytes:
