@@ -224,3 +224,23 @@ def test_cached_get_reply_follows_every_change(serve_plugin: Serve, short_tmp: P
         assert status(client) == (0, 0)
         assert client.call("VolumeDriver.Remove", {"Name": "c"}).status == 200
         assert client.call("VolumeDriver.Get", {"Name": "c"}).status == 500
+
+
+def test_a_broken_observer_is_switched_off_and_never_fails_a_call(
+    serve_plugin: Serve, capfd: pytest.CaptureFixture[str]
+) -> None:
+    plugin = serve_plugin(Names())
+    calls: list[str] = []
+
+    def broken(endpoint: str, status: int, seconds: float) -> None:
+        calls.append(endpoint)
+        raise RuntimeError("registry gone")
+
+    plugin.server.app.observer = broken
+    with plugin.client() as client:
+        assert client.call("VolumeDriver.Create", {"Name": "v"}).status == 200
+        assert client.call("VolumeDriver.Create", {"Name": "w"}).status == 200
+    assert calls == ["/VolumeDriver.Create"]
+    assert plugin.server.app.observer is None
+    plugin.stop()
+    assert "metrics hook" in capfd.readouterr().out

@@ -119,7 +119,9 @@ class PluginApp:
             p.implements for d in self.drivers for p in protocols_of(d) if p.announce
         ]
         self.activate_body = json.dumps({"Implements": self.implements}).encode()
-        # the metrics hook: called as observer(endpoint, status, seconds) after each reply
+        # The per-request hook (metrics): ``observer(endpoint, status, seconds)`` after each
+        # reply, on the event loop. None costs one attribute test; a hook that raises is
+        # switched off (and says so in the log) rather than failing the calls it watches.
         self.observer: Callable[[str, int, float], None] | None = None
 
     def _add_routes(self, driver: Driver, proto: Protocol) -> None:
@@ -202,7 +204,7 @@ class PluginApp:
             if ep.streams:
                 log.request(rid, path, subject, 200, perf_counter() - started)
                 if self.observer is not None:
-                    self.observer(path, 200, perf_counter() - started)
+                    self._observe(path, 200, perf_counter() - started)
                 return Stream(_aiter(result))
             if type(result) is Encoded:
                 data: bytes = result  # already in wire form (a driver's cached reply)
@@ -232,8 +234,17 @@ class PluginApp:
         seconds = perf_counter() - started
         log.request(rid, path, subject, status, seconds)
         if self.observer is not None:
-            self.observer(path, status, seconds)
+            self._observe(path, status, seconds)
         return status, data
+
+    def _observe(self, path: str, status: int, seconds: float) -> None:
+        observer = self.observer
+        try:
+            if observer is not None:
+                observer(path, status, seconds)
+        except Exception as exc:  # a broken hook must not turn replies into errors
+            self.observer = None
+            self.log.event(f"metrics hook {observer!r} failed and is now off: {exc}")
 
     def _fail(
         self,
@@ -249,7 +260,7 @@ class PluginApp:
         seconds = perf_counter() - started
         self.log.request(rid, path, subject, status, seconds, message)
         if self.observer is not None:
-            self.observer(path, status, seconds)
+            self._observe(path, status, seconds)
         return status, self.error_body(proto, message)
 
     async def _call_sync(self, route: Route, req: Any) -> Any:
