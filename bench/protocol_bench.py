@@ -51,8 +51,11 @@ TARGET_RPS_CONNS = 8
 TARGET_RPS = 12_000.0
 TARGET_P50_CONNS = 1
 TARGET_P50_MS = 0.15
-TARGET_START_MS = 300.0
-TARGET_IDLE_RSS_MIB = 45.0
+TARGET_START_MS = 120.0
+TARGET_IDLE_RSS_MIB = 30.0
+# relative targets (issue 16): p50 on 1 conn <= rclone's; req/s on 8 conns >= 0.8x the bare stack
+TARGET_BARE_RPS_SHARE = 0.8
+BARE_ASGI = Path(__file__).resolve().parent / "bare_asgi.py"
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MAX_ERROR_SAMPLES = 5
@@ -373,6 +376,7 @@ class Peer:
     variant: str = ""  # shown next to the name, e.g. "serve local"
     notes: list[str] = field(default_factory=list)
     fallback: Callable[[], Peer] | None = None
+    fresh: list[Path] = field(default_factory=list)  # state removed before each round
 
 
 @dataclass
@@ -498,7 +502,8 @@ def dockplug_peer(root: Path, template: str | None) -> Peer:
         )  # fmt: skip
 
     body = json_body({"Name": VOLUME, "Opts": None})
-    return Peer("dockplug", argv, body, work, sock, "serve local", fallback=hello)
+    return Peer("dockplug", argv, body, work, sock, "serve local", fallback=hello,
+                fresh=[work / "vols", work / "state"])  # fmt: skip
 
 
 def rclone_peer(root: Path, binary: str) -> Peer:
@@ -513,7 +518,59 @@ def rclone_peer(root: Path, binary: str) -> Peer:
     ]  # fmt: skip
     # Create only records the volume; rclone mounts (FUSE) on the first Mount, so Get needs none
     body = json_body({"Name": VOLUME, "Opts": {"type": "local", "path": str(work / "rdata")}})
-    return Peer("rclone", argv, body, work, sock)
+    return Peer("rclone", argv, body, work, sock, fresh=[work / "rvols", work / "cache"])
+
+
+def bare_peer(root: Path) -> Peer:
+    """uvicorn+httptools answering fixed JSON: the ceiling of a uvicorn-based plugin."""
+    work = root / "bare"
+    work.mkdir()
+    sock = work / "plugin.sock"
+    argv = [sys.executable, str(BARE_ASGI), str(sock)]
+    return Peer("bare", argv, json_body({"Name": VOLUME, "Opts": None}), work, sock,
+                variant="uvicorn+httptools, fixed JSON")  # fmt: skip
+
+
+def merge_rounds(rounds: list[PeerResult]) -> PeerResult:
+    """One peer's rounds as one result: every start kept, other figures the median over the
+    rounds (request and error counts summed)."""
+    good = [r for r in rounds if not r.skipped]
+    if not good:
+        return rounds[0]
+    first = good[0]
+    merged = PeerResult(first.name, first.command, first.variant, list(first.notes))
+    merged.start_ms = [ms for r in good for ms in r.start_ms]
+    merged.start_ms_median = statistics.median(merged.start_ms) if merged.start_ms else None
+    idle = [r.rss_idle_mib for r in good if r.rss_idle_mib is not None]
+    loaded = [r.rss_after_load_mib for r in good if r.rss_after_load_mib is not None]
+    merged.rss_idle_mib = statistics.median(idle) if idle else None
+    merged.rss_after_load_mib = statistics.median(loaded) if loaded else None
+    for sc in first.scenarios:
+        same = [x for r in good if (x := r.scenario(sc.conns)) is not None]
+
+        def med(name: str, same: list[ScenarioResult] = same) -> Any:
+            values = [getattr(x, name) for x in same if getattr(x, name) is not None]
+            return statistics.median(values) if values else None
+
+        kinds: Counter[str] = Counter()
+        for x in same:
+            kinds.update(x.error_kinds)
+        one = ScenarioResult(
+                conns=sc.conns, seconds=sum(x.seconds for x in same),
+                requests=sum(x.requests for x in same), errors=sum(x.errors for x in same),
+                error_kinds=dict(kinds),
+                error_samples=[e for x in same for e in x.error_samples][:MAX_ERROR_SAMPLES],
+                rps=med("rps"), mean_ms=med("mean_ms"), p50_ms=med("p50_ms"),
+                p90_ms=med("p90_ms"), p99_ms=med("p99_ms"), max_ms=max(x.max_ms for x in same),
+                server_cpu_us_per_req=med("server_cpu_us_per_req"),
+                client_cpu_us_per_req=med("client_cpu_us_per_req"),
+                client_cpu_share=med("client_cpu_share"),
+                other_cpu_share=med("other_cpu_share"),
+        )  # fmt: skip
+        merged.scenarios.append(one)
+    if len(good) > 1:
+        merged.notes.append(f"median of {len(good)} interleaved rounds")
+    return merged
 
 
 def expand(template: str, work: Path, sock: Path) -> list[str]:
@@ -536,6 +593,8 @@ def bench_peer(peer: Peer, args: argparse.Namespace, runner: asyncio.Runner) -> 
     console = Console(stderr=True)
     result = PeerResult(peer.name, peer.argv, peer.variant, list(peer.notes))
     console.print(f"[bold]{peer.name}[/]: {shlex.join(peer.argv)}")
+    for path in peer.fresh:  # each round creates its volume anew
+        shutil.rmtree(path, ignore_errors=True)
     started: Started | None = None
     try:
         for i in range(args.starts):
@@ -658,8 +717,22 @@ def report(results: list[PeerResult], args: argparse.Namespace, console: Console
 
     lines: list[str] = []
     by_name = {r.name: r for r in results if not r.skipped}
-    dp, rc = by_name.get("dockplug"), by_name.get("rclone")
+    dp, rc, bare = by_name.get("dockplug"), by_name.get("rclone"), by_name.get("bare")
+    if dp and bare:
+        mine, ceiling = dp.scenario(TARGET_RPS_CONNS), bare.scenario(TARGET_RPS_CONNS)
+        if mine and ceiling and ceiling.rps:
+            share = mine.rps / ceiling.rps
+            lines.append(
+                f"dockplug/bare req/s on {TARGET_RPS_CONNS} conns: {share:.2f}x "
+                f"(target ≥ {TARGET_BARE_RPS_SHARE}x) {_mark(share >= TARGET_BARE_RPS_SHARE)}"
+            )
     if dp and rc:
+        mine, go = dp.scenario(TARGET_P50_CONNS), rc.scenario(TARGET_P50_CONNS)
+        if mine and go:
+            lines.append(
+                f"dockplug p50 on {TARGET_P50_CONNS} conn {mine.p50_ms:.3f} ms, rclone "
+                f"{go.p50_ms:.3f} ms (target ≤ rclone's) {_mark(mine.p50_ms <= go.p50_ms)}"
+            )
         parts = []
         for sc in dp.scenarios:
             other = rc.scenario(sc.conns)
@@ -738,6 +811,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="command for the dockplug peer (default: serve local)")  # fmt: skip
     parser.add_argument("--rclone", default="rclone", help="rclone binary")
     parser.add_argument("--no-rclone", action="store_true", help="leave rclone out")
+    parser.add_argument("--no-bare", action="store_true",
+                        help="leave out the bare uvicorn+httptools peer")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="interleaved rounds over all peers; figures are medians")  # fmt: skip
     parser.add_argument("--peer", action="append", default=[], metavar="NAME=CMD",
                         help="another plugin to measure (repeatable)")  # fmt: skip
     parser.add_argument("--json", type=Path, metavar="FILE", help="write all numbers here")
@@ -745,6 +822,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.starts < 1:
         parser.error("--starts must be at least 1")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     console = Console(width=None if sys.stdout.isatty() else 120)
     err = Console(stderr=True)
@@ -768,13 +847,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print("[yellow]rclone is not installed: skipped[/]")
     else:
         peers.append(rclone_peer(root, shutil.which(args.rclone) or args.rclone))
+    if not args.no_bare:
+        try:
+            import uvicorn  # noqa: F401
+        except ImportError:
+            results.append(PeerResult("bare", ["uvicorn"], skipped="uvicorn is not installed"))
+        else:
+            peers.append(bare_peer(root))
     peers += [extra_peer(root, spec) for spec in args.peer]
 
     err.print(f"client: {loop_name}, {os.cpu_count()} CPUs shared by client and plugin; "
               f"work dir {root}")  # fmt: skip
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            measured = [bench_peer(peer, args, runner) for peer in peers]
+            rounds: list[list[PeerResult]] = [[] for _ in peers]
+            for _ in range(args.rounds):  # interleaved, so drift on the machine hits all alike
+                for i, peer in enumerate(peers):
+                    rounds[i].append(bench_peer(peer, args, runner))
+            measured = [merge_rounds(r) for r in rounds]
         results = measured[:1] + results + measured[1:]
         lines = report(results, args, console)
     finally:
@@ -801,7 +891,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "p50_1_conn_ms_max": TARGET_P50_MS,
                 "start_ms_max": TARGET_START_MS,
                 "idle_rss_mib_max": TARGET_IDLE_RSS_MIB,
+                "rps_8_conns_share_of_bare_min": TARGET_BARE_RPS_SHARE,
+                "p50_1_conn_max": "rclone's in the same run",
             },
+            "rounds": args.rounds,
             "peers": [_finite(asdict(r)) for r in results],
             "ratios": lines,
         }

@@ -2,44 +2,60 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import click
 
 from dockplug import __version__
-from dockplug.cli.authz import authz
-from dockplug.cli.check import check
-from dockplug.cli.local import local
-from dockplug.cli.plugin import (
-    build,
-    create,
-    disable,
-    doctor,
-    enable,
-    export_,
-    import_,
-    install,
-    push,
-    rename,
-    rm,
-    set_,
-)
-from dockplug.cli.record import record
-from dockplug.cli.secret import secret
-from dockplug.cli.serve import serve
-from dockplug.cli.status import status
-from dockplug.cli.systemd import systemd
 from dockplug.errors import ConfigError, PluginError
 from dockplug.facts import managed_socket
 from dockplug.server import discovery
 
+# Subcommands by name, imported when used: `dockplug serve` must not load the packaging,
+# conformance and Engine API code (and their libraries) before it can answer dockerd.
+LAZY_COMMANDS = {
+    "serve": "dockplug.cli.serve:serve",
+    "local": "dockplug.cli.local:local",
+    "check": "dockplug.cli.check:check",
+    "record": "dockplug.cli.record:record",
+    "secret": "dockplug.cli.secret:secret",
+    "build": "dockplug.cli.plugin:build",
+    "create": "dockplug.cli.plugin:create",
+    "enable": "dockplug.cli.plugin:enable",
+    "disable": "dockplug.cli.plugin:disable",
+    "rm": "dockplug.cli.plugin:rm",
+    "set": "dockplug.cli.plugin:set_",
+    "doctor": "dockplug.cli.plugin:doctor",
+    "push": "dockplug.cli.plugin:push",
+    "install": "dockplug.cli.plugin:install",
+    "export": "dockplug.cli.plugin:export_",
+    "import": "dockplug.cli.plugin:import_",
+    "rename": "dockplug.cli.plugin:rename",
+    "systemd": "dockplug.cli.systemd:systemd",
+    "status": "dockplug.cli.status:status",
+    "authz": "dockplug.cli.authz:authz",
+}
+
 
 class _Main(click.Group):
-    """Turns expected failures into one clear line and exit status 1 (no traceback)."""
+    """Turns expected failures into one clear line and exit status 1 (no traceback); loads
+    the commands of LAZY_COMMANDS on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in LAZY_COMMANDS:
+            import importlib
+
+            module, _, attr = LAZY_COMMANDS[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attr)
+            assert isinstance(command, click.Command)
+            self.add_command(command, cmd_name)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -57,28 +73,6 @@ class _Main(click.Group):
 @click.version_option(__version__, prog_name="dockplug")
 def cli() -> None:
     """Write, test, package and run Docker Engine plugins."""
-
-
-cli.add_command(serve)
-cli.add_command(local)
-cli.add_command(check)
-cli.add_command(record)
-cli.add_command(secret)
-cli.add_command(build)
-cli.add_command(create)
-cli.add_command(enable)
-cli.add_command(disable)
-cli.add_command(rm)
-cli.add_command(set_)
-cli.add_command(doctor)
-cli.add_command(push)
-cli.add_command(install)
-cli.add_command(export_)
-cli.add_command(import_)
-cli.add_command(rename)
-cli.add_command(systemd)
-cli.add_command(status)
-cli.add_command(authz)
 
 
 @cli.command()
@@ -124,6 +118,8 @@ def call(target: str, endpoint: str, body: str | None, timeout: float, raw: bool
 
 
 def _activate(addr: discovery.PluginAddress) -> tuple[str, str]:
+    from http.client import HTTPException
+
     from dockplug.client import PluginClient
 
     try:
@@ -138,7 +134,7 @@ def _activate(addr: discovery.PluginAddress) -> tuple[str, str]:
         return "", "no answer in 2s"
     except OSError as exc:
         return "", f"unreachable: {exc.strerror or exc}"
-    except http.client.HTTPException as exc:
+    except HTTPException as exc:
         return "", f"error: not an HTTP reply ({exc!r})"
     except (ConfigError, ValueError) as exc:  # an address we cannot dial, a reply not JSON
         return "", f"error: {exc}"
@@ -153,9 +149,9 @@ Row = tuple[str, str, str, str, str]
 
 def _managed() -> tuple[list[Row], str | None]:
     try:
-        from dockplug.engine_api import docker_client
+        import docker
 
-        engine = docker_client(timeout=5)
+        engine = docker.from_env(timeout=5)
         plugins = engine.plugins.list()
     except Exception as exc:
         return [], f"Engine API not reachable ({type(exc).__name__}); managed plugins not listed"
@@ -180,6 +176,8 @@ def _managed() -> tuple[list[Row], str | None]:
 def list_plugins(as_json: bool) -> None:
     """List the plugins this host can discover: sockets, .spec/.json files (activated to learn
     what they implement) and managed plugins through the Engine API (DOCKER_HOST honoured)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from rich.console import Console
     from rich.table import Table
 

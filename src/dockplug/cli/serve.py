@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -162,3 +163,6 @@ def serve() -> None:
     dockplug serve local                        the persistent local volume driver
     dockplug serve examples/hello_volume.py:HelloDriver -c base=/srv/hello --name hello
     """
+    # pydantic would scan every installed distribution for its plugins on the first request;
+    # a plugin process has none (set PYDANTIC_DISABLE_PLUGINS= to have them loaded)
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")

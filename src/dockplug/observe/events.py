@@ -16,12 +16,15 @@ from typing import TextIO
 
 from dockplug.observe.redaction import redact
 
+FLUSH_DELAY = 0.01  # seconds a request line may wait in the buffer (one write per batch)
+
 
 class LineLog:
-    """Writes timestamped lines; flushes once per event-loop turn. With ``json_lines`` each
-    line is one JSON object (``--log-format json``) with the same fields, for log shippers:
-    dockerd prefixes a managed plugin's stdout lines and ``journalctl -u docker`` keeps them
-    whole."""
+    """Writes timestamped lines. Lines written on the event loop are flushed together within
+    ``FLUSH_DELAY`` (at full load hundreds of request lines share one write); event lines and
+    lines from other threads are flushed at once. With ``json_lines`` each line is one JSON
+    object (``--log-format json``) with the same fields, for log shippers: dockerd prefixes a
+    managed plugin's stdout lines and ``journalctl -u docker`` keeps them whole."""
 
     def __init__(self, stream: TextIO | None = None, json_lines: bool = False) -> None:
         self.stream = stream if stream is not None else sys.stdout
@@ -39,15 +42,16 @@ class LineLog:
         return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
 
     def event(self, message: str) -> None:
-        """A non-request line: start-up, reconciliation, shutdown."""
+        """A non-request line: start-up, reconciliation, shutdown (flushed at once)."""
         if self.json_lines:
             self._write(json.dumps({"time": self._now(), "msg": redact(message)}))
         else:
             self._write(f"{self._now()} {redact(message)}")
+        self.flush()
 
     def _write(self, line: str) -> None:
-        """Write now; flush once per event-loop turn (lines of requests finishing together
-        share one write), or at once when called outside the loop (driver threads)."""
+        """Write now into the stream's buffer; flush soon (on the loop) or at once (driver
+        threads, no loop)."""
         try:
             self.stream.write(line + "\n")
         except (OSError, ValueError):
@@ -60,7 +64,11 @@ class LineLog:
             self._flush()
             return
         self._flush_pending = True
-        loop.call_soon(self._flush)
+        loop.call_later(FLUSH_DELAY, self._flush)
+
+    def flush(self) -> None:
+        """Flush now (events, shutdown); a flush already scheduled then finds nothing."""
+        self._flush()
 
     def _flush(self) -> None:
         self._flush_pending = False

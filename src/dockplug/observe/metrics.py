@@ -28,11 +28,7 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 #: What one request's outcome is called in ``dockplug_requests_total{outcome=...}``, by status.
-CLIENT_GONE = 499  # no reply: dockerd closed the connection before the body arrived
-OUTCOMES = {
-    200: "ok", 400: "bad_request", 404: "not_implemented", 413: "too_large",
-    CLIENT_GONE: "client_gone",
-}  # fmt: skip
+OUTCOMES = {200: "ok", 400: "bad_request", 404: "not_implemented", 413: "too_large"}
 
 
 def outcome(status: int) -> str:
@@ -94,10 +90,7 @@ class Metrics:
         """A gauge whose value READ returns when scraped (runs on the listener's thread: keep
         it cheap and thread-safe)."""
 
-    # -- the SDK's own, fed by the server ------------------------------------------------
-
-    def request_started(self) -> None:
-        pass
+    # -- the SDK's own, fed by the server (``PluginApp.observer``) -----------------------
 
     def request_done(self, endpoint: str, status: int, seconds: float) -> None:
         pass

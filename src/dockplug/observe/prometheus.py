@@ -93,7 +93,6 @@ class _Requests:
         self.buckets = list(buckets)
         self.counts: dict[tuple[str, str], int] = {}
         self.histograms: dict[str, list[float]] = {}  # endpoint -> per-bucket counts + [sum]
-        self.in_flight = 0.0
         self.phases: dict[str, float] = {}
 
     def done(self, endpoint: str, status: int, seconds: float) -> None:
@@ -137,9 +136,7 @@ class _Requests:
                 total += hits
                 cumulative.append((_bound(bound), total))
             latency.add_metric([endpoint], cumulative, row[-1])
-        in_flight = GaugeMetricFamily("dockplug_requests_in_flight", "Calls being answered now")
-        in_flight.add_metric([], self.in_flight)
-        yield from (requests, errors, latency, in_flight)
+        yield from (requests, errors, latency)
         for phase, seconds in list(self.phases.items()):
             gauge = GaugeMetricFamily(f"dockplug_{phase}_seconds", f"Duration of {phase}")
             gauge.add_metric([], seconds)
@@ -210,11 +207,7 @@ class PrometheusMetrics(api.Metrics):
     ) -> None:
         self.registry.register(_ReadAtScrape(self.prefix + name, help, read, labels))
 
-    def request_started(self) -> None:
-        self._requests.in_flight += 1
-
     def request_done(self, endpoint: str, status: int, seconds: float) -> None:
-        self._requests.in_flight -= 1
         self._requests.done(endpoint, status, seconds)
 
     def phase(self, name: str, seconds: float) -> None:

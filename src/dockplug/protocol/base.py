@@ -45,7 +45,9 @@ class WireModel(BaseModel):
     """A JSON body as dockerd sends or reads it.
 
     Unknown keys are ignored (dockerd adds fields over versions), snake_case names are accepted
-    too, so Python callers may build models either way.
+    too, so Python callers may build models either way. A model's validator is built on first
+    use, not at import: a plugin answers ``Plugin.Activate`` sooner, and the dozens of models of
+    protocols it serves but dockerd seldom calls cost nothing until called.
     """
 
     model_config = ConfigDict(
@@ -53,11 +55,20 @@ class WireModel(BaseModel):
         populate_by_name=True,
         extra="ignore",
         frozen=False,
+        defer_build=True,
     )
 
     def wire(self) -> bytes:
         """The JSON body to send: wire names, unset optional fields left out."""
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+class Encoded(bytes):
+    """A reply body already in wire form: the server sends it as it is, skipping the reply
+    model. A driver returns one to answer a call dockerd repeats (Get before every volume
+    operation) from bytes it encoded once and keeps until the object changes."""
+
+    __slots__ = ()
 
 
 class Empty(WireModel):

@@ -1,8 +1,9 @@
-"""The ASGI application: routes ``POST /Interface.Method`` to driver methods.
+"""Dispatch: routes ``POST /Interface.Method`` to driver methods.
 
 Routing is one dictionary lookup on the path; there is no framework in between because on a
 unix socket every microsecond of per-request overhead shows in dockerd's latency. Every failure
 path ends in a JSON ``{"Err": ...}`` reply; nothing a client sends can take the server down.
+:meth:`PluginApp.handle` is what ``server/http.py`` calls; the app is also an ASGI application.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import inspect
 import itertools
 import json
 import sys
-import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 from pydantic import ValidationError
@@ -29,10 +30,10 @@ from dockplug.errors import (
     PluginError,
     RequestTooLarge,
 )
-from dockplug.observe.metrics import CLIENT_GONE, NO_METRICS, Metrics
 from dockplug.observe.redaction import redact
 from dockplug.protocol.base import (
     Driver,
+    Encoded,
     Endpoint,
     Lane,
     Protocol,
@@ -97,7 +98,6 @@ class PluginApp:
         drivers: Driver | Sequence[Driver],
         log: RequestLog | None = None,
         body_limit: int = DEFAULT_BODY_LIMIT,
-        metrics: Metrics = NO_METRICS,
         slow_workers: int = 128,
         fast_workers: int = 32,
     ) -> None:
@@ -105,9 +105,6 @@ class PluginApp:
         if not self.drivers:
             raise ConfigError("no driver to serve")
         self.log = log or RequestLog()
-        self.metrics = metrics
-        #: the report ``dockplug status`` asks for on the plugin socket (never announced)
-        self.health: Callable[[], dict[str, Any]] | None = None
         self.body_limit = body_limit
         self._ids = itertools.count(1)
         self.fast_pool = ThreadPoolExecutor(fast_workers, thread_name_prefix="dockplug-fast")
@@ -126,6 +123,12 @@ class PluginApp:
             p.implements for d in self.drivers for p in protocols_of(d) if p.announce
         ]
         self.activate_body = json.dumps({"Implements": self.implements}).encode()
+        # The per-request hook (metrics): ``observer(endpoint, status, seconds)`` after each
+        # reply, on the event loop. None costs one attribute test; a hook that raises is
+        # switched off (and says so in the log) rather than failing the calls it watches.
+        self.observer: Callable[[str, int, float], None] | None = None
+        #: the report ``dockplug status`` asks for on the plugin socket (never announced)
+        self.health: Callable[[], dict[str, Any]] | None = None
 
     def _add_routes(self, driver: Driver, proto: Protocol) -> None:
         missing = []
@@ -152,54 +155,48 @@ class PluginApp:
                 f"required method(s): {', '.join(missing)}"
             )
 
-    def _done(
-        self,
-        rid: int,
-        path: str,
-        subject: str | None,
-        status: int,
-        started: float,
-        error: str | None = None,
-    ) -> None:
-        """The one place a finished call is accounted for: its log line and its metrics."""
-        seconds = time.perf_counter() - started
-        self.log.request(rid, path, subject, status, seconds, error)
-        self.metrics.request_done(path, status, seconds)
-
     def close(self) -> None:
         self.fast_pool.shutdown(wait=False, cancel_futures=True)
         self.slow_pool.shutdown(wait=False, cancel_futures=True)
 
-    # -- ASGI ------------------------------------------------------------------------------
+    # -- dispatch ----------------------------------------------------------------------------
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        started = time.perf_counter()
-        self.metrics.request_started()
+    def error_body(self, proto: Protocol | None, message: str) -> bytes:
+        """``{"Err": ...}`` (and the protocol's own error key, e.g. IPAM's ``Error``)."""
+        payload = {"Err": message}
+        if proto is not None and proto.error_key != "Err":
+            payload[proto.error_key] = message
+        return json.dumps(payload).encode()
+
+    async def handle(
+        self, method: str, path: str, body: bytes, too_large: bool = False
+    ) -> tuple[int, bytes] | Stream:
+        """Answers one request: ``(status, JSON body)``, or a :class:`Stream`. Never raises.
+
+        Coroutine-shaped so that a driver may await, but the transport runs it eagerly: when
+        nothing in it waits (an async or ``nonblocking`` driver method), the reply is written
+        from the callback that read the request. After every reply ``observer(endpoint, status,
+        seconds)`` is called if set (the metrics hook; it must not raise or block).
+        """
+        started = perf_counter()
+        log = self.log
         rid = next(self._ids)
-        path: str = scope["path"]
-        subject: str | None = None
         route = self.routes.get(path)
-        proto = route.protocol if route else None
+        subject: str | None = None
+        proto = route.protocol if route is not None else None
         try:
-            body = await self._read_body(receive)
-            if body is None:  # client went away
-                self.metrics.request_done(path, CLIENT_GONE, time.perf_counter() - started)
-                return
-            if self.log.debug and body:
-                self.log.body(rid, "<", body)
-            if scope["method"] != "POST":
-                raise InvalidRequest(f"{path}: plugin endpoints take POST, not {scope['method']}")
+            if too_large:
+                raise RequestTooLarge(f"request body exceeds the {self.body_limit} byte limit")
+            if log.debug and body:
+                log.body(rid, "<", body)
+            if method != "POST":
+                raise InvalidRequest(f"{path}: plugin endpoints take POST, not {method}")
             if route is None:
                 if path == "/Plugin.Activate":
-                    await self._reply(send, 200, self.activate_body)
-                    self._done(rid, path, None, 200, started)
-                    return
+                    return self._done(rid, path, None, 200, self.activate_body, started)
                 if path == HEALTH_PATH and self.health is not None:
-                    await self._reply(send, 200, json.dumps(self.health()).encode())
-                    self._done(rid, path, None, 200, started)
-                    return
+                    report = json.dumps(self.health()).encode()
+                    return self._done(rid, path, None, 200, report, started)
                 raise EndpointNotFound(
                     f"{path.lstrip('/') or '/'} is not implemented by this plugin "
                     f"(it implements {', '.join(self.implements)})"
@@ -214,27 +211,66 @@ class PluginApp:
             else:
                 result = await self._call_sync(route, req)
             if ep.streams:
-                await self._stream(send, result)
-                self._done(rid, path, subject, 200, started)
-                return
-            reply = ep.reply(result, req)
-            data = reply.wire() if isinstance(reply, WireModel) else json.dumps(reply).encode()
-            await self._reply(send, 200, data)
-            if self.log.debug:
-                self.log.body(rid, ">", data)
-            self._done(rid, path, subject, 200, started)
+                log.request(rid, path, subject, 200, perf_counter() - started)
+                if self.observer is not None:
+                    self._observe(path, 200, perf_counter() - started)
+                return Stream(_aiter(result))
+            if type(result) is Encoded:
+                data: bytes = result  # already in wire form (a driver's cached reply)
+            else:
+                reply = ep.reply(result, req)
+                data = reply.wire() if isinstance(reply, WireModel) else json.dumps(reply).encode()
+            return self._done(rid, path, subject, 200, data, started)
         except PluginError as exc:
-            await self._fail(send, rid, path, subject, proto, exc.status, exc.message, started)
+            return self._fail(rid, path, subject, proto, exc.status, exc.message, started)
         except Exception as exc:  # a driver bug must not take the server down
             text, kind = str(exc), type(exc).__name__
             if isinstance(exc, OSError | ValueError | LookupError):
                 message = text or kind
             else:
                 message = f"{kind}: {text}" if text else kind
-                if self.log.debug:
+                if log.debug:
                     # the traceback repeats the message: a secret in it must not reach the log
                     sys.stderr.write(redact(traceback.format_exc()))
-            await self._fail(send, rid, path, subject, proto, 500, message, started)
+            return self._fail(rid, path, subject, proto, 500, message, started)
+
+    def _done(
+        self, rid: int, path: str, subject: str | None, status: int, data: bytes, started: float
+    ) -> tuple[int, bytes]:
+        log = self.log
+        if log.debug:
+            log.body(rid, ">", data)
+        seconds = perf_counter() - started
+        log.request(rid, path, subject, status, seconds)
+        if self.observer is not None:
+            self._observe(path, status, seconds)
+        return status, data
+
+    def _observe(self, path: str, status: int, seconds: float) -> None:
+        observer = self.observer
+        try:
+            if observer is not None:
+                observer(path, status, seconds)
+        except Exception as exc:  # a broken hook must not turn replies into errors
+            self.observer = None
+            self.log.event(f"metrics hook {observer!r} failed and is now off: {exc}")
+
+    def _fail(
+        self,
+        rid: int,
+        path: str,
+        subject: str | None,
+        proto: Protocol | None,
+        status: int,
+        message: str,
+        started: float,
+    ) -> tuple[int, bytes]:
+        message = redact(message)
+        seconds = perf_counter() - started
+        self.log.request(rid, path, subject, status, seconds, message)
+        if self.observer is not None:
+            self._observe(path, status, seconds)
+        return status, self.error_body(proto, message)
 
     async def _call_sync(self, route: Route, req: Any) -> Any:
         if route.try_inline:
@@ -246,83 +282,70 @@ class PluginApp:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(route.executor, route.method, req)
 
-    async def _read_body(self, receive: Receive) -> bytes | None:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > self.body_limit:
-                    raise RequestTooLarge(f"request body exceeds the {self.body_limit} byte limit")
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
     def _parse(self, ep: Endpoint, body: bytes) -> Any:
         model = ep.request
         if model is None:
             return None
-        stripped = body.strip()
         try:
-            if not stripped or stripped == b"null":
+            if len(body) < 8 and body.strip() in (b"", b"null"):
                 return model.model_validate({})
-            return model.model_validate_json(stripped)
+            # the validator itself: model_validate_json adds a Python frame per call
+            return model.__pydantic_validator__.validate_json(body)
         except ValidationError as exc:
             raise InvalidRequest(describe_validation(ep.path.lstrip("/"), exc)) from None
 
-    async def _reply(self, send: Send, status: int, data: bytes) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", CONTENT_TYPE),
-                    (b"content-length", str(len(data)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": data})
+    # -- ASGI: the same dispatch under any ASGI server (dockplug serves with server/http.py) --
 
-    async def _stream(self, send: Send, result: Any) -> None:
-        """Streams a driver's bytes (LogDriver.ReadLogs); HTTP chunked, flushed per piece."""
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/x-json-stream")],
-            }
-        )
-        try:
-            async for piece in _aiter(result):
-                if piece:
-                    await send({"type": "http.response.body", "body": piece, "more_body": True})
-        finally:
-            await send({"type": "http.response.body", "body": b""})
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        chunks: list[bytes] = []
+        size, too_large = 0, False
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.body_limit:
+                too_large, chunks = True, []
+            elif chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        answer = await self.handle(scope["method"], scope["path"], b"".join(chunks), too_large)
+        if isinstance(answer, Stream):
+            headers = [(b"content-type", answer.content_type)]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            try:
+                async for piece in answer.pieces:
+                    if piece:
+                        await send({"type": "http.response.body", "body": piece, "more_body": True})
+            finally:
+                await answer.aclose()
+                await send({"type": "http.response.body", "body": b""})
+            return
+        status, data = answer
+        headers = [(b"content-type", CONTENT_TYPE), (b"content-length", b"%d" % len(data))]
+        with contextlib.suppress(Exception):  # the client may already be gone
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": data})
 
-    async def _fail(
-        self,
-        send: Send,
-        rid: int,
-        path: str,
-        subject: str | None,
-        proto: Protocol | None,
-        status: int,
-        message: str,
-        started: float,
-    ) -> None:
-        message = redact(message)
-        payload = {"Err": message}
-        if proto is not None and proto.error_key != "Err":
-            payload[proto.error_key] = message
-        # the client may already be gone; then there is nobody to tell
-        with contextlib.suppress(Exception):
-            await self._reply(send, status, json.dumps(payload).encode())
-        self._done(rid, path, subject, status, started, message)
+
+class Stream:
+    """A streamed 200 reply (LogDriver.ReadLogs): sent chunked, flushed per piece."""
+
+    __slots__ = ("pieces",)
+    content_type = b"application/x-json-stream"
+
+    def __init__(self, pieces: AsyncIterator[bytes]) -> None:
+        self.pieces = pieces
+
+    async def aclose(self) -> None:
+        closer = getattr(self.pieces, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer()
 
 
 async def _aiter(result: Any) -> AsyncIterator[bytes]:

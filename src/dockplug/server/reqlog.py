@@ -16,7 +16,7 @@ __all__ = ["RequestLog", "redact"]
 
 
 def _quote(value: str) -> str:
-    if value and not any(c in value for c in ' "=\n'):
+    if value and value.isprintable() and " " not in value and '"' not in value and "=" not in value:
         return value
     return json.dumps(value)
 
@@ -42,16 +42,13 @@ class RequestLog(LineLog):
         if self.json_lines:
             self._write(_json_request(self._now(), rid, path, subject, status, seconds, error))
             return
-        parts = [self._now(), f"req={rid:x}", path.lstrip("/")]
-        if subject:
-            parts.append(f"name={_quote(redact(subject))}")
-        if error is None:
-            parts.append("ok")
-        else:
-            parts.append(f"err={_quote(redact(error))}")
-        parts.append(str(status))
-        parts.append(f"{seconds * 1000:.2f}ms")
-        self._write(" ".join(parts))
+        # one f-string: this runs for every call dockerd makes
+        name = f" name={_quote(redact(subject))}" if subject else ""
+        outcome = "ok" if error is None else f"err={_quote(redact(error))}"
+        self._write(
+            f"{self._now()} req={rid:x} {path.lstrip('/')}{name} {outcome} {status} "
+            f"{seconds * 1000:.2f}ms"
+        )
 
     def body(self, rid: int, direction: str, raw: bytes) -> None:
         """Debug only: the request or reply body, secrets masked."""

@@ -12,15 +12,12 @@ import contextlib
 import inspect
 import signal
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import uvicorn
 
 from dockplug.errors import ConfigError
 from dockplug.facts import PLUGIN_DIR, default_socket
@@ -30,6 +27,7 @@ from dockplug.observe.metrics import NO_METRICS, Metrics
 from dockplug.protocol.base import Driver
 from dockplug.server import discovery, listeners
 from dockplug.server.app import PluginApp
+from dockplug.server.http import HttpServer
 from dockplug.server.reqlog import RequestLog
 from dockplug.server.side import SideListener, parse_address
 
@@ -170,17 +168,27 @@ async def _maybe_await(value: Any) -> Any:
     return value
 
 
-def _ssl_kwargs(tls: TLSSettings | None) -> dict[str, Any]:
+def ssl_context(tls: TLSSettings | None) -> Any:
+    """The server's TLS context, or None; ``ssl`` loads only for a TLS plugin."""
     if tls is None:
-        return {}
+        return None
+    import ssl
+
     for label, path in (("--tls-cert", tls.cert), ("--tls-key", tls.key)):
         if not Path(path).is_file():
             raise ConfigError(f"{label} {path}: no such file")
-    kwargs: dict[str, Any] = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"--tls-cert {tls.cert} / --tls-key {tls.key}: {exc}") from exc
     if tls.client_ca is not None:
-        kwargs["ssl_ca_certs"] = str(tls.client_ca)
-        kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
-    return kwargs
+        try:
+            ctx.load_verify_locations(cafile=str(tls.client_ca))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"--tls-client-ca {tls.client_ca}: {exc}") from exc
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 class PluginServer:
@@ -190,44 +198,49 @@ class PluginServer:
         self.opts = opts
         self.log = RequestLog(debug=opts.debug, json_lines=opts.log_format == "json")
         set_event_format(opts.log_format)
-        self.metrics = _metrics(drivers, opts)
-        self.app = PluginApp(drivers, log=self.log, metrics=self.metrics)
+        self.app = PluginApp(drivers, log=self.log)
+        self.ssl = ssl_context(opts.tls)
+        self.http = HttpServer(self.app, ssl=self.ssl)
+        self.metrics = _metrics(self.app.drivers, opts)
+        if self.metrics.enabled:
+            self.app.observer = self.metrics.request_done
+            self.metrics.gauge_fn("requests_in_flight", "Calls being answered now", self._in_flight)
         self.health = Health(opts.name)
         self.app.health = self.health.report
         for driver in self.app.drivers:
             driver.declare_metrics(self.metrics.family(driver.metrics_family))
             self.health.checks.append(driver.health_reasons)
         self.side: SideListener | None = None
-        config = uvicorn.Config(
-            self.app,
-            http="httptools",
-            lifespan="off",
-            access_log=False,
-            log_config=None,
-            log_level="warning",
-            server_header=False,
-            proxy_headers=False,  # dockerd talks to us directly; no proxy middleware per call
-            date_header=False,
-            timeout_keep_alive=24 * 3600,  # let dockerd close idle connections, never race it
-            timeout_graceful_shutdown=opts.graceful_timeout,
-            **_ssl_kwargs(opts.tls),
-        )
-        self.server = uvicorn.Server(config)
         self.bound: Bound | None = None
-        self.ready = asyncio.Event()
+        self.ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._stop_asked = False
 
     @property
     def url(self) -> str:
         return self.bound.url if self.bound else ""
 
     def stop(self) -> None:
-        """Ask for a graceful stop (thread-safe: uvicorn polls the flag)."""
-        self.server.should_exit = True
+        """Ask for a graceful stop; safe from any thread and from signal handlers."""
+        self._stop_asked = True
+        loop, event = self._loop, self._stop
+        if loop is None or event is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            event.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(event.set)
 
-    async def _after_listen(self) -> None:
-        while not self.server.started and not self.server.should_exit:
-            await asyncio.sleep(0.002)
-        self.ready.set()
+    def _in_flight(self) -> float:
+        return sum(1 for c in list(self.http.connections) if c.busy)
+
+    async def _startup(self) -> None:
         self.health.listening = True
         self.metrics.phase("startup", time.time() - self.health.started)
         t0 = time.perf_counter()
@@ -255,20 +268,33 @@ class PluginServer:
             f"dockplug serving {opts.name} ({', '.join(app.implements)}) on {bound.url}"
             + (f" announced by {announced}" if announced else "")
         )
+        loop = self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if self._stop_asked:
+            self._stop.set()
+        signals: list[signal.Signals] = []
         if threading.current_thread() is threading.main_thread():
-            # uvicorn re-raises the signal it caught once it has shut down; a no-op handler
-            # keeps that from killing us before we clean up, so a stop is a clean exit 0.
+            # a stop signal drains and returns, so systemd and dockerd see a clean exit 0
             for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: None)
-        startup_task = asyncio.create_task(self._after_listen())
+                loop.add_signal_handler(sig, self.stop)
+                signals.append(sig)
+        startup_task: asyncio.Task[None] | None = None
         try:
-            await self.server.serve(sockets=bound.sockets)
+            await self.http.start(bound.sockets)
+            self.ready.set()
+            startup_task = asyncio.create_task(self._startup())
+            await self._stop.wait()
+            await self.http.shutdown(opts.graceful_timeout)
         finally:
-            startup_task.cancel()
+            if startup_task is not None:
+                startup_task.cancel()
             self.health.stopping = True
-            release(bound)
             if self.side is not None:
                 self.side.stop()
+            for sock in bound.sockets:
+                with contextlib.suppress(OSError):
+                    sock.close()
+            release(bound)
             for driver in app.drivers:
                 try:
                     await _maybe_await(driver.shutdown())
@@ -276,6 +302,9 @@ class PluginServer:
                     log.event(f"shutdown of {type(driver).__name__} failed: {exc}")
             app.close()
             log.event(f"dockplug {opts.name} stopped")
+            log.flush()
+            for sig in signals:
+                loop.remove_signal_handler(sig)
 
     def _side_listener(self, bound: Bound) -> SideListener:
         from dockplug.observe.prometheus import CONTENT_TYPE_LATEST, PrometheusMetrics
@@ -291,7 +320,7 @@ class PluginServer:
         ).start()
 
 
-def _metrics(drivers: Driver | Sequence[Driver], opts: ServeOptions) -> Metrics:
+def _metrics(drivers: Sequence[Driver], opts: ServeOptions) -> Metrics:
     """Real metrics only with --metrics: prometheus_client costs start-up time otherwise."""
     if not opts.metrics:
         return NO_METRICS
@@ -300,8 +329,7 @@ def _metrics(drivers: Driver | Sequence[Driver], opts: ServeOptions) -> Metrics:
 
     from dockplug.observe.prometheus import PrometheusMetrics
 
-    first = drivers if isinstance(drivers, Driver) else drivers[0]
-    return PrometheusMetrics(opts.name, type(first).__name__, version("dockplug"))
+    return PrometheusMetrics(opts.name, type(drivers[0]).__name__, version("dockplug"))
 
 
 async def serve_async(drivers: Driver | Sequence[Driver], opts: ServeOptions) -> None:

@@ -255,6 +255,11 @@ class LocalDriver(StatefulVolumeDriver):
         self._doomed.pop(path, None)
         self.store.forget_trash(path)
 
+    def get_is_cacheable(self, rec: VolumeRecord) -> bool:
+        # a size-limited volume reports its live disk usage; a plain folder reports nothing
+        # that changes without a call holding its lock
+        return not rec.extra.get("image")
+
     def is_quick(self, rec: VolumeRecord) -> bool:
         # a plain folder: Mount, Unmount and Remove are table updates (Remove's folder goes
         # in the background); a size-limited volume mounts and unmounts its image, which may
