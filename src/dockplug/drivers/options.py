@@ -26,9 +26,19 @@ class Option:
 class OptionSet:
     """The options a driver accepts."""
 
-    def __init__(self, driver: str, options: Iterable[Option]) -> None:
+    def __init__(
+        self,
+        driver: str,
+        options: Iterable[Option],
+        kind: str = "volume",
+        flag: str = "-o",
+        action: str = "no volume was created",
+    ) -> None:
         self.driver = driver
         self.options = {opt.name: opt for opt in options}
+        self.kind = kind  # "volume" or "log": the table names the driver as users know it
+        self.flag = flag  # how users pass options: "-o" (volume create) or "--log-opt"
+        self.action = action  # what did not happen when help was asked
 
     def accepted(self) -> str:
         return ", ".join(sorted(self.options)) or "(none)"
@@ -39,11 +49,11 @@ class OptionSet:
     def help_table(self) -> str:
         """The text ``docker volume create -d DRIVER -o help x`` shows (as its error)."""
         width = max((len(o.name) for o in self.options.values()), default=4) + 2
-        lines = [f"options of the {self.driver} volume driver (-o NAME=VALUE):"]
+        lines = [f"options of the {self.driver} {self.kind} driver ({self.flag} NAME=VALUE):"]
         for opt in self.options.values():
             example = f" (e.g. {opt.name}={opt.example})" if opt.example else ""
             lines.append(f"  {opt.name.ljust(width)}{opt.help}{example}")
-        lines.append("no volume was created; -o help only prints this table")
+        lines.append(f"{self.action}; {self.flag} help only prints this table")
         return "\n".join(lines)
 
     def parse(self, raw: dict[str, str] | None) -> dict[str, Any]:
@@ -54,7 +64,7 @@ class OptionSet:
             if opt is None:
                 raise InvalidOption(
                     f"unknown option {key!r} for the {self.driver} driver; "
-                    f"accepted: {self.accepted()} (-o help lists them)"
+                    f"accepted: {self.accepted()} ({self.flag} help lists them)"
                 )
             try:
                 out[key] = opt.parse(text)

@@ -382,4 +382,5 @@ def config_for_driver(name: str) -> PluginConfig:
         propagated_mount=managed.propagated_mount,
         capabilities=list(managed.capabilities),
         devices=list(managed.devices),
+        types=list(managed.types) or None,
     )
