@@ -13,6 +13,7 @@ import click
 from dockplug import __version__
 from dockplug.cli.check import check
 from dockplug.cli.local import local
+from dockplug.cli.logs import logs
 from dockplug.cli.plugin import (
     build,
     create,
@@ -75,6 +76,7 @@ cli.add_command(export_)
 cli.add_command(import_)
 cli.add_command(rename)
 cli.add_command(systemd)
+cli.add_command(logs)
 
 
 @cli.command()
