@@ -9,6 +9,7 @@ mode=${1:-serve}
 packages=(docker.io e2fsprogs util-linux python3-venv)
 if [[ $mode == test ]]; then
     packages+=(busybox-static openssl rclone fuse3 ca-certificates procps debootstrap debian-archive-keyring openssh-server sshfs docker-registry systemd)
+    packages+=(rsyslog rsyslog-gnutls systemd-journal-remote)  # log sinks for dockplug-logs
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -72,8 +72,9 @@ class Rsyslog:
                 f'DefaultNetstreamDriverCertFile="{self.certs.server_cert}" '
                 f'DefaultNetstreamDriverKeyFile="{self.certs.server_key}")\n'
             )
-            tls_module = ' StreamDriver.Name="gtls" StreamDriver.Mode="1" ' \
-                'StreamDriver.AuthMode="anon"'
+            tls_module = (
+                ' StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="anon"'
+            )
         return (
             f'global(maxMessageSize="{self.max_message}" workDirectory="{self.root}")\n'
             + tls_global
@@ -88,12 +89,12 @@ class Rsyslog:
         conf = self.root / "rsyslog.conf"
         conf.write_text(self._config())
         log = open(self.root / "rsyslogd.log", "ab")  # noqa: SIM115 - lives with the process
-        self.proc = subprocess.Popen(
+        self.proc = proc = subprocess.Popen(
             [RSYSLOGD, "-n", "-f", str(conf), "-i", str(self.root / "rsyslogd.pid")],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        if not wait_until(lambda: _listening(self.port) or self.proc.poll() is not None,
-                          timeout, 0.05) or self.proc.poll() is not None:  # fmt: skip
+        if not wait_until(lambda: _listening(self.port) or proc.poll() is not None,
+                          timeout, 0.05) or proc.poll() is not None:  # fmt: skip
             raise RuntimeError(f"rsyslogd did not listen on {self.port}: {self.log()}")
         return self
 
@@ -138,13 +139,13 @@ class JournalRemote:
 
     def start(self, timeout: float = 15.0) -> JournalRemote:
         log = open(self.root / "journal-remote.log", "ab")  # noqa: SIM115 - lives with it
-        self.proc = subprocess.Popen(
+        self.proc = proc = subprocess.Popen(
             [JOURNAL_REMOTE, f"--listen-http=127.0.0.1:{self.port}", f"--output={self.output}",
              "--split-mode=none"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        if not wait_until(lambda: _listening(self.port) or self.proc.poll() is not None,
-                          timeout, 0.05) or self.proc.poll() is not None:  # fmt: skip
+        if not wait_until(lambda: _listening(self.port) or proc.poll() is not None,
+                          timeout, 0.05) or proc.poll() is not None:  # fmt: skip
             raise RuntimeError(f"journal-remote did not listen: {self.log()}")
         return self
 

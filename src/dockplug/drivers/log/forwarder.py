@@ -75,22 +75,24 @@ class Route:
                 break
             after = self.cursor.position
             offset = after.offset - sum(len(p) + OVERHEAD for p in payloads)
+            parse, group, append = pb.ParseFromString, self.group, messages.append
             for payload in payloads:
                 offset += len(payload) + OVERHEAD
-                pb.ParseFromString(payload)
-                self.read += 1
+                parse(payload)
                 size += len(payload)
                 if pb.partial and not pb.partial_log_metadata.last:
-                    self.group.append((pb.time_nano, pb.source, bytes(pb.line)))
+                    group.append((pb.time_nano, pb.source, pb.line))
                     self.group_size += len(pb.line)
                     if self.group_size < cap:
+                        self.read += 1
                         continue
                     self._flush_group(messages, truncated=True)
-                elif self.group:
-                    self.group.append((pb.time_nano, pb.source, bytes(pb.line)))
+                elif group:
+                    group.append((pb.time_nano, pb.source, pb.line))
                     self._flush_group(messages, truncated=False)
                 else:
-                    messages.append(Message(pb.time_nano, pb.source, bytes(pb.line)))
+                    append(Message(pb.time_nano, pb.source, pb.line))
+                self.read += 1
                 self.safe, self.safe_read = Position(after.seq, offset), self.read
         if self.group and not self.container.running and not payloads:
             # the logger stopped inside a split line: what came is all that will come

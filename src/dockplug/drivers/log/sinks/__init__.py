@@ -14,7 +14,7 @@ class SinkError(Exception):
     """The backend did not take the batch (unreachable, refused, answered an error)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Message:
     """One log line, rejoined if dockerd split it at 16 KiB."""
 

@@ -28,15 +28,17 @@ def export(meta: Meta, messages: list[Message]) -> bytes:
     common += [("CONTAINER_LABEL_" + field_name(k, True, 48), v) for k, v in meta.labels.items()]
     common += [("CONTAINER_ENV_" + field_name(k, True, 48), v) for k, v in meta.env.items()]
     head = b"".join(_field(k, v.encode()) for k, v in common)
-    out = []
+    tails = {src: f"PRIORITY={3 if src == 'stderr' else 6}\nCONTAINER_SOURCE={src}\n".encode()
+             + head + b"\n" for src in ("stdout", "stderr")}  # fmt: skip
+    pack = struct.pack
+    out: list[bytes] = []
     for m in messages:
-        out.append(
-            f"__REALTIME_TIMESTAMP={m.time_nano // 1000}\n".encode()
-            + _field("MESSAGE", m.line)
-            + f"PRIORITY={3 if m.source == 'stderr' else 6}\n".encode()
-            + f"CONTAINER_SOURCE={m.source}\n".encode()
-            + head
-            + b"\n"
+        out += (
+            b"__REALTIME_TIMESTAMP=%d\nMESSAGE\n" % (m.time_nano // 1000),
+            pack("<Q", len(m.line)),
+            m.line,
+            b"\n",
+            tails.get(m.source, tails["stdout"]),
         )
     return b"".join(out)
 

@@ -46,13 +46,32 @@ def structured_data(meta: Meta) -> str:
     return f"[{SD_ID} {inner}]"
 
 
-def rfc5424(meta: Meta, message: Message, hostname: str, sd: str) -> bytes:
-    severity = 3 if message.source == "stderr" else 6
-    stamp = datetime.fromtimestamp(message.time_nano / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    head = (f"<{FACILITY * 8 + severity}>1 {stamp} {hostname} {_header_token(meta.tag, 48)} "
-            f"- {message.source} {sd} ").encode()  # fmt: skip
-    body = head + message.line
-    return str(len(body)).encode() + b" " + body
+class Formatter:
+    """RFC 5424 frames for one container's batch; what is the same for every message of the
+    batch (host, tag, structured data) and every second (the timestamp) is built once."""
+
+    def __init__(self, meta: Meta, hostname: str) -> None:
+        tail = f" {hostname} {_header_token(meta.tag, 48)} - "
+        sd = structured_data(meta)
+        self._after = {src: (tail + f"{src} {sd} ").encode() for src in ("stdout", "stderr")}
+        self._second = -1
+        self._stamp = ""
+
+    def frame(self, message: Message) -> bytes:
+        seconds, nanos = divmod(message.time_nano, 1_000_000_000)
+        if seconds != self._second:
+            self._second = seconds
+            self._stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        source = message.source if message.source in self._after else "stdout"
+        pri = FACILITY * 8 + (3 if source == "stderr" else 6)
+        body = b"".join((f"<{pri}>1 {self._stamp}.{nanos // 1000:06d}Z".encode(),
+                         self._after[source], message.line))  # fmt: skip
+        return b"%d %b" % (len(body), body)
+
+
+def rfc5424(meta: Meta, message: Message, hostname: str) -> bytes:
+    """One message, octet-counted (``LEN SP SYSLOG-MSG``)."""
+    return Formatter(meta, hostname).frame(message)
 
 
 class SyslogSink:
@@ -98,8 +117,8 @@ class SyslogSink:
         return True
 
     def send(self, meta: Meta, messages: list[Message]) -> None:
-        sd = structured_data(meta)
-        data = b"".join(rfc5424(meta, m, self.hostname, sd) for m in messages)
+        fmt = Formatter(meta, self.hostname)
+        data = b"".join([fmt.frame(m) for m in messages])
         try:
             if self._sock is not None and not self._alive(self._sock):
                 self.close()
