@@ -21,8 +21,11 @@ if [[ $mode == test ]]; then
         procps
         prometheus
         rclone
+        rsyslog
+        rsyslog-gnutls
         sshfs
         systemd
+        systemd-journal-remote
     )
 fi
 missing=()

@@ -36,6 +36,7 @@ LAZY_COMMANDS = {
     "systemd": "dockplug.cli.systemd:systemd",
     "status": "dockplug.cli.status:status",
     "authz": "dockplug.cli.authz:authz",
+    "logs": "dockplug.cli.logs:logs",
 }
 
 

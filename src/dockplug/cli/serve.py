@@ -95,6 +95,10 @@ def _click_option(setting: ServeSetting) -> Callable[[Callable[..., Any]], Calla
     kind: Any = setting.type
     if setting.type is bool:
         return click.option(setting.flag, setting.name, is_flag=True, help=setting.help)
+    if setting.multiple:
+        return click.option(
+            setting.flag, setting.name, multiple=True, metavar=setting.metavar, help=setting.help
+        )
     if setting.type is Path:
         kind = click.Path(path_type=Path)
     elif setting.choices:

@@ -37,12 +37,13 @@ class OptionSet:
         kind: str = "volume",
         flag: str = "-o",
         thing: str = "volume",
+        action: str | None = None,
     ) -> None:
         self.driver = driver
         self.options = {opt.name: opt for opt in options}
-        self.kind = kind
-        self.flag = flag
-        self.thing = thing
+        self.kind = kind  # the table names the driver as users know it: volume, IPAM, log
+        self.flag = flag  # how users pass options: "-o", "--ipam-opt", "--log-opt"
+        self.action = action or f"no {thing} was created"  # what help did not do
 
     def accepted(self) -> str:
         return ", ".join(sorted(self.options)) or "(none)"
@@ -58,7 +59,7 @@ class OptionSet:
             example = f" (e.g. {opt.name}={opt.example})" if opt.example else ""
             default = f" [default: {opt.default}]" if opt.default is not None else ""
             lines.append(f"  {opt.name.ljust(width)}{opt.help}{default}{example}")
-        lines.append(f"no {self.thing} was created; {self.flag} help only prints this table")
+        lines.append(f"{self.action}; {self.flag} help only prints this table")
         return "\n".join(lines)
 
     def parse(self, raw: dict[str, str] | None) -> dict[str, Any]:

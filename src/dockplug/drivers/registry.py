@@ -35,6 +35,7 @@ class ServeSetting:
     metavar: str | None = None
     choices: tuple[str, ...] = ()
     minimum: float | None = None
+    multiple: bool = False  # repeatable: the keyword gets a tuple of every value given
 
     @property
     def flag(self) -> str:
@@ -252,8 +253,86 @@ AUTHZ = BuiltinDriver(
     takes_name=True,
 )  # fmt: skip
 
+LOGS = BuiltinDriver(
+    name="logs",
+    cls="dockplug.drivers.log.driver:LogsDriver",
+    plugin_name="dockplug-logs",
+    help=(
+        "Serve a log driver: docker run --log-driver dockplug-logs --log-opt forward=URL ...\n\n"
+        "Every container's output is kept in local segments first (docker logs reads them) and "
+        "forwarded from there to each sink: --forward URL for all containers, --log-opt "
+        "forward=URL for one. URLs: syslog+tcp://H:P, syslog+tls://H:P, "
+        "journal-remote+http://H:P, loki+http://H:P/loki/api/v1/push, "
+        "elasticsearch+http://H:P/INDEX. --log-opt help lists the per-container options."
+    ),
+    settings=(
+        ServeSetting(
+            "state_dir",
+            "Where the segments and the state database live.",
+            Path,
+            Path("/var/lib/dockplug/logs"),
+        ),
+        ServeSetting(
+            "forward",
+            "A sink every container's logs go to (repeatable).",
+            metavar="URL",
+            multiple=True,
+        ),
+        ServeSetting(
+            "max_total_size",
+            "Cap on all containers' segments together; the oldest go first.",
+            str,
+            "10G",
+            metavar="SIZE",
+        ),
+        ServeSetting(
+            "max_age",
+            "Delete a log whose container stopped writing this many DAYS ago.",
+            float,
+            7.0,
+            metavar="DAYS",
+            minimum=0,
+        ),
+        ServeSetting(
+            "flush_interval",
+            "Send what accumulated every SECONDS (batching by time).",
+            float,
+            0.2,
+            metavar="SECONDS",
+            minimum=0.01,
+        ),
+        ServeSetting(
+            "batch_size", "Send at most SIZE per batch (batching by size).", str, "1M",
+            metavar="SIZE",
+        ),
+        ServeSetting(
+            "retry_max",
+            "Longest wait between tries while a sink is away (exponential, jittered).",
+            float,
+            10.0,
+            metavar="SECONDS",
+            minimum=0.1,
+        ),
+    ),
+    # Inside the plugin the FIFOs appear under /run/docker/logging (dockerd creates them in the
+    # rootfs); state goes to a host folder; the host's network reaches sinks on 127.0.0.1.
+    managed=Managed(
+        description="dockplug logs: local store first, forwarding that never blocks a container",
+        socket="logs.sock",
+        args=(
+            "serve", "logs", "--socket", f"{PLUGIN_DIR}/logs.sock", "--state-dir", "/mnt/state",
+        ),
+        state_mount=StateMount(
+            "/var/lib/dockplug/managed-logs",
+            description="host folder for the log segments and the state database",
+        ),
+        network="host",
+        types=("docker.logdriver/1.0",),
+    ),
+)  # fmt: skip
+
 #: name -> entry, in the order ``dockplug serve --help`` lists them
-BUILTINS: dict[str, BuiltinDriver] = {d.name: d for d in (LOCAL, SSHFS, AUTHZ)}
+BUILTINS: dict[str, BuiltinDriver] = {d.name: d for d in (LOCAL, SSHFS, AUTHZ, LOGS)}
 
 
 def builtin(name: str) -> BuiltinDriver:

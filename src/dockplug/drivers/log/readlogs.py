@@ -1,0 +1,82 @@
+"""ReadLogs from the segments: ``docker logs`` with ``--tail``, ``--since``, ``--until`` and
+``--follow`` (plugin-protocol.md §7.1-7.3).
+
+dockerd prints ReadLogs lines as they come and filters ``Since``/``Until`` and the
+stdout/stderr choice itself; FIFO lines arrive without their newline, so complete lines get
+it back here (as json-file and local store them) and partial pieces are passed on as they are,
+metadata included, for dockerd to rejoin. The stream is an async generator: file reads run in
+worker threads a batch at a time, and a follower waits on the loop, never in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+
+from dockplug.drivers.log.segments import Cursor, Position, SegmentLog
+from dockplug.protocol.log import ReadConfig, frame
+from dockplug.protocol.logentry import _LogEntryPb
+
+FOLLOW_POLL = 0.05  # seconds between looks for new entries while following
+BATCH = 1 << 20
+
+
+def _ns(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp() * 1_000_000_000)
+
+
+def _convert(payloads: list[bytes], since: int | None, until: int | None) -> tuple[bytes, bool]:
+    """(framed entries for dockerd, whether an entry after UNTIL was reached)."""
+    out: list[bytes] = []
+    pb = _LogEntryPb()
+    for payload in payloads:
+        pb.ParseFromString(payload)
+        t = pb.time_nano
+        if until is not None and t > until:
+            return b"".join(out), True
+        if since is not None and t < since:
+            continue
+        if not pb.partial or pb.partial_log_metadata.last:
+            pb.line += b"\n"
+        out.append(frame(pb.SerializeToString()))
+    return b"".join(out), False
+
+
+def start_position(log: SegmentLog, tail: int) -> Position:
+    if tail < 0:
+        return log.start()
+    if tail == 0:
+        return log.end()
+    return log.tail(tail)
+
+
+async def stream(
+    log: SegmentLog, config: ReadConfig, running: Callable[[], bool]
+) -> AsyncIterator[bytes]:
+    """The entries for one ReadLogs call; with ``follow``, until the container's logger stops
+    (no FIFO is being read for it) or ``until`` has passed."""
+    since, until = _ns(config.since), _ns(config.until)
+    cursor = Cursor(log, await asyncio.to_thread(start_position, log, config.tail))
+
+    def batch() -> tuple[bytes, int, bool]:
+        payloads = cursor.read(BATCH)
+        data, past = _convert(payloads, since, until)
+        return data, len(payloads), past
+
+    try:
+        while True:
+            data, count, past = await asyncio.to_thread(batch)
+            if data:
+                yield data
+            if past:
+                return
+            if count:
+                continue
+            if not config.follow or not running():
+                return
+            version = log.version
+            while log.version == version and running():
+                await asyncio.sleep(FOLLOW_POLL)
+    finally:
+        cursor.close()

@@ -1,0 +1,42 @@
+"""A kept-alive HTTP(S) connection for the HTTP-based sinks (stdlib only)."""
+
+from __future__ import annotations
+
+import http.client
+from urllib.parse import urlsplit
+
+from dockplug.drivers.log.sinks.base import SinkError
+
+
+class Poster:
+    def __init__(self, url: str, timeout: float) -> None:
+        parts = urlsplit(url)
+        if parts.hostname is None:
+            raise ValueError(f"{url}: expected http(s)://HOST:PORT/PATH")
+        self.https = parts.scheme == "https"
+        self.host, self.port = parts.hostname, parts.port
+        self.path = parts.path or "/"
+        self.timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def post(self, body: bytes, content_type: str, path: str | None = None) -> tuple[int, bytes]:
+        for attempt in range(2):  # a kept-alive connection the server closed: once more, fresh
+            if self._conn is None:
+                kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+                self._conn = kind(self.host, self.port, timeout=self.timeout)
+            try:
+                self._conn.request("POST", path or self.path, body,
+                                   {"Content-Type": content_type})  # fmt: skip
+                reply = self._conn.getresponse()
+                return reply.status, reply.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                if attempt or not isinstance(exc, http.client.RemoteDisconnected | BrokenPipeError
+                                             | ConnectionResetError):  # fmt: skip
+                    raise SinkError(f"{self.host}:{self.port}: {exc}") from exc
+        raise SinkError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -1,0 +1,332 @@
+"""dockplug-logs without dockerd: the segment store, the FIFO splitter, rejoining, caps, the
+options, and the sinks against real rsyslog (TCP and TLS) and a recording HTTP server."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from dockplug.client import PluginClient
+from dockplug.drivers.log.config import LOG_OPTIONS, LogSettings, settings
+from dockplug.drivers.log.driver import LogsDriver
+from dockplug.drivers.log.fifo import Splitter
+from dockplug.drivers.log.forwarder import Route
+from dockplug.drivers.log.segments import Cursor, SegmentLog
+from dockplug.drivers.log.sinks import Message, Meta, SinkError
+from dockplug.drivers.log.sinks.http import HttpSink
+from dockplug.drivers.log.sinks.syslog import SyslogSink
+from dockplug.errors import InvalidOption
+from dockplug.protocol.log import frame
+from dockplug.protocol.logentry import LogEntry, PartialMetadata, decode, encode
+from dockplug.testing.logsinks import Rsyslog, rsyslog_unavailable
+from dockplug.testing.pki import Certificates
+from dockplug.testing.servers import SubprocessPlugin, ThreadedPlugin, wait_until
+
+
+def _entries(n: int, start: int = 0) -> list[bytes]:
+    t = time.time_ns()
+    return [
+        encode(LogEntry("stdout", t + i, f"line {i}".encode())) for i in range(start, start + n)
+    ]
+
+
+def test_segments_rotate_compress_and_keep_max_file(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path / "c", max_size=10_000, max_file=3)
+    for i in range(100):
+        log.append(_entries(10, i * 10))
+    assert len(log.segments) == 3
+    assert wait_until(lambda: len(list(log.dir.glob("*.gz"))) == 2, 10)
+    got = [decode(p).line for p in Cursor(log, log.start())]
+    assert got[-1] == b"line 999" and len(got) < 1000
+    assert got == [f"line {i}".encode() for i in range(1000 - len(got), 1000)]
+    tail = [decode(p).line for p in Cursor(log, log.tail(len(got) - 1))]  # across segments
+    assert tail == got[1:]
+
+
+def test_a_torn_tail_is_cut_when_reopened(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path / "c", 1 << 20, 3)
+    log.append(_entries(5))
+    log.close()
+    head = tmp_path / "c" / "000000000001.log"
+    with head.open("ab") as f:
+        f.write(b"\0\0\0\x40half a record")
+    again = SegmentLog(tmp_path / "c", 1 << 20, 3)
+    assert [decode(p).line for p in Cursor(again, again.start())][-1] == b"line 4"
+    again.append(_entries(1, 5))
+    assert len(list(Cursor(again, again.start()))) == 6
+
+
+def test_the_splitter_finds_the_next_record_after_a_restart() -> None:
+    """A killed plugin may have read the start of a record; its successor must resync."""
+    stream = b"".join(frame(p) for p in _entries(50))
+    cut = 7 + len(frame(_entries(1)[0])) * 3  # inside the fourth record
+    splitter = Splitter(resync=True)
+    got = [decode(p).line for p in splitter.feed(stream[cut:])]
+    assert got == [f"line {i}".encode() for i in range(4, 50)]
+    assert 0 < splitter.skipped < 40
+
+
+def _route(log: SegmentLog, cap: int = 1 << 20, running: bool = True) -> Route:
+    c = SimpleNamespace(log=log, settings=LogSettings(max_line_size=cap), running=running,
+                        entries=0)  # fmt: skip
+    return Route(c, log.start(), 0, Cursor(log, log.start()))  # type: ignore[arg-type]
+
+
+def _pieces(line: bytes, pid: str, t: int) -> list[bytes]:
+    parts = [line[i : i + 16384] for i in range(0, len(line), 16384)]
+    return [encode(LogEntry("stdout", t + k, p, True, PartialMetadata(k == len(parts) - 1, pid,
+                                                                     k + 1)))
+            for k, p in enumerate(parts)]  # fmt: skip
+
+
+def test_split_lines_are_rejoined_and_positions_never_fall_inside_one(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path / "c", 1 << 30, 3)
+    line = b"z" * 50_000
+    pieces = _pieces(line, "a", time.time_ns())
+    log.append(_entries(2) + pieces[:2])
+    route = _route(log)
+    messages, pos, sent = route.collect(1 << 20)
+    assert [m.line for m in messages] == [b"line 0", b"line 1"] and sent == 2
+    assert pos is not None
+    route.commit(pos, sent)
+    log.append(pieces[2:])
+    messages, pos, sent = route.collect(1 << 20)
+    assert [m.line for m in messages] == [line] and messages[0].pieces == 4 and sent == 6
+    capped = _route(log, cap=20_000)
+    lines = [m.line for m in capped.collect(1 << 20)[0]]
+    assert lines[2:] == [b"z" * 32768, b"z" * (50_000 - 32768)]
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    bodies: list[tuple[str, bytes]] = []
+    reply: tuple[int, bytes] = (204, b"")
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).bodies.append((self.path, body))
+        status, payload = type(self).reply
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def recorder() -> Iterator[tuple[str, type[_Recorder]]]:
+    handler = type("Rec", (_Recorder,), {"bodies": [], "reply": (204, b"")})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+
+
+META = Meta("c" * 64, "web", "busybox", "sha256:" + "b" * 64, "web", {"app": "shop"},
+            {"SERVICE": "cart"})  # fmt: skip
+
+
+def test_loki_push_body(recorder: tuple[str, type[_Recorder]]) -> None:
+    address, handler = recorder
+    sink = HttpSink(f"loki+http://{address}/loki/api/v1/push")
+    sink.send(META, [Message(1_700_000_000_000_000_001, "stdout", b"hello"),
+                     Message(1_700_000_000_000_000_002, "stderr", b"oops")])  # fmt: skip
+    path, body = handler.bodies[0]
+    assert path == "/loki/api/v1/push"
+    streams = {s["stream"]["source"]: s for s in json.loads(body)["streams"]}
+    assert streams["stdout"]["values"] == [["1700000000000000001", "hello"]]
+    assert streams["stderr"]["stream"]["container_name"] == "web"
+    assert streams["stderr"]["stream"]["app"] == "shop"
+    handler.reply = (500, b"ingester down")
+    with pytest.raises(SinkError, match="500"):
+        sink.send(META, [Message(1, "stdout", b"x")])
+
+
+def test_elasticsearch_bulk_body_and_item_errors(recorder: tuple[str, type[_Recorder]]) -> None:
+    address, handler = recorder
+    handler.reply = (200, b'{"errors": false, "items": []}')
+    sink = HttpSink(f"elasticsearch+http://{address}/docker-logs")
+    sink.send(META, [Message(1_700_000_000_000_000_000, "stdout", b"hello")])
+    path, body = handler.bodies[0]
+    action, doc = (json.loads(line) for line in body.decode().splitlines())
+    assert path == "/_bulk" and action == {"create": {"_index": "docker-logs"}}
+    assert doc["message"] == "hello" and doc["@timestamp"] == "2023-11-14T22:13:20.000000Z"
+    handler.reply = (200, b'{"errors": true, "items": [{"create": {"status": 400}}]}')
+    with pytest.raises(SinkError, match="refused"):
+        sink.send(META, [Message(1, "stdout", b"x")])
+
+
+def test_log_opts_declared_once() -> None:
+    with pytest.raises(InvalidOption, match=r"unknown option 'max-sise'.*max-size"):
+        settings({"max-sise": "1m"})
+    with pytest.raises(InvalidOption, match="option max-file='0'"):
+        settings({"max-file": "0"})
+    with pytest.raises(InvalidOption, match="syslog\\+tcp"):
+        settings({"forward": "udp://1.2.3.4"})
+    opts = settings({"mode": "non-blocking", "max-buffer-size": "4m", "max-size": "1m",
+                     "labels": "app,tier", "env": "SERVICE"})  # fmt: skip
+    assert (opts.max_size, opts.labels, opts.env) == (1 << 20, ("app", "tier"), ("SERVICE",))
+    table = LOG_OPTIONS.help_table()
+    assert "--log-opt NAME=VALUE" in table and "syslog-tls-ca-cert" in table
+
+
+def _fifo_writer(root: Path) -> tuple[str, int]:
+    path = str(root / uuid.uuid4().hex)
+    os.mkfifo(path, 0o700)
+    return path, os.open(path, os.O_RDWR | os.O_NONBLOCK)
+
+
+def _start(plugin: ThreadedPlugin, path: str, cid: str, config: dict[str, str]) -> None:
+    info = {"ContainerID": cid, "ContainerName": "/u" + cid[:6], "Config": config}
+    reply = plugin.client().call("LogDriver.StartLogging", {"File": path, "Info": info})
+    assert reply.status == 200, reply.raw
+
+
+def _write(fd: int, payloads: list[bytes]) -> None:
+    os.set_blocking(fd, True)
+    os.write(fd, b"".join(frame(p) for p in payloads))
+    os.set_blocking(fd, False)
+
+
+def test_size_cap_and_age_clean_up(
+    short_tmp: Path, serve_plugin: Callable[..., ThreadedPlugin]
+) -> None:
+    driver = LogsDriver(state_dir=short_tmp / "st", max_total_size="150k", max_age=1.0)
+    plugin = serve_plugin(driver)
+    cids = [uuid.uuid4().hex * 2 for _ in range(2)]
+    for cid in cids:
+        path, fd = _fifo_writer(short_tmp)
+        _start(plugin, path, cid, {"max-size": "50k", "max-file": "100", "compress": "false"})
+        for _ in range(8):
+            _write(fd, _entries(400))
+        assert wait_until(lambda c=cid: driver.containers[c].entries == 3200, 10)
+        plugin.client().call("LogDriver.StopLogging", {"File": path})
+        os.close(fd)
+        os.unlink(path)
+    assert wait_until(lambda: not any(c.running for c in driver.containers.values()), 10)
+    # 2 x 114 KB written; the janitor (each second at first, then every 5 s) cuts to the cap
+    assert wait_until(
+        lambda: sum(c.log.disk_usage() for c in driver.containers.values()) <= 150 * 1024, 10
+    )
+    first = driver.containers[cids[0]].log
+    assert len(first.segments) < len(driver.containers[cids[1]].log.segments)  # oldest first
+    driver.enforce_limits(now=time.time() + 2 * 86400)
+    assert driver.containers == {} and not any((short_tmp / "st" / "containers").iterdir())
+
+
+@pytest.fixture
+def rsyslog(certificates: Certificates) -> Iterator[Callable[[bool], Rsyslog]]:
+    started: list[Rsyslog] = []
+
+    def start(tls: bool) -> Rsyslog:
+        reason = rsyslog_unavailable(tls)
+        if reason:
+            pytest.skip(reason)
+        server = Rsyslog(certs=certificates if tls else None).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def test_syslog_over_tls_verifies_the_server(
+    rsyslog: Callable[[bool], Rsyslog], certificates: Certificates
+) -> None:
+    server = rsyslog(True)
+    sink = SyslogSink(server.url, {"syslog-tls-ca-cert": str(certificates.ca)})
+    sink.send(META, [Message(time.time_ns(), "stdout", "ünïcode ✓ line".encode())])
+    assert wait_until(lambda: len(server.lines()) == 1, 10)
+    app, msgid, rest = server.lines()[0].split(" ", 2)
+    assert (app, msgid) == ("web", "stdout") and rest.endswith("] ünïcode ✓ line")
+    assert 'label.app="shop"' in rest and 'env.SERVICE="cart"' in rest
+    sink.close()
+    wrong = SyslogSink(server.url, {"syslog-tls-ca-cert": str(certificates.other_ca)})
+    with pytest.raises(SinkError, match="CERTIFICATE_VERIFY_FAILED"):
+        wrong.send(META, [Message(time.time_ns(), "stdout", b"x")])
+
+
+def test_positions_survive_a_restart_no_line_twice(
+    short_tmp: Path, rsyslog: Callable[[bool], Rsyslog]
+) -> None:
+    """A real process stopped (SIGTERM) and started again while dockerd's end of the FIFO
+    stays open, as for a running container: the new one reattaches, nothing is sent twice."""
+    server = rsyslog(False)
+    cid = uuid.uuid4().hex * 2
+    sock = short_tmp / "p.sock"
+    args = ["serve", "logs", "--socket", str(sock), "--state-dir", str(short_tmp / "st"),
+            "--forward", server.url, "--flush-interval", "0.05"]  # fmt: skip
+    path, fd = _fifo_writer(short_tmp)
+    with SubprocessPlugin(args, wait_for=sock) as first:
+        info = {"ContainerID": cid, "ContainerName": "/r", "Config": {}}
+        with PluginClient(str(sock)) as client:
+            reply = client.call("LogDriver.StartLogging", {"File": path, "Info": info})
+        assert reply.status == 200, reply.raw
+        _write(fd, _entries(3000))
+        assert wait_until(lambda: len(server.lines()) == 3000, 20), first.output
+    with SubprocessPlugin(args, wait_for=sock) as second:
+        _write(fd, _entries(2000, 3000))
+        assert wait_until(lambda: len(server.lines()) >= 5000, 20), second.output
+        time.sleep(0.3)
+        got = [line.rsplit(" ", 1)[-1] for line in server.lines()]
+        assert got == [str(i) for i in range(5000)]
+        assert "reattached" in second.output
+    os.close(fd)
+
+
+def test_health_is_degraded_while_the_sink_is_away_and_ready_when_it_returns(
+    short_tmp: Path, rsyslog: Callable[[bool], Rsyslog]
+) -> None:
+    """The side listener's /health names the sink that keeps failing; metrics show its lag."""
+    from dockplug.server.runner import ServeOptions
+    from dockplug.testing.servers import free_port
+
+    server = rsyslog(False)
+    port = free_port()
+    driver = LogsDriver(state_dir=short_tmp / "st", forward=(server.url,), flush_interval=0.05,
+                        retry_max=0.2)  # fmt: skip
+    opts = ServeOptions(name="lh", socket=short_tmp / "lh.sock", announce="none",
+                        metrics=f"127.0.0.1:{port}")  # fmt: skip
+
+    def health() -> dict[str, Any]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                return dict(json.loads(r.read()))
+        except urllib.error.HTTPError as err:
+            return dict(json.loads(err.read()))
+
+    cid = uuid.uuid4().hex * 2
+    with ThreadedPlugin(driver, opts) as plugin:
+        path, fd = _fifo_writer(short_tmp)
+        _start(plugin, path, cid, {})
+        _write(fd, _entries(100))
+        assert wait_until(lambda: len(server.lines()) == 100, 10)
+        assert health()["status"] == "ready"
+        server.stop()
+        _write(fd, _entries(100, 100))
+        assert wait_until(lambda: health()["status"] == "degraded", 15), health()
+        reasons = health()["reasons"]
+        assert len(reasons) == 1 and server.url in reasons[0] and "away" in reasons[0]
+        metrics = plugin.server.metrics.exposition().decode()  # type: ignore[attr-defined]
+        assert f'dockplug_log_sink_lag{{sink="{server.url}"}} 100.0' in metrics
+        assert "dockplug_log_entries 200.0" in metrics
+        server.start()
+        assert wait_until(lambda: len(server.lines()) >= 200, 20)
+        assert wait_until(lambda: health()["status"] == "ready", 10), health()
+        plugin.client().call("LogDriver.StopLogging", {"File": path})
+        os.close(fd)
