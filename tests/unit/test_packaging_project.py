@@ -37,7 +37,13 @@ def test_hello_project_config() -> None:
     assert data["propagatedMount"] == "/mnt/volumes"
     env = {e["name"]: e["value"] for e in data["env"]}
     assert env["PYTHONPATH"] == "/opt/dockplug/site"
-    assert set(env) == {"PYTHONPATH", "PYTHONUNBUFFERED", "DOCKPLUG_DEBUG"}
+    assert set(env) == {
+        "PYTHONPATH",
+        "PYTHONUNBUFFERED",
+        "DOCKPLUG_DEBUG",
+        "DOCKPLUG_METRICS",
+        "DOCKPLUG_LOG_FORMAT",
+    }
     assert data["mounts"] == [] and data["linux"]["capabilities"] == []
     # the probe imports nothing into this process and leaves no bytecode in the project
     assert not list(HELLO.rglob("__pycache__"))
