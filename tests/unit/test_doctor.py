@@ -60,10 +60,10 @@ def make_bundle(root: Path, entry: str = "/bin/plugin", content: bytes | None = 
 LOOP = "/dev/loop-control"
 
 
-def _linux(caps: list[str], devices: list[str]) -> dict[str, object]:
+def _linux(caps: list[str], devices: list[str], all_devices: bool = True) -> dict[str, object]:
     return {
         "capabilities": caps,
-        "allowAllDevices": True,
+        "allowAllDevices": all_devices,
         "devices": [{"name": Path(d).name, "path": d} for d in devices],
     }
 
@@ -187,9 +187,8 @@ CASES: dict[str, tuple[Callable[[Path], Path], str, str]] = {
     ),
     "local driver with the host's /dev but no allowAllDevices": (
         lambda d: make_bundle(
-            d, content=elf(HOST_EM), linux={**_linux(["CAP_SYS_ADMIN"], [LOOP]),
-                                            "allowAllDevices": False}
-        ),  # fmt: skip
+            d, content=elf(HOST_EM), linux=_linux(["CAP_SYS_ADMIN"], [LOOP], False)
+        ),
         "runtime-devices",
         "set linux.allowAllDevices to true",
     ),

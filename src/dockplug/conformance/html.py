@@ -50,6 +50,13 @@ def render(report: Report) -> str:
         cleanup = f'<h2>Left behind</h2><ul class="cleanup">{items}</ul>'
     opts = ", ".join(f"{k}={v}" for k, v in report.opts.items()) or "none"
     verdict = "passed" if report.ok else "FAILED"
+    engine = report.engine or {}
+    dockerd = (
+        f"dockerd {engine.get('version')} (Engine API {engine.get('api_version') or '?'}), "
+        f"replays of {engine.get('recordings')}"
+        if engine
+        else "dockerd unknown"
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
@@ -57,7 +64,7 @@ def render(report: Report) -> str:
 <style>{_CSS}</style></head><body>
 <h1>dockplug check: {_e(report.kind)} plugin {_e(report.target)} {verdict}</h1>
 <p class="meta">URL <code>{_e(report.url)}</code> · started {_e(report.started)} ·
-options {_e(opts)} · {report.calls} calls</p>
+options {_e(opts)} · {_e(dockerd)} · {report.calls} calls</p>
 <p class="summary">{counts}</p>
 <table><thead><tr><th>ID</th><th>Check</th><th>Result</th><th>Evidence</th><th>Time</th>
 </tr></thead><tbody>

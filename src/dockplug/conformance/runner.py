@@ -21,6 +21,7 @@ from dockplug.conformance.checks import (
     VolumeContext,
     failed,
 )
+from dockplug.conformance.engine import EngineInfo
 from dockplug.server.discovery import HostPaths, PluginAddress
 
 KINDS: dict[str, list[Check]] = {
@@ -90,6 +91,8 @@ class Report:
     results: list[CheckResult] = field(default_factory=list)
     calls: int = 0
     cleanup: list[str] = field(default_factory=list)
+    #: The engine the run was for (conformance.engine.EngineInfo.to_json()); None: unknown
+    engine: dict[str, str] | None = None
 
     def count(self, result: Result) -> int:
         return sum(1 for r in self.results if r.result is result)
@@ -165,16 +168,23 @@ def run(
     timeout: float = 30.0,
     only: set[str] | None = None,
     host_paths: HostPaths | None = None,
+    engine: EngineInfo | None = None,
 ) -> Report:
     """Runs every ``kind`` check (or the ``only`` ids) against ``target`` and cleans up.
-    ``host_paths``: where a managed plugin's paths are on this host."""
+    ``host_paths``: where a managed plugin's paths are on this host; ``engine``: the dockerd
+    the plugin serves (its recordings are replayed; None: the default engine's)."""
     if kind not in KINDS:
         raise ValueError(f"unknown plugin type {kind!r} (have: {', '.join(KINDS)})")
     address = resolve(target) if isinstance(target, str) else target
     prefix = f"dpcheck-{uuid.uuid4().hex[:8]}-"
     context = CONTEXTS.get(kind, VolumeContext)
     ctx = context(
-        address, opts=dict(opts or {}), prefix=prefix, timeout=timeout, host_paths=host_paths
+        address,
+        opts=dict(opts or {}),
+        prefix=prefix,
+        timeout=timeout,
+        host_paths=host_paths,
+        engine_series=engine.series if engine else None,
     )
     report = Report(
         target=target if isinstance(target, str) else target.name,
@@ -182,6 +192,7 @@ def run(
         kind=kind,
         opts=dict(opts or {}),
         started=datetime.now(UTC).isoformat(timespec="seconds"),
+        engine=engine.to_json() if engine else None,
     )
     try:
         for chk in KINDS[kind]:
