@@ -1,10 +1,11 @@
 """Checks that replay what a real dockerd sent a plugin (recordings/*.json, made by
 ``dockplug record`` in tests/integration/test_recordings.py) against any target.
 
-Each call goes out as dockerd sent it: the recorded headers in their order (empty ``Host``,
-``Go-http-client/1.1``, no Content-Type), the recorded body with fresh names and mount ids,
-dockerd's per-call timeout. Each reply is then read the way dockerd reads it: where the real
-plugin's answer let the docker command succeed, the target's must too.
+Each call goes out as dockerd sent it: the recorded headers in their order (``Host`` empty from
+20.10, ``plugin.moby.localhost`` from 28; ``Go-http-client/1.1``, no Content-Type), the
+recorded body with fresh names and mount ids, dockerd's per-call timeout. Each reply is then
+read the way dockerd reads it: where the real plugin's answer let the docker command succeed,
+the target's must too.
 """
 
 from __future__ import annotations
