@@ -175,11 +175,13 @@ def test_network_example_connects_a_real_container(
         "create_network", "create_endpoint", "join", "leave", "delete_endpoint", "delete_network"
     ]  # fmt: skip
     (created,) = calls.of("create_network")
-    # the body the harness's NetworkContext.create_network(legacy=True) sends (N14); N04 plays
-    # the current engine (plugin-protocol.md §4.2: enable_ipv4 present, IPv6Data null)
+    # the bodies the harness sends: NetworkContext.create_network(legacy=True) (N14) is 20.10's,
+    # N04 is 28's (enable_ipv4 true); both send IPv6Data [] for IPv4-only, not §4.2's null
     assert created.driver_options == {"color": "blue"}
     assert created.option("com.docker.network.enable_ipv6") is False
-    assert created.ipv4_data[0].gateway == "198.18.10.1/24" and not created.ipv6_data
+    ipv4 = created.option("com.docker.network.enable_ipv4")
+    assert ipv4 is (None if dockerd.version.startswith("20.10.") else True), created.options
+    assert created.ipv4_data[0].gateway == "198.18.10.1/24" and created.ipv6_data == []
     (endpoint,) = calls.of("create_endpoint")
     assert endpoint.interface.address == "198.18.10.2/24"
     assert driver.networks == {}

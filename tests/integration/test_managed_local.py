@@ -3,8 +3,12 @@ volume from a container with the data visible on the host, disable, set, re-enab
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -136,6 +140,10 @@ def test_check_a_managed_plugin_by_name(
         result = CliRunner().invoke(cli, ["check", plugin, "--report", str(out)])
         assert result.exit_code == 0, result.output
         report = json.loads(out.read_text())
+        # the engine the plugin serves, asked through DOCKER_HOST; its recordings are replayed
+        assert report["engine"]["version"] == dockerd.version, report["engine"]
+        assert report["engine"]["api_version"] == dockerd.api_version
+        assert f"engine: dockerd {report['engine']['version']}" in result.output
         v11 = next(r for r in report["results"] if r["id"] == "V11")
         assert v11["result"] == "pass" and "on the host" in v11["evidence"], v11
         assert report["url"].endswith("/local.sock")
@@ -143,4 +151,64 @@ def test_check_a_managed_plugin_by_name(
         result = CliRunner().invoke(cli, ["check", plugin])
         assert result.exit_code == 1 and "is disabled; fix: dockplug enable" in result.output
     finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _plugin_pid(plugin_id: str) -> int:
+    """The managed plugin's process: dockerd puts it in a cgroup named by the plugin's id."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if plugin_id in (proc / "cgroup").read_text():
+                    return int(proc.name)
+    raise AssertionError(f"no process in a cgroup of plugin {plugin_id}")
+
+
+LOOP_CTL_ADD, LOOP_CTL_REMOVE = 0x4C80, 0x4C81
+
+
+@pytest.mark.timeout(600)
+def test_managed_size_limited_volume(
+    dockerd: Dockerd, docker_client: Any, plugin: str, busybox_image: str
+) -> None:
+    """-o size= through the managed plugin: losetup inside it opens the /dev/loopN that
+    loop-control hands out, a node the kernel may make after enable (so a list in
+    linux.devices is not enough; the host's /dev is bind-mounted instead)."""
+    if not os.path.exists("/dev/loop-control"):
+        pytest.skip("no loop devices on this host (modprobe loop)")
+    state = Path(tempfile.mkdtemp(prefix="dpt-state-"))
+    try:
+        engine.set_options(plugin, [f"state.source={state}"], docker_client)
+        res = engine.enable(plugin, timeout=30, client=docker_client)
+        # a loop device made now, after enable, shows inside the plugin
+        with open("/dev/loop-control") as ctl:
+            number = fcntl.ioctl(ctl, LOOP_CTL_ADD, 200 + uuid.uuid4().int % 300)
+            try:
+                pid = _plugin_pid(res.id)
+                seen = subprocess.run(["nsenter", "-m", "-t", str(pid), "test", "-b",
+                                       f"/dev/loop{number}"])  # fmt: skip
+                assert seen.returncode == 0, f"/dev/loop{number} is not in the plugin"
+            finally:
+                fcntl.ioctl(ctl, LOOP_CTL_REMOVE, number)
+
+        vol = f"sized-{uuid.uuid4().hex[:6]}"
+        dockerd.docker("volume", "create", "-d", plugin, "-o", "size=20M", vol)
+        dd = ["dd", "if=/dev/zero", "of=/data/big", "bs=1M", "count=64"]
+        run = dockerd.docker("run", "--rm", "-v", f"{vol}:/data", busybox_image, *dd,
+                             check=False)  # fmt: skip
+        assert run.returncode != 0 and "No space left" in run.stderr, run.stderr
+        # a second mount of the same volume finds the data the first one wrote
+        ls = dockerd.docker("run", "--rm", "-v", f"{vol}:/data", busybox_image,
+                            "ls", "-l", "/data/big").stdout.split()  # fmt: skip
+        assert 15 * 2**20 < int(ls[4]) < 20 * 2**20, ls
+        status = json.loads(dockerd.docker("volume", "inspect", vol).stdout)[0]["Status"]
+        assert status["LimitBytes"] <= 20 * 2**20, status
+        image = next(state.rglob(f"{vol}.img"))
+        dockerd.docker("volume", "rm", vol)
+        # the loop device went with the last unmount: nothing is bound to the image any more
+        held = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True)
+        assert held.stdout.strip() == "", held.stdout
+    finally:
+        with contextlib.suppress(Exception):
+            engine.disable(plugin, client=docker_client, force=True)
         shutil.rmtree(state, ignore_errors=True)

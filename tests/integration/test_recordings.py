@@ -4,11 +4,14 @@ Each test runs docker commands against a real dockerd whose plugin is the record
 real dockplug plugin, then compares the calls with the stored recording in
 ``dockplug/conformance/recordings/`` (endpoints, order, header names, body keys; not the
 random ids). A future dockerd that calls plugins differently fails here. To re-record the
-fixtures, run with ``DOCKPLUG_RECORD=1``; the harness replays them (``harness/replay.py``).
+fixtures, run with ``DOCKPLUG_RECORD=1``; the harness replays them (``conformance/replay.py``).
+Each engine series has its own (20.10's at the top, the others' in ``recordings/<series>/``):
+run with ``DOCKPLUG_ENGINE=28`` to check or record 28's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -32,8 +35,15 @@ from dockplug.conformance.recorder import (
     normalise,
     peer_pid,
 )
-from dockplug.conformance.replay import RECORDINGS, load, signature
+from dockplug.conformance.replay import (
+    RECORDINGS,
+    engine_series,
+    load,
+    recording_path,
+    signature,
+)
 from dockplug.server.discovery import SOCKET_DIR
+from dockplug.testing import engines
 from dockplug.testing.dockerd import Dockerd, unavailable_reason
 from dockplug.testing.servers import SubprocessPlugin, ThreadedPlugin
 
@@ -119,15 +129,22 @@ def _keep(
     }
     errors = [ex for ex in fresh["exchanges"] if "error" in ex and "restart" not in ex["step"]]
     assert not errors, errors
-    path = Path(str(RECORDINGS)) / f"{scenario}.json"
+    # each engine against its own recordings: 26 and 28 call plugins differently from 20.10
+    series = engine_series(engine)
+    path = Path(str(recording_path(scenario, series, fallback=False)))
+    where = path.relative_to(Path(str(RECORDINGS)))
     if UPDATE or not path.exists():
         if not UPDATE:
-            pytest.fail(f"no fixture {path.name}: run with DOCKPLUG_RECORD=1 to record it")
+            pytest.fail(
+                f"no fixture {where} for dockerd {series}: run with DOCKPLUG_RECORD=1 "
+                f"(and DOCKPLUG_ENGINE={series}) to record it"
+            )
+        path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps(fresh, indent=1) + "\n")
         return
-    stored = load(scenario)
+    stored = load(scenario, series)
     assert signature(fresh) == signature(stored), (
-        f"dockerd {engine} no longer calls the plugin as recorded in {path.name} "
+        f"dockerd {engine} no longer calls the plugin as recorded in {where} "
         f"(recorded with {stored.get('engine')}); re-record with DOCKPLUG_RECORD=1 if intended"
     )
 
@@ -234,7 +251,7 @@ def test_plugin_restart(
 
 
 def _own_dockerd(root: Path, *extra: str) -> Dockerd:
-    reason = unavailable_reason() or (shutil.which("dockerd") is None and "no dockerd binary")
+    reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
     return Dockerd(root).start(extra_args=extra)
@@ -320,28 +337,26 @@ def test_authz_create_run(
 
 
 @pytest.fixture
-def netns_dockerd(
-    plugin_name: str, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[..., Dockerd]]:
+def netns_dockerd(plugin_name: str, short_tmp: Path) -> Iterator[Callable[..., Dockerd]]:
     """Starts a dockerd in a network namespace of its own: user bridges (IPAM tests) then live
     there, not on the host. ``ip netns exec`` would remount /sys and hide the cgroups; the
     ``dockerd`` on PATH is a wrapper that enters the namespace with nsenter."""
     if shutil.which("ip") is None or shutil.which("nsenter") is None:
         pytest.skip("needs ip (iproute2) and nsenter (util-linux)")
-    real = shutil.which("dockerd")
-    if real is None or unavailable_reason():
-        pytest.skip(unavailable_reason() or "no dockerd binary")
+    if unavailable_reason():
+        pytest.skip(str(unavailable_reason()))
+    engine = engines.prepare(engines.selected())
     ns = f"dp-{plugin_name}"
     subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
     wrapper = short_tmp / "bin" / "dockerd"
     wrapper.parent.mkdir()
-    wrapper.write_text(f'#!/bin/sh\nexec nsenter --net=/run/netns/{ns} {real} "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nexec nsenter --net=/run/netns/{ns} {engine.dockerd} "$@"\n')
     wrapper.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")
+    in_netns = dataclasses.replace(engine, dockerd=wrapper)
     started: list[Dockerd] = []
 
     def start(*extra: str) -> Dockerd:
-        daemon = Dockerd(Path(f"/tmp/dp-ns-{plugin_name}"))
+        daemon = Dockerd(Path(f"/tmp/dp-ns-{plugin_name}"), engine=in_netns)
         started.append(daemon)
         return daemon.start(extra_args=extra)
 

@@ -62,11 +62,19 @@ def make_bundle(root: Path, entry: str = "/bin/plugin", content: bytes | None = 
 LOOP = "/dev/loop-control"
 
 
-def _linux(caps: list[str], devices: list[str]) -> dict[str, object]:
+def _linux(caps: list[str], devices: list[str], all_devices: bool = True) -> dict[str, object]:
     return {
         "capabilities": caps,
+        "allowAllDevices": all_devices,
         "devices": [{"name": Path(d).name, "path": d} for d in devices],
     }
+
+
+def _state_only() -> list[object]:
+    """The local driver's mounts without the host's /dev (a bundle built before -o size= was
+    fixed for managed plugins)."""
+    mounts = json.loads(config_for_driver("local").to_json())["mounts"]
+    return [m for m in mounts if m["destination"] != "/dev"]
 
 
 def _iface(socket: str) -> dict[str, object]:
@@ -156,7 +164,10 @@ CASES: dict[str, tuple[Callable[[Path], Path], str, str]] = {
     ),
     "sshfs without /dev/fuse": (
         lambda d: make_bundle(
-            d, content=elf(HOST_EM), args={"name": "args", "value": ["serve", "sshfs"]}
+            d,
+            content=elf(HOST_EM),
+            args={"name": "args", "value": ["serve", "sshfs"]},
+            mounts=_state_only(),
         ),
         "fuse-device",
         "/dev/fuse",
@@ -171,10 +182,17 @@ CASES: dict[str, tuple[Callable[[Path], Path], str, str]] = {
         "capability-missing",
         'add "CAP_SYS_ADMIN" to linux.capabilities',
     ),
-    "local driver without /dev/loop-control": (
-        lambda d: make_bundle(d, content=elf(HOST_EM), linux=_linux(["CAP_SYS_ADMIN"], [])),
-        "device-missing",
-        '"path": "/dev/loop-control"',
+    "local driver given /dev/loop-control but no /dev/loopN": (
+        lambda d: make_bundle(d, content=elf(HOST_EM), mounts=_state_only()),
+        "runtime-devices",
+        '"destination": "/dev"',
+    ),
+    "local driver with the host's /dev but no allowAllDevices": (
+        lambda d: make_bundle(
+            d, content=elf(HOST_EM), linux=_linux(["CAP_SYS_ADMIN"], [LOOP], False)
+        ),
+        "runtime-devices",
+        "set linux.allowAllDevices to true",
     ),
     "device absent from the host": (
         lambda d: make_bundle(
@@ -212,6 +230,31 @@ def test_broken_bundle_yields_the_right_finding(tmp_path: Path, case: str) -> No
     assert [f.check for f in findings] == [check], findings
     line = str(findings[0])
     assert words in line and "fix: " in line and "\n" not in line
+
+
+def test_local_driver_without_loop_devices(tmp_path: Path) -> None:
+    """Neither /dev/loop-control nor the host's /dev: both the node it needs at enable and the
+    ones it needs later are named."""
+    b = make_bundle(
+        tmp_path, content=elf(HOST_EM), linux=_linux(["CAP_SYS_ADMIN"], []), mounts=_state_only()
+    )
+    findings = diagnose_bundle(b)
+    assert [f.check for f in findings] == ["device-missing", "runtime-devices"], findings
+    assert '"path": "/dev/loop-control"' in str(findings[0])
+    assert "/dev/loopN" in findings[1].message
+
+
+def test_allow_all_devices_alone_makes_no_node(tmp_path: Path) -> None:
+    """allowAllDevices opens the device cgroup but runc still makes only linux.devices in the
+    plugin's /dev: a FUSE driver with it and without /dev/fuse is still broken."""
+    b = make_bundle(
+        tmp_path,
+        content=elf(HOST_EM),
+        args={"name": "args", "value": ["serve", "sshfs"]},
+        mounts=_state_only(),
+        linux=_linux(["CAP_SYS_ADMIN"], []),
+    )
+    assert [f.check for f in diagnose_bundle(b)] == ["fuse-device"]
 
 
 def test_good_bundles_have_no_findings(tmp_path: Path) -> None:

@@ -128,6 +128,26 @@ CREATE_NETWORK = (
 )
 
 
+def test_network_bodies_of_dockerd_28() -> None:
+    """As dockerd 28.5 sent them (recorded): enable_ipv4, IPv6Data [] for an IPv4-only network,
+    and no_proxy_6to4 among ProgramExternalConnectivity's options."""
+    net_id = "fb8bf40ad64271cb801f6233608b145284850c182dffa1575d7822ce5de36705"
+    create = network.CreateNetworkRequest.model_validate_json(
+        f'{{"NetworkID":"{net_id}","Options":{{"com.docker.network.enable_ipv4":true,'
+        '"com.docker.network.enable_ipv6":false,"com.docker.network.generic":{"color":"blue"}},'
+        '"IPv4Data":[{"AddressSpace":"LocalDefault","Gateway":"198.18.10.1/24",'
+        '"Pool":"198.18.10.0/24"}],"IPv6Data":[]}\n'
+    )
+    assert create.ipv6_data == [] and create.driver_options == {"color": "blue"}
+    assert create.option("com.docker.network.enable_ipv4") is True
+    program = network.ExternalConnectivityRequest.model_validate_json(
+        f'{{"NetworkID":"{net_id}","EndpointID":"{net_id[::-1]}","Options":'
+        '{"com.docker.network.driver.private.no_proxy_6to4":false,'
+        '"com.docker.network.endpoint.exposedports":[],"com.docker.network.portmap":[]}}\n'
+    )
+    assert program.option("com.docker.network.driver.private.no_proxy_6to4") is False
+
+
 def test_network_create_parses_nested_options_and_null_ipv6() -> None:
     req = network.CreateNetworkRequest.model_validate_json(CREATE_NETWORK)
     assert req.network_id.startswith("0123456789ab")

@@ -81,6 +81,13 @@ def _parse_opts(pairs: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for a reply.")
 @click.option("--only", multiple=True, metavar="ID", help="Run only these check ids (repeatable).")
+@click.option(
+    "--engine",
+    "engine_version",
+    metavar="VERSION",
+    help="The dockerd the plugin serves (e.g. 28 or 20.10), whose recordings the replays "
+    "send [default: the one DOCKER_HOST answers with].",
+)
 def check(
     target: str,
     kind: str | None,
@@ -88,6 +95,7 @@ def check(
     report: Path | None,
     timeout: float,
     only: tuple[str, ...],
+    engine_version: str | None,
 ) -> None:
     """Play dockerd against a plugin and check every reply against the protocol.
 
@@ -105,7 +113,9 @@ def check(
     from rich.table import Table
 
     from dockplug.client import PluginClient, explained, resolve
+    from dockplug.conformance import engine as engines
     from dockplug.conformance import run
+    from dockplug.conformance.replay import DEFAULT_SERIES
     from dockplug.conformance.runner import detect_kind
     from dockplug.server import discovery
 
@@ -124,7 +134,21 @@ def check(
     if kind is None:
         kind = _kind_from(activate, detect_kind)
 
-    result = run(address, kind, create_opts, timeout, set(only) or None, host_paths)
+    # asked before the first check: engines differ in what they send (replays follow)
+    if engine_version:
+        engine: engines.EngineInfo | None = engines.given(engine_version)
+        why = ""
+    else:
+        engine, why = engines.detect()
+    console = Console()
+    if engine is not None:
+        console.print(f"engine: {escape(engine.describe())}")
+    else:
+        console.print(
+            f"[yellow]engine: unknown: {escape(why)}; replays use dockerd "
+            f"{DEFAULT_SERIES}'s recordings (fix: --engine VERSION)[/]"
+        )
+    result = run(address, kind, create_opts, timeout, set(only) or None, host_paths, engine)
     result.target = target
     table = Table(title=f"dockplug check {escape(target)} ({kind})")
     table.add_column("ID", no_wrap=True)
@@ -139,7 +163,6 @@ def check(
             f"[{style}]{r.result.value.upper()}[/]",
             escape(r.evidence),
         )
-    console = Console()
     console.print(table)
     for line in result.cleanup:
         console.print(f"[yellow]cleanup: {escape(line)}[/]")

@@ -67,6 +67,7 @@ def record(
       docker volume create -d rec v1     # in another shell
     """
     from dockplug.client import resolve
+    from dockplug.conformance.engine import detect as detect_engine
     from dockplug.conformance.recorder import Recorder
     from dockplug.server.discovery import SOCKET_DIR
 
@@ -75,6 +76,10 @@ def record(
     if sock.resolve() == Path(address.url.partition("unix://")[2] or "/nonexistent").resolve():
         raise ConfigError(f"--target {target} is the socket the recorder would listen on ({sock})")
     recorder = Recorder(sock, address, output, pids=set(pids) or None)
+    # before serving: never ask the Engine API while dockerd waits for the plugin
+    engine, why = detect_engine()
+    recorder.engine = engine.to_json() if engine else None
+    click.echo(f"engine: {engine.describe() if engine else 'unknown: ' + why}", err=True)
     if not quiet:
         recorder.on_exchange = lambda ex: click.echo(_line(ex))
 

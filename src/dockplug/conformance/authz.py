@@ -35,7 +35,9 @@ from dockplug.conformance.shapes import casing_problems
 
 CHECKS: list[Check] = []
 REQ, RES = "AuthZPlugin.AuthZReq", "AuthZPlugin.AuthZRes"
-API = "/v1.41"  # dockerd 20.10's API version, as the docker CLI sends it
+# dockerd 20.10's API version, as the docker CLI sends it; RequestUri carries the version the
+# client negotiated (/v1.45 on 26, /v1.50 on 28, recorded), so policies must not pin it
+API = "/v1.41"
 CLIENT = {"User-Agent": "Docker-Client/20.10.24+dfsg1 (linux)"}
 CREATE: dict[str, Any] = {
     "Image": "busybox",

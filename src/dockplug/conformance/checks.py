@@ -112,6 +112,8 @@ class Context:
     log: list[Exchange] = field(default_factory=list)
     # where the plugin's paths are on this host (a managed plugin's); None: as they are
     host_paths: HostPaths | None = None
+    #: The engine series ('20.10', '28') whose recordings the replays send; None: the default
+    engine_series: str | None = None
     _client: PluginClient | None = None
 
     def on_host(self, path: str) -> str:

@@ -73,8 +73,9 @@ class NetworkContext(Context):
         return options
 
     def create_network(self, network_id: str, legacy: bool = False) -> Reply:
-        """The current engine's body (§4.2), or with ``legacy`` the one dockerd 20.10 sends
-        (recorded: no enable_ipv4, ``IPv6Data: []`` instead of null)."""
+        """The body dockerd 28 sends (recorded: enable_ipv4 true, ``IPv6Data: []`` for an
+        IPv4-only network, not the null of §4.2), or with ``legacy`` 20.10's (no enable_ipv4,
+        ``IPv6Data: []`` as well)."""
         gateway = f"{next(self.subnet.hosts())}/{self.subnet.prefixlen}"
         body = {
             "NetworkID": network_id,
@@ -82,7 +83,7 @@ class NetworkContext(Context):
             "IPv4Data": [
                 {"AddressSpace": "LocalDefault", "Pool": str(self.subnet), "Gateway": gateway}
             ],
-            "IPv6Data": [] if legacy else None,
+            "IPv6Data": [],
         }
         reply = self.call(_P + "CreateNetwork", body, expect_ok=True)
         if self.error(reply) is None:
@@ -334,7 +335,13 @@ def join(ctx: NetworkContext) -> Outcome:
 @check(CHECKS, "N08", "ProgramExternalConnectivity: 200, or 404 (optional)", "protocol §4.2")
 def program(ctx: NetworkContext) -> Outcome:
     network_id, endpoint_id = _endpoint(ctx)
-    body = {"NetworkID": network_id, "EndpointID": endpoint_id, "Options": {}}
+    # dockerd 28's options (recorded); 20.10 sends the same without no_proxy_6to4
+    options = {
+        "com.docker.network.driver.private.no_proxy_6to4": False,
+        "com.docker.network.endpoint.exposedports": [],
+        "com.docker.network.portmap": [],
+    }
+    body = {"NetworkID": network_id, "EndpointID": endpoint_id, "Options": options}
     return _optional(ctx, "ProgramExternalConnectivity", body, False, "")
 
 

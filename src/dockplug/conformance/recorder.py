@@ -138,6 +138,8 @@ class Recorder:
         self._conns = itertools.count(1)
         self._t0 = time.monotonic()
         self._started = datetime.now(UTC).isoformat(timespec="seconds")
+        #: the engine the calls come from (EngineInfo.to_json()), set before serving
+        self.engine: dict[str, str] | None = None
         self._lock = threading.Lock()
         self._server: asyncio.Server | None = None
         self._pids: dict[int, int | None] = {}
@@ -163,6 +165,8 @@ class Recorder:
             "recorded": self._started,
             "target": self.target.url,
             "listen": str(self.listen),
+            # the dockerd the calls came from (dockplug record asks before serving)
+            "engine": self.engine,
             "exchanges": exchanges,
         }
 

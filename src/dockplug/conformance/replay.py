@@ -1,10 +1,11 @@
 """Checks that replay what a real dockerd sent a plugin (recordings/*.json, made by
 ``dockplug record`` in tests/integration/test_recordings.py) against any target.
 
-Each call goes out as dockerd sent it: the recorded headers in their order (empty ``Host``,
-``Go-http-client/1.1``, no Content-Type), the recorded body with fresh names and mount ids,
-dockerd's per-call timeout. Each reply is then read the way dockerd reads it: where the real
-plugin's answer let the docker command succeed, the target's must too.
+Each call goes out as dockerd sent it: the recorded headers in their order (``Host`` empty from
+20.10, ``plugin.moby.localhost`` from 28; ``Go-http-client/1.1``, no Content-Type), the
+recorded body with fresh names and mount ids, dockerd's per-call timeout. Each reply is then
+read the way dockerd reads it: where the real plugin's answer let the docker command succeed,
+the target's must too.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ from dockplug.conformance.ipam import IpamContext
 from dockplug.conformance.shapes import VOLUME_KEYS, volume_problems
 
 RECORDINGS: Traversable = resources.files("dockplug.conformance") / "recordings"
+#: The engine series whose recordings are at the top of RECORDINGS (the fallback); those of
+#: every other series are in RECORDINGS/<series>/, because engines call plugins differently
+#: (28 asks IpamDriver.GetDefaultAddressSpaces twice per network create; 26 and 28 send one
+#: more VolumeDriver.Get after a --live-restore restart).
+DEFAULT_SERIES = "20.10"
 
 # dockerd's per-call timeouts for volume plugins (protocol §1.7); other calls have none
 VOLUME_TIMEOUTS = {"Create": 120.0, "Mount": 120.0}
@@ -46,14 +52,32 @@ SHORT_TIMEOUT = 60.0
 _PLACEHOLDER = re.compile(r"\{(vol|id)(\d+)\}")
 
 
+def engine_series(version: str) -> str:
+    """The series of a dockerd version: '20.10.24+dfsg1' -> '20.10', '28.5.2' -> '28' (20.10
+    was the last year.month release; from 23 on the major number names the series)."""
+    parts = version.split("+")[0].split(".")
+    return ".".join(parts[:2]) if parts[0] == "20" else parts[0]
+
+
+def recording_path(name: str, series: str | None = None, fallback: bool = True) -> Traversable:
+    """Where the recording NAME of engine SERIES is: its own, else (FALLBACK) the default
+    engine's."""
+    if series and series != DEFAULT_SERIES:
+        own = RECORDINGS / series / f"{name}.json"
+        if own.is_file() or not fallback:
+            return own
+    return RECORDINGS / f"{name}.json"
+
+
 @cache
-def _read(name: str) -> str:
-    return (RECORDINGS / f"{name}.json").read_text()
+def _read(name: str, series: str | None = None) -> str:
+    return recording_path(name, series).read_text()
 
 
-def load(name: str) -> dict[str, Any]:
-    """A stored recording by scenario name (e.g. ``volume-cli``)."""
-    data: dict[str, Any] = json.loads(_read(name))
+def load(name: str, series: str | None = None) -> dict[str, Any]:
+    """A stored recording by scenario name (e.g. ``volume-cli``): the one made on engine
+    SERIES ('28') when there is one, else the default engine's."""
+    data: dict[str, Any] = json.loads(_read(name, series))
     return data
 
 
@@ -299,7 +323,7 @@ def _still_held(ctx: Context, ex: dict[str, Any], body: bytes, reply: Reply) -> 
 def replay(ctx: Context, scenario: str, tag: str) -> Outcome:
     """Replays one recording; fails at the first reply dockerd could not have worked with."""
     try:
-        recording = load(scenario)
+        recording = load(scenario, ctx.engine_series)
     except FileNotFoundError as exc:
         raise Skip(f"no recording {scenario}.json") from exc
     rp = _Replayer(ctx, tag)

@@ -33,6 +33,8 @@ class Report:
     results: list[CheckResult] = field(default_factory=list)
     calls: int = 0
     cleanup: list[str] = field(default_factory=list)
+    #: The engine the run was for (conformance.engine.EngineInfo.to_json()); None: unknown
+    engine: dict[str, str] | None = None
 
     def count(self, result: Result) -> int:
         return sum(1 for r in self.results if r.result is result)
@@ -116,6 +118,13 @@ def render(report: Report) -> str:
         cleanup = f'<h2>Left behind</h2><ul class="cleanup">{items}</ul>'
     opts = ", ".join(f"{k}={v}" for k, v in report.opts.items()) or "none"
     verdict = "passed" if report.ok else "FAILED"
+    engine = report.engine or {}
+    dockerd = (
+        f"dockerd {engine.get('version')} (Engine API {engine.get('api_version') or '?'}), "
+        f"replays of {engine.get('recordings')}"
+        if engine
+        else "dockerd unknown"
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
@@ -123,7 +132,7 @@ def render(report: Report) -> str:
 <style>{_CSS}</style></head><body>
 <h1>dockplug check: {_e(report.kind)} plugin {_e(report.target)} {verdict}</h1>
 <p class="meta">URL <code>{_e(report.url)}</code> · started {_e(report.started)} ·
-options {_e(opts)} · {report.calls} calls</p>
+options {_e(opts)} · {_e(dockerd)} · {report.calls} calls</p>
 <p class="summary">{counts}</p>
 <table><thead><tr><th>ID</th><th>Check</th><th>Result</th><th>Evidence</th><th>Time</th>
 </tr></thead><tbody>

@@ -17,6 +17,7 @@ from dockplug.conformance.checks import (
     VolumeContext,
     failed,
 )
+from dockplug.conformance.engine import EngineInfo
 from dockplug.conformance.report import CheckResult, Report
 from dockplug.server.discovery import HostPaths, PluginAddress
 
@@ -98,16 +99,23 @@ def run(
     timeout: float = 30.0,
     only: set[str] | None = None,
     host_paths: HostPaths | None = None,
+    engine: EngineInfo | None = None,
 ) -> Report:
     """Runs every ``kind`` check (or the ``only`` ids) against ``target`` and cleans up.
-    ``host_paths``: where a managed plugin's paths are on this host."""
+    ``host_paths``: where a managed plugin's paths are on this host; ``engine``: the dockerd
+    the plugin serves (its recordings are replayed; None: the default engine's)."""
     if kind not in KINDS:
         raise ValueError(f"unknown plugin type {kind!r} (have: {', '.join(KINDS)})")
     address = resolve(target) if isinstance(target, str) else target
     prefix = f"dpcheck-{uuid.uuid4().hex[:8]}-"
     context = CONTEXTS.get(kind, VolumeContext)
     ctx = context(
-        address, opts=dict(opts or {}), prefix=prefix, timeout=timeout, host_paths=host_paths
+        address,
+        opts=dict(opts or {}),
+        prefix=prefix,
+        timeout=timeout,
+        host_paths=host_paths,
+        engine_series=engine.series if engine else None,
     )
     report = Report(
         target=target if isinstance(target, str) else target.name,
@@ -115,6 +123,7 @@ def run(
         kind=kind,
         opts=dict(opts or {}),
         started=datetime.now(UTC).isoformat(timespec="seconds"),
+        engine=engine.to_json() if engine else None,
     )
     try:
         for chk in KINDS[kind]:

@@ -63,6 +63,11 @@ class Managed:
     state_mount: StateMount | None = None
     capabilities: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
+    #: Device nodes the kernel makes while the plugin runs (``/dev/loopN`` once loop-control
+    #: hands one out). dockerd copies linux.devices into the plugin once, at enable
+    #: (``plugin/v2/plugin_linux.go``), so these need the host's /dev bind-mounted on /dev and
+    #: allowAllDevices (runc then leaves /dev alone and the cgroup lets any device through).
+    runtime_devices: tuple[str, ...] = ()
     network: str = ""  # "host" when the plugin must reach the host's network
     #: Debian packages its rootfs needs besides python3, and the program each provides (how a
     #: base without a dpkg database is checked for it)
@@ -141,6 +146,7 @@ LOCAL = BuiltinDriver(
         state_mount=StateMount("/var/lib/dockplug/managed-local"),
         capabilities=("CAP_SYS_ADMIN",),  # loop mounts for size limits
         devices=("/dev/loop-control",),
+        runtime_devices=("/dev/loopN",),  # one per size-limited volume (-o size=)
     ),
 )  # fmt: skip
 

@@ -321,6 +321,7 @@ def make_config(
     network: str = "",
     capabilities: list[str] | None = None,
     devices: list[str] | None = None,
+    allow_all_devices: bool = False,
 ) -> PluginConfig:
     """The config of a plugin whose process is ``python3 -m dockplug ARGS`` with dockplug (and
     whatever else) installed under ``SITE_DIR``: shared by the built-in drivers and projects."""
@@ -362,6 +363,7 @@ def make_config(
         propagated_mount=propagated_mount,
         linux=Linux(
             capabilities=capabilities or [],
+            allow_all_devices=allow_all_devices,
             devices=[Device(name=Path(d).name, path=d, settable=["path"]) for d in devices or []],
         ),
     )
@@ -385,6 +387,8 @@ def config_for_driver(name: str) -> PluginConfig:
                 settable=["source"],
             )
         )
+    if managed.runtime_devices:
+        mounts.append(host_dev_mount(managed.runtime_devices))
     return make_config(
         description=managed.description,
         socket=managed.socket,
@@ -395,4 +399,20 @@ def config_for_driver(name: str) -> PluginConfig:
         capabilities=list(managed.capabilities),
         devices=list(managed.devices),
         types=list(managed.types) or None,
+        allow_all_devices=bool(managed.runtime_devices),
+    )
+
+
+def host_dev_mount(runtime_devices: tuple[str, ...] = ()) -> Mount:
+    """The host's /dev on /dev, for device nodes that appear after enable (a loop device per
+    size-limited volume): dockerd resolves linux.devices once, and runc makes no /dev of its
+    own when /dev is a bind mount. rslave: the host's changes come in, none go out."""
+    what = ", ".join(runtime_devices) or "device nodes"
+    return Mount(
+        name="dev",
+        description=f"the host's /dev: {what} appear there while the plugin runs",
+        source="/dev",
+        destination="/dev",
+        type="bind",
+        options=["rbind", "rslave"],
     )

@@ -362,7 +362,7 @@ def check_devices(
     need_caps, need_devs = _needs(config, [str(a) for a in argv or []])
     findings: list[Finding] = []
     for dev, why in need_devs.items():
-        if dev in declared or _get(linux, "allowAllDevices"):
+        if dev in declared or _gives_host_dev(config):
             continue
         name = Path(dev).name
         findings.append(
@@ -400,7 +400,44 @@ def check_devices(
                     + "enable it on a host that has the device",
                 )
             )
-    return findings
+    return findings + check_runtime_devices(config, [str(a) for a in argv or []])
+
+
+def _gives_host_dev(config: Any) -> bool:
+    """Whether every host device node, made before or after enable, reaches the plugin: the
+    host's /dev bind-mounted on /dev (runc then makes no /dev of its own) and allowAllDevices
+    (the device cgroup lets any node through). allowAllDevices alone makes no node."""
+    binds_dev = any(
+        _get(m, "destination") == "/dev" and _get(m, "source") == "/dev"
+        for m in _get(config, "mounts") or []
+    )
+    return binds_dev and bool(_get(config, "linux", "allowAllDevices"))
+
+
+def check_runtime_devices(config: Any, argv: list[str]) -> list[Finding]:
+    """Device nodes a built-in driver opens that the kernel makes while it runs (a /dev/loopN
+    per size-limited volume): dockerd copies linux.devices into the plugin once, at enable, so
+    only the host's /dev and allowAllDevices give them (-o size= failed with 'failed to setup
+    loop device' on a bundle with /dev/loop-control alone)."""
+    from dockplug.drivers.registry import BUILTINS
+
+    if not (len(argv) >= 2 and argv[0] == "serve" and argv[1] in BUILTINS):
+        return []
+    nodes = BUILTINS[argv[1]].managed.runtime_devices
+    if not nodes or _gives_host_dev(config):
+        return []
+    return [
+        Finding(
+            "runtime-devices",
+            "error",
+            f"the dockplug {argv[1]} driver opens {', '.join(nodes)}, device nodes the kernel "
+            "makes after enable, but the plugin gets only the devices linux.devices lists at "
+            "enable (losetup fails with 'failed to setup loop device')",
+            'set linux.allowAllDevices to true and add {"source": "/dev", "destination": '
+            '"/dev", "type": "bind", "options": ["rbind", "rslave"]} to mounts (dockplug build '
+            "does both)",
+        )
+    ]
 
 
 def check_config_schema(config: Any) -> list[Finding]:

@@ -1,9 +1,12 @@
 """NetworkDriver (libnetwork "remote" driver): wire models, endpoint table and driver base class.
 
 Reference: plugin-protocol.md §4. dockerd sends ``GetCapabilities`` with an empty body, ``Options``
-maps whose values may be strings, JSON booleans or nested maps, ``IPv6Data: null`` for IPv4-only
-networks, and expects plain IPs (not CIDR) for the Join gateways. It never resends a network's
-configuration later, so a driver must persist what it needs from CreateNetwork.
+maps whose values may be strings, JSON booleans or nested maps, ``IPv6Data: []`` for IPv4-only
+networks (20.10 and 28 alike; §4.2 says null, so both read as empty), and expects plain IPs (not
+CIDR) for the Join gateways. 28 adds ``com.docker.network.enable_ipv4`` to CreateNetwork's
+Options and ``com.docker.network.driver.private.no_proxy_6to4`` to ProgramExternalConnectivity's.
+It never resends a network's configuration later, so a driver must persist what it needs from
+CreateNetwork.
 """
 
 from __future__ import annotations

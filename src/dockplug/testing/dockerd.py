@@ -2,7 +2,9 @@
 
 Legacy plugin discovery always uses /run/docker/plugins whatever the exec root, so plugins under
 test must use unique names. ``DOCKPLUG_DOCKER_HOST`` points the fixtures at a dockerd someone
-else started (``.ci/run`` does that once for the whole run).
+else started (``.ci/run`` does that once for the whole run). ``DOCKPLUG_ENGINE`` picks which
+engine a fresh one runs (:mod:`dockplug.testing.engines`: bookworm's 20.10, or 28.5 unpacked
+from Debian's archive).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 from dockplug.errors import ConfigError
+from dockplug.testing import engines
 
 BUSYBOX_IMAGE = "dockplug-test/busybox:latest"
 
@@ -25,20 +28,31 @@ def unavailable_reason() -> str | None:
     """Why a real dockerd cannot run here, or None if it can."""
     if os.geteuid() != 0:
         return "needs root to run dockerd"
+    try:
+        series = engines.selected()
+    except ConfigError as exc:
+        return str(exc)
     if os.environ.get("DOCKPLUG_DOCKER_HOST"):
         return None
-    if shutil.which("dockerd") is None:
-        return "dockerd not installed (apt-get install docker.io)"
     if shutil.which("docker") is None:
         return "docker CLI not installed (apt-get install docker.io)"
-    return None
+    if series.suite is None and shutil.which("dockerd") is None:
+        return "dockerd not installed (apt-get install docker.io)"
+    return engines.unavailable_reason(series)
 
 
 class Dockerd:
     """Starts (or attaches to) a dockerd and runs docker CLI commands against it."""
 
-    def __init__(self, root: Path | None = None, host: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path | None = None,
+        host: str | None = None,
+        engine: engines.Engine | None = None,
+    ) -> None:
         self.external = host is not None
+        #: The engine a fresh daemon runs; None for one someone else runs.
+        self.engine = None if self.external else engine or engines.prepare(engines.selected())
         # a daemon someone else runs needs no directory of ours; don't leave an empty one behind
         self.root = (
             None if self.external else Path(root or tempfile.mkdtemp(prefix="dockplug-dockerd-"))
@@ -59,18 +73,21 @@ class Dockerd:
 
     def start(self, timeout: float = 60.0, extra_args: tuple[str, ...] = ()) -> Dockerd:
         if self.root is not None:
+            assert self.engine is not None
             log = open(self.root / "dockerd.log", "ab")  # noqa: SIM115 - lives with the process
             self.proc = subprocess.Popen(
                 [
-                    "dockerd",
+                    str(self.engine.dockerd),
                     "--data-root", str(self.root / "data"),
                     "--exec-root", str(self.root / "exec"),
                     "--pidfile", str(self.root / "dockerd.pid"),
                     "-H", self.host,
                     "--bridge=none",
                     "--iptables=false",
+                    *self.engine.extra_args,
                     *extra_args,
                 ],
+                env=self.engine.env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -78,13 +95,13 @@ class Dockerd:
         deadline = time.monotonic() + timeout
         while True:
             res = subprocess.run(
-                ["docker", "version", "--format", "{{.Server.Version}}"],
+                ["docker", "version", "--format", "{{.Server.Version}} {{.Server.APIVersion}}"],
                 env=self.env,
                 capture_output=True,
                 text=True,
             )
             if res.returncode == 0:
-                self.version = res.stdout.strip()
+                self.version, _, self.api_version = res.stdout.strip().partition(" ")
                 return self
             if self.proc is not None and self.proc.poll() is not None:
                 raise ConfigError(f"dockerd exited with {self.proc.returncode}: {self.log_tail()}")
