@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import signal
 import socket
@@ -101,8 +100,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    if os.environ.get("DOCKPLUG_DOCKER_HOST"):
-        pytest.skip("needs a dockerd of its own (--authorization-plugin), not a shared one")
+    # a dockerd of its own (--authorization-plugin), whatever DOCKPLUG_DOCKER_HOST names: the
+    # shared one must never be locked out by a policy under test
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is needed to make test certificates")
     root = tmp_path_factory.mktemp("authz")
