@@ -12,8 +12,6 @@ with a private apt list and unpacked into ``/var/cache/dockplug/engines/<series>
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
 import subprocess
@@ -21,11 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dockplug.errors import ConfigError
+from dockplug.testing import debian
 
 ENV = "DOCKPLUG_ENGINE"
-DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
 #: Packages whose binaries a current dockerd needs; runc and tini come from bookworm.
 PACKAGES = ("docker.io", "containerd")
 
@@ -70,23 +66,8 @@ def series_of(version: str) -> str:
 
 
 def cache_dir() -> Path:
-    """Where unpacked engines are kept between runs (``DOCKPLUG_CACHE`` overrides)."""
-    if os.environ.get("DOCKPLUG_CACHE"):
-        return Path(os.environ["DOCKPLUG_CACHE"]) / "engines"
-    if os.geteuid() == 0:
-        return Path("/var/cache/dockplug/engines")
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dockplug/engines"
-
-
-def debian_mirror() -> str:
-    """The Debian mirror apt already uses here (test-environment.md: use that one)."""
-    with contextlib.suppress(OSError):
-        for line in SOURCES.read_text().splitlines():
-            if line.startswith("URIs:"):
-                for uri in line.split()[1:]:
-                    if "security" not in uri:
-                        return uri
-    return DEFAULT_MIRROR
+    """Where unpacked engines are kept between runs."""
+    return debian.cache_dir() / "engines"
 
 
 @dataclass(frozen=True)
@@ -107,57 +88,12 @@ class Engine:
         return env
 
 
-def _apt_download(x: Path, suite: str) -> None:
-    """``apt-get update`` and ``apt-get download`` with a private list under X."""
-    for sub in ("lists/partial", "cache/archives/partial", "etc"):
-        (x / sub).mkdir(parents=True, exist_ok=True)
-    signed = f"[signed-by={DEBIAN_KEYRING}] " if DEBIAN_KEYRING.exists() else ""
-    (x / "etc/sources.list").write_text(f"deb {signed}{debian_mirror()} {suite} main\n")
-    opts = [
-        f"-o=Dir::Etc::sourcelist={x}/etc/sources.list",
-        "-o=Dir::Etc::sourceparts=/nonexistent",
-        f"-o=Dir::State::Lists={x}/lists",
-        f"-o=Dir::Cache={x}/cache",
-        "-o=Debug::NoLocking=1",
-    ]
-    for args in (
-        ["apt-get", *opts, "-qq", "update"],
-        ["apt-get", *opts, "-qq", "download", *PACKAGES],
-    ):
-        done = subprocess.run(args, cwd=x, capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            raise ConfigError(f"{' '.join(args[:1] + args[-2:])} failed: {done.stderr[-500:]}")
-
-
 def fetch(series: Series, cache: Path | None = None) -> Path:
     """Downloads SERIES' packages and unpacks them into ``CACHE/<series>/root`` (once; later
     calls, and later runs, find the tree). Returns that root."""
     assert series.suite is not None
-    x = (cache or cache_dir()) / series.name
-    root = x / "root"
-    if (root / "usr/sbin/dockerd").exists():
-        return root
-    for tool in ("apt-get", "dpkg-deb"):
-        if shutil.which(tool) is None:
-            raise ConfigError(f"{tool} is needed to unpack dockerd {series.name} (Debian only)")
-    x.mkdir(parents=True, exist_ok=True)
-    with open(x / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another test process may be fetching it now
-        if (root / "usr/sbin/dockerd").exists():
-            return root
-        _apt_download(x, series.suite)
-        partial = x / "root.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        for package in PACKAGES:
-            debs = sorted(x.glob(f"{package}_*.deb"))
-            if not debs:
-                raise ConfigError(f"apt-get download {package} left no .deb in {x}")
-            subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(partial)], check=True)
-        partial.rename(root)  # only a complete tree counts as cached
-        shutil.rmtree(x / "lists", ignore_errors=True)  # package lists: not needed again
-        for deb in x.glob("*.deb"):
-            deb.unlink()
-    return root
+    folder = (cache or cache_dir()) / series.name
+    return debian.unpack(series.suite, PACKAGES, folder, "usr/sbin/dockerd")
 
 
 def prepare(series: Series, cache: Path | None = None) -> Engine:

@@ -15,7 +15,6 @@ expires leases quickly (etcd's shortest lease is then its 1 s floor). :meth:`Etc
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -31,25 +30,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dockplug.errors import ConfigError
+from dockplug.testing import debian
 from dockplug.testing.pki import Certificates
 from dockplug.testing.servers import free_port
 
 BOOKWORM_ETCD = Path("/usr/bin/etcd")
 TRIXIE_PACKAGE = "etcd-server"
-DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
 HEARTBEAT_MS = 10
 ELECTION_MS = 100
-
-
-def cache_dir() -> Path:
-    """Where unpacked packages are kept between test runs."""
-    if os.environ.get("DOCKPLUG_CACHE"):
-        return Path(os.environ["DOCKPLUG_CACHE"])
-    if os.geteuid() == 0:
-        return Path("/var/cache/dockplug")
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dockplug"
 
 
 def binary_version(binary: Path) -> str | None:
@@ -64,58 +53,11 @@ def binary_version(binary: Path) -> str | None:
     return match.group(1) if match else None
 
 
-def debian_mirror() -> str:
-    """The Debian mirror apt already uses here (test-environment.md: use that one)."""
-    with contextlib.suppress(OSError):
-        for line in SOURCES.read_text().splitlines():
-            if line.startswith("URIs:"):
-                for uri in line.split()[1:]:
-                    if "security" not in uri:
-                        return uri
-    return DEFAULT_MIRROR
-
-
 def fetch_trixie_etcd(cache: Path | None = None) -> Path:
-    """Downloads trixie's etcd-server .deb with a private apt list and unpacks it into CACHE
-    (once; later calls find it): ``apt-get -o Dir::...=X update; apt-get download; dpkg-deb -x``.
-    Returns the etcd binary. Raises RuntimeError saying why not."""
-    x = (cache or cache_dir()) / "etcd-trixie"
-    binary = x / "root/usr/bin/etcd"
-    if binary.exists():
-        return binary
-    for tool in ("apt-get", "dpkg-deb"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"{tool} is needed to unpack trixie's etcd-server (Debian only)")
-    for sub in ("lists/partial", "cache/archives/partial", "etc"):
-        (x / sub).mkdir(parents=True, exist_ok=True)
-    with open(x / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another test process may be fetching it now
-        if binary.exists():
-            return binary
-        signed = f"[signed-by={DEBIAN_KEYRING}] " if DEBIAN_KEYRING.exists() else ""
-        (x / "etc/sources.list").write_text(f"deb {signed}{debian_mirror()} trixie main\n")
-        opts = [
-            f"-o=Dir::Etc::sourcelist={x}/etc/sources.list",
-            "-o=Dir::Etc::sourceparts=/nonexistent",
-            f"-o=Dir::State::Lists={x}/lists",
-            f"-o=Dir::Cache={x}/cache",
-            "-o=Debug::NoLocking=1",
-        ]
-        steps = [
-            (["apt-get", *opts, "-qq", "update"], x),
-            (["apt-get", *opts, "-qq", "download", TRIXIE_PACKAGE], x),
-        ]
-        for args, cwd in steps:
-            done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300)
-            if done.returncode != 0:
-                raise RuntimeError(f"{' '.join(args[:1] + args[-2:])} failed: {done.stderr[-500:]}")
-        debs = sorted(x.glob(f"{TRIXIE_PACKAGE}_*.deb"))
-        if not debs:
-            raise RuntimeError(f"apt-get download {TRIXIE_PACKAGE} left no .deb in {x}")
-        subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(x / "root")], check=True)
-        shutil.rmtree(x / "lists", ignore_errors=True)  # 20 MB of package lists: not needed
-        debs[-1].unlink()
-    return binary
+    """Trixie's etcd-server unpacked into CACHE (once; later calls find it). Returns the etcd
+    binary; raises ConfigError saying why not."""
+    folder = (cache or debian.cache_dir()) / "etcd-trixie"
+    return debian.unpack("trixie", (TRIXIE_PACKAGE,), folder, "usr/bin/etcd") / "usr/bin/etcd"
 
 
 def find_etcd(series: str) -> tuple[Path | None, str]:
@@ -129,11 +71,11 @@ def find_etcd(series: str) -> tuple[Path | None, str]:
             return None, "no etcd 3.4 (apt-get install etcd-server)"
     elif series == "3.5":
         if os.environ.get("DOCKPLUG_ETCD_FETCH") == "0":
-            path = cache_dir() / "etcd-trixie/root/usr/bin/etcd"
+            path = debian.cache_dir() / "etcd-trixie/root/usr/bin/etcd"
         else:
             try:
                 path = fetch_trixie_etcd()
-            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            except (OSError, ConfigError, subprocess.SubprocessError) as exc:
                 return None, f"etcd 3.5 from trixie could not be unpacked: {exc}"
     else:
         raise ValueError(f"unknown etcd series {series!r} (3.4 or 3.5)")
