@@ -12,7 +12,7 @@ from typing import Any
 
 from dockplug.packaging import engine
 from dockplug.packaging.config import PLUGIN_SOCKET_DIR
-from dockplug.packaging.doctor import diagnose_bundle, diagnose_installed
+from dockplug.packaging.doctor import diagnose_bundle, diagnose_installed, socket_never_created
 from dockplug.packaging.engine import EngineError, ProgressFn
 
 
@@ -71,11 +71,13 @@ def enable(name: str, timeout: int = 30, client: Any = None) -> EnableResult:
     try:
         plugin.enable(timeout=timeout)
     except (docker.errors.APIError, OSError) as exc:
+        never = socket_never_created(plugin, engine.explain(exc))
+        findings = [str(never)] if never else []
         try:
             found = diagnose_installed(name, client)
-            findings = [str(f) for f in found if f.check != "disabled"]
+            findings += [str(f) for f in found if f.check != "disabled"]
         except Exception as derr:  # the enable error matters more
-            findings = [f"(the doctor failed too: {derr})"]
+            findings.append(f"(the doctor failed too: {derr})")
         extra = "\n".join(findings) or (
             "nothing wrong in the config or rootfs; the plugin process probably exited or did "
             f"not listen on {PLUGIN_SOCKET_DIR}/{sock.name} within ~9.5 s; fix: read dockerd's "
