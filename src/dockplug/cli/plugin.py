@@ -164,7 +164,7 @@ def build(
         result = built.result
         kind = f"from {src.flag}, config.json from {built.config_from}"
         entry = " ".join(built.config.entrypoint)
-        console.print(f"entrypoint: {entry}", markup=False, highlight=False)
+        console.print(f"entrypoint: {entry}", markup=False, highlight=False, soft_wrap=True)
     else:
         from dockplug.packaging.bases import parse_base
         from dockplug.packaging.bundle import build as build_bundle
@@ -182,7 +182,7 @@ def build(
     if do_create or do_enable:
         from dockplug.packaging import verbs
 
-        verbs.create(name, result.path)
+        verbs.create(name, result.path, console=console)
         click.echo(f"created {name} (disabled)", err=True)
         if do_enable:
             res = verbs.enable(name)
@@ -201,10 +201,12 @@ def _report_bundle(bundle: Path, console: Any) -> None:
 
     findings = diagnose_bundle(bundle)
     for f in findings:
-        console.print(f"doctor: {f}", markup=False, highlight=False)
+        console.print(f"doctor: {f}", markup=False, highlight=False, soft_wrap=True)
     socket = (json.loads((bundle / "config.json").read_text()).get("interface") or {}).get("socket")
     if socket and not any(f.level == "error" for f in findings):
-        console.print(f"doctor: ok; {socket_where(socket)}", markup=False, highlight=False)
+        console.print(
+            f"doctor: ok; {socket_where(socket)}", markup=False, highlight=False, soft_wrap=True
+        )
 
 
 @click.command()
@@ -301,7 +303,7 @@ def _stderr() -> Any:
 
 def _lines(console: Any) -> Any:
     """Print Engine API progress lines as they are (no rich markup: they contain [...])."""
-    return lambda line: console.print(line, markup=False, highlight=False)
+    return lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @click.command()

@@ -481,9 +481,11 @@ def check_socket_argv(config: Any, args: Any = None) -> list[Finding]:
     ]
 
 
-def binary_needs(path: Path) -> list[tuple[tuple[str, ...], tuple[str, ...], str]]:
-    """(capabilities, devices, what) the ELF program at PATH shows it needs, from its DT_NEEDED
-    libraries and the strings it holds (empty: not ELF, unreadable, or nothing known)."""
+def binary_needs(
+    path: Path, strings: bool = True
+) -> list[tuple[tuple[str, ...], tuple[str, ...], str, bool]]:
+    """(capabilities, devices, what, certain) the ELF program at PATH shows it needs: certain
+    from its DT_NEEDED libraries, likely from the strings it holds (STRINGS: look at them)."""
     import mmap
 
     needed: list[str] = []
@@ -493,12 +495,15 @@ def binary_needs(path: Path) -> list[tuple[tuple[str, ...], tuple[str, ...], str
     found = []
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            for libs, strings, caps, devices, what in BINARY_NEEDS:
+            for libs, texts, caps, devices, what in BINARY_NEEDS:
                 lib = next((n for n in needed for p in libs if n.startswith(p)), None)
-                text = None if lib else next((s for s in strings if data.find(s) >= 0), None)
-                if lib or text:
-                    how = f"links {lib}" if lib else f"holds {text.decode()!r}" if text else ""
-                    found.append((caps, devices, f"{what}: it {how}"))
+                text = None
+                if strings and not lib:
+                    text = next((s for s in texts if data.find(s) >= 0), None)
+                if lib:
+                    found.append((caps, devices, f"{what}: it links {lib}", True))
+                elif text:
+                    found.append((caps, devices, f"{what}: it holds {text.decode()!r}", False))
     except (OSError, ValueError):
         return []
     return found
@@ -520,20 +525,25 @@ def check_program_needs(
     found = find_in_root(rootfs, entry[0], path_var)
     if found is None or not found.is_file() or read_elf(found) is None:
         return []
+    # a multi-call binary (busybox: sh -> busybox) holds every applet's strings: libraries only
+    applet = found.name != PurePosixPath(entry[0]).name
     linux = _get(config, "linux") or {}
     declared = {_get(d, "path") for d in (_get(linux, "devices") or [])}
     have_caps = {str(c).upper() for c in _get(linux, "capabilities") or []}
     said = " ".join(f.message for f in reported)
     findings: list[Finding] = []
-    for caps, devices, why in binary_needs(found):
+    for caps, devices, why, certain in binary_needs(found, strings=not applet):
         who = f"entrypoint {entry[0]} uses {why}"
+        level = "error" if certain else "warning"
+        if not certain:
+            who = f"entrypoint {entry[0]} probably uses {why}"
         for dev in devices:
             if dev in said or dev in declared or _get(linux, "allowAllDevices"):
                 continue
             findings.append(
                 Finding(
                     "fuse-device" if dev == "/dev/fuse" else "device-missing",
-                    "error",
+                    level,
                     f"{who}, and needs the device {dev}, which linux.devices does not declare",
                     f'add {{"name": "{Path(dev).name}", "path": "{dev}"}} to linux.devices',
                 )
@@ -555,7 +565,7 @@ def check_program_needs(
             findings.append(
                 Finding(
                     "capability-missing",
-                    "error",
+                    level,
                     f"{who}, and needs {cap}, which linux.capabilities lacks ('operation not "
                     "permitted')",
                     f'add "{cap}" to linux.capabilities',
