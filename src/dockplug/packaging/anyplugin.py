@@ -38,13 +38,8 @@ from dockplug.packaging.bases import (
 from dockplug.packaging.bundle import BuildResult, _clear, default_output, tree_size
 from dockplug.packaging.config import (
     PLUGIN_SOCKET_DIR,
-    Args,
-    Device,
     Env,
-    Interface,
-    Linux,
     Mount,
-    Network,
     PluginConfig,
     format_errors,
     load_config,
@@ -230,10 +225,13 @@ def image_entrypoint(cfg: dict[str, Any]) -> list[str]:
     ]
 
 
-def _flag_errors(exc: ValidationError) -> str:
-    """format_errors' lines, each led by the flag that set the field."""
+def _flag_errors(exc: ValidationError, prefix: str = "") -> str:
+    """format_errors' lines, each led by the flag that set the field (PREFIX: where in
+    config.json the model that failed sits)."""
     out = []
     for line in format_errors(exc, "config.json"):
+        if prefix:
+            line = line.replace("config.json: ", f"config.json: {prefix}.", 1)
         where = line.removeprefix("config.json: ").split(":", 1)[0]
         top = where.split("[", 1)[0]
         flag = FIELD_FLAGS.get(top) or FIELD_FLAGS.get(top.split(".", 1)[0])
@@ -282,33 +280,32 @@ def generate_config(decl: Declared, image: dict[str, Any] | None, what: str) -> 
     for text in decl.env:
         e = parse_env(text)
         env[e.name] = e
+    mounts = []
+    for i, text in enumerate(decl.mounts):
+        try:
+            mounts.append(parse_mount(text, i).model_dump(by_alias=True))
+        except ValidationError as exc:  # a destination that is not absolute
+            raise ConfigError(_flag_errors(exc, f"mounts[{i}]")) from exc
+    data = {
+        "description": decl.description or f"{what.split(' ', 1)[-1]} (packaged by dockplug)",
+        "entrypoint": entry,
+        "workdir": str(image.get("WorkingDir") or "/"),
+        "env": [e.model_dump(by_alias=True) for e in env.values()],
+        "args": {"name": "args", "description": "arguments after the entrypoint",
+                 "value": [], "settable": ["value"]},
+        "interface": {"types": [TYPES[t] for t in dict.fromkeys(decl.types)],
+                      "socket": decl.socket or ""},
+        "network": {"type": decl.network},
+        "mounts": mounts,
+        "propagatedMount": decl.propagated_mount,
+        "linux": {
+            "capabilities": [c.upper() for c in dict.fromkeys(decl.capabilities)],
+            "devices": [{"name": Path(d).name, "path": d, "settable": ["path"]}
+                        for d in dict.fromkeys(decl.devices)],
+        },
+    }  # fmt: skip
     try:
-        cfg = PluginConfig(
-            description=decl.description or f"{what.split(' ', 1)[-1]} (packaged by dockplug)",
-            entrypoint=entry,
-            workdir=str(image.get("WorkingDir") or "/"),
-            env=list(env.values()),
-            args=Args(
-                name="args",
-                description="arguments after the entrypoint",
-                value=[],
-                settable=["value"],
-            ),
-            interface=Interface(
-                types=[TYPES[t] for t in dict.fromkeys(decl.types)], socket=decl.socket or ""
-            ),
-            network=Network(type=decl.network),
-            mounts=[parse_mount(m, i) for i, m in enumerate(decl.mounts)],
-            propagated_mount=decl.propagated_mount,
-            linux=Linux(
-                capabilities=[c.upper() for c in dict.fromkeys(decl.capabilities)],
-                devices=[
-                    Device(name=Path(d).name, path=d, settable=["path"])
-                    for d in dict.fromkeys(decl.devices)
-                ],
-            ),
-        )
-        return PluginConfig.model_validate(json.loads(cfg.to_json()))
+        return PluginConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_flag_errors(exc)) from exc
 
