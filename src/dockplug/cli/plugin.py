@@ -216,7 +216,7 @@ def create(name: str, bundle: Path) -> None:
     """Register the bundle folder BUNDLE with dockerd as plugin NAME (disabled)."""
     from dockplug.packaging import verbs
 
-    verbs.create(name, bundle)
+    verbs.create(name, bundle, console=_stderr())
     click.echo(f"created {name} (disabled); next: dockplug enable {name}")
 
 
