@@ -15,7 +15,7 @@ def _size(n: int) -> str:
 
 
 @click.command()
-@click.argument("driver")
+@click.argument("driver", required=False)
 @click.option("--name", required=True, help="Plugin reference: [REGISTRY/]REPO/NAME[:TAG].")
 @click.option(
     "--output",
@@ -26,41 +26,187 @@ def _size(n: int) -> str:
 @click.option(
     "--base",
     "base_text",
-    default="debootstrap",
-    show_default=True,
+    default=None,
     metavar="BASE",
-    help="Where the rootfs starts from: debootstrap, image:REF (a local image), tar:PATH (a "
-    "rootfs tarball) or dockerfile:PATH (built by dockerd).",
+    help="For a dockplug DRIVER or project: where the rootfs starts from: debootstrap "
+    "(default), image:REF (a local image), tar:PATH (a rootfs tarball) or dockerfile:PATH "
+    "(built by dockerd).",
 )
+@click.option("--image", metavar="REF", help="Any plugin: its rootfs is this local image's.")
+@click.option(
+    "--dockerfile", metavar="PATH", help="Any plugin: its rootfs is built by dockerd from this."
+)
+@click.option(
+    "--rootfs", metavar="DIR", help="Any plugin: its rootfs is a copy of DIR (or DIR/rootfs)."
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="config.json to use [default: beside the Dockerfile or rootfs/, else generated].",
+)
+@click.option(
+    "--type",
+    "types",
+    multiple=True,
+    type=click.Choice(["volume", "network", "ipam", "authz", "log"]),
+    help="Generated config: the plugin's interface (repeatable).",
+)
+@click.option("--socket", help="Generated config: the socket it creates in /run/docker/plugins.")
+@click.option(
+    "--entrypoint",
+    help="Generated config: program and arguments, shell words or a JSON array [default: the "
+    "image's Entrypoint+Cmd].",
+)
+@click.option("--cap", "caps", multiple=True, metavar="CAP", help="e.g. CAP_SYS_ADMIN.")
+@click.option("--device", "devices", multiple=True, metavar="PATH", help="e.g. /dev/fuse.")
+@click.option(
+    "--mount", "mounts", multiple=True, metavar="[NAME=]SRC:DEST", help="A settable bind mount."
+)
+@click.option("--env", "envs", multiple=True, metavar="NAME=VALUE[:settable]")
+@click.option("--network", type=click.Choice(["host"]), help="Share the host's network.")
+@click.option("--propagated-mount", metavar="PATH", help="Where the plugin mounts volumes.")
+@click.option("--description", help="Generated config: the plugin's description.")
 @click.option("--create", "do_create", is_flag=True, help="Also register it with dockerd.")
-def build(driver: str, name: str, output: Path | None, base_text: str, do_create: bool) -> None:
-    """Build a managed-plugin bundle (config.json + rootfs/) for a dockplug DRIVER (local, sshfs)
-    or for your own project: DRIVER is then a folder whose pyproject.toml names the driver class
-    in a [tool.dockplug] table (driver = "mypkg.plugin:MyDriver"); the project is pip-installed
-    into the rootfs next to dockplug.
+@click.option("--enable", "do_enable", is_flag=True, help="Also create and enable it.")
+def build(
+    driver: str | None,
+    name: str,
+    output: Path | None,
+    base_text: str | None,
+    image: str | None,
+    dockerfile: str | None,
+    rootfs: str | None,
+    config_path: Path | None,
+    types: tuple[str, ...],
+    socket: str | None,
+    entrypoint: str | None,
+    caps: tuple[str, ...],
+    devices: tuple[str, ...],
+    mounts: tuple[str, ...],
+    envs: tuple[str, ...],
+    network: str | None,
+    propagated_mount: str | None,
+    description: str | None,
+    do_create: bool,
+    do_enable: bool,
+) -> None:
+    """Build a managed-plugin bundle (config.json + rootfs/), optionally create and enable it.
 
-    By default the rootfs is a Debian bookworm base with python3 (plus the driver's packages,
-    e.g. sshfs) made by debootstrap once per package set and cached under
-    /var/cache/dockplug/rootfs (DOCKPLUG_ROOTFS_CACHE names the plain python3 base). --base
-    takes it instead from an image on the Docker host, a rootfs tarball, or a Dockerfile dockerd
-    builds (FROM a local image needs no registry); such a base must already hold python3 of
-    this Python's version and the driver's programs, which is checked."""
-    from dockplug.packaging.bases import parse_base
-    from dockplug.packaging.bundle import build as build_bundle
+    \b
+    dockplug build DRIVER --name REPO/NAME[:TAG] [--base BASE]
+      a dockplug DRIVER (local, sshfs) or your own project: a folder whose pyproject.toml
+      names the driver class in a [tool.dockplug] table (driver = "mypkg.plugin:MyDriver").
+      The rootfs is a Debian bookworm base with python3 (plus the driver's packages) made by
+      debootstrap once per package set and cached under /var/cache/dockplug/rootfs; --base
+      takes it from an image, a tarball or a Dockerfile instead, which must then hold python3
+      of this Python's version and the driver's programs.
+    \b
+    dockplug build --image REF|--dockerfile PATH|--rootfs DIR --name REPO/NAME[:TAG]
+      any plugin, whatever its language: the rootfs of a never-started container of the
+      image (or of the image dockerd builds, no pull forced), or a copy of DIR. config.json is
+      --config, the one beside the Dockerfile or rootfs/, or generated from --type, --socket,
+      --entrypoint, --cap, --device, --mount, --env, --network, --propagated-mount.
 
-    result = build_bundle(driver, name, output, base=parse_base(base_text))
-    kind = "cold, base made" if result.cold else f"base {result.base}"
-    if result.base.kind == "debootstrap" and not result.cold:
-        kind = "cached base"
+    The doctor's findings are printed; --create refuses a bundle it finds broken, and a failed
+    --enable says why."""
+    from dockplug.errors import ConfigError
+
+    console = _stderr()
+    flagged = [
+        flag
+        for flag, value in (
+            ("--type", types), ("--socket", socket), ("--entrypoint", entrypoint),
+            ("--cap", caps), ("--device", devices), ("--mount", mounts), ("--env", envs),
+            ("--network", network), ("--propagated-mount", propagated_mount),
+            ("--description", description), ("--config", config_path),
+        )
+        if value
+    ]  # fmt: skip
+    any_plugin = bool(image or dockerfile or rootfs)
+    if driver and any_plugin:
+        raise ConfigError(
+            f"give either DRIVER ({driver}) or --image/--dockerfile/--rootfs, not both; fix: "
+            "DRIVER is for dockplug drivers and projects, the flags for any other plugin"
+        )
+    if any_plugin and base_text:
+        raise ConfigError(
+            "--base is for dockplug's own drivers; fix: with --image/--dockerfile/--rootfs "
+            "the rootfs is that image or folder, as it is"
+        )
+    if not any_plugin and flagged:
+        raise ConfigError(
+            f"{', '.join(flagged)} describe a plugin built from --image, --dockerfile or "
+            "--rootfs; fix: add one of those (a dockplug DRIVER has its own config)"
+        )
+    if not driver and not any_plugin:
+        raise ConfigError(
+            "nothing to build; fix: give a DRIVER (local, sshfs, a project folder) or "
+            "--image REF, --dockerfile PATH or --rootfs DIR"
+        )
+    if any_plugin:
+        from dockplug.packaging.anyplugin import Declared, build_any, source_of
+
+        declared = Declared(
+            types=list(types),
+            socket=socket,
+            entrypoint=entrypoint,
+            capabilities=list(caps),
+            devices=list(devices),
+            mounts=list(mounts),
+            env=list(envs),
+            network=network or "",
+            propagated_mount=propagated_mount or "",
+            description=description or "",
+        )
+        src = source_of(image, dockerfile, rootfs)
+        built = build_any(src, name, output, config=config_path, declared=declared, console=console)
+        result = built.result
+        kind = f"from {src.flag}, config.json from {built.config_from}"
+        entry = " ".join(built.config.entrypoint)
+        console.print(f"entrypoint: {entry}", markup=False, highlight=False, soft_wrap=True)
+    else:
+        from dockplug.packaging.bases import parse_base
+        from dockplug.packaging.bundle import build as build_bundle
+
+        assert driver is not None
+        result = build_bundle(driver, name, output, base=parse_base(base_text or "debootstrap"))
+        kind = "cold, base made" if result.cold else f"base {result.base}"
+        if result.base.kind == "debootstrap" and not result.cold:
+            kind = "cached base"
     click.echo(
         f"built {result.path} ({_size(result.size)}, {result.seconds:.1f}s, {kind})", err=True
     )
-    if do_create:
+    if any_plugin:
+        _report_bundle(result.path, console)
+    if do_create or do_enable:
         from dockplug.packaging import verbs
 
-        verbs.create(name, result.path)
-        click.echo(f"created {name} (disabled); next: dockplug enable {name}", err=True)
+        verbs.create(name, result.path, console=console)
+        click.echo(f"created {name} (disabled)", err=True)
+        if do_enable:
+            res = verbs.enable(name)
+            where = f" at {res.socket}" if res.socket else ""
+            click.echo(f"enabled {name}; socket ready{where} after {res.seconds:.2f}s", err=True)
+        else:
+            click.echo(f"next: dockplug enable {name}", err=True)
     click.echo(str(result.path))
+
+
+def _report_bundle(bundle: Path, console: Any) -> None:
+    """The doctor's findings on a fresh bundle, and where its socket will appear."""
+    import json
+
+    from dockplug.packaging.doctor import diagnose_bundle, socket_where
+
+    findings = diagnose_bundle(bundle)
+    for f in findings:
+        console.print(f"doctor: {f}", markup=False, highlight=False, soft_wrap=True)
+    socket = (json.loads((bundle / "config.json").read_text()).get("interface") or {}).get("socket")
+    if socket and not any(f.level == "error" for f in findings):
+        console.print(
+            f"doctor: ok; {socket_where(socket)}", markup=False, highlight=False, soft_wrap=True
+        )
 
 
 @click.command()
@@ -70,7 +216,7 @@ def create(name: str, bundle: Path) -> None:
     """Register the bundle folder BUNDLE with dockerd as plugin NAME (disabled)."""
     from dockplug.packaging import verbs
 
-    verbs.create(name, bundle)
+    verbs.create(name, bundle, console=_stderr())
     click.echo(f"created {name} (disabled); next: dockplug enable {name}")
 
 
@@ -157,7 +303,7 @@ def _stderr() -> Any:
 
 def _lines(console: Any) -> Any:
     """Print Engine API progress lines as they are (no rich markup: they contain [...])."""
-    return lambda line: console.print(line, markup=False, highlight=False)
+    return lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @click.command()

@@ -1,12 +1,15 @@
 """Where a plugin's rootfs starts from (``dockplug build --base``): the cached Debian
 debootstrap (the default), a local image, a rootfs tarball, or a Dockerfile built by dockerd.
+The same readers serve ``dockplug build --image/--dockerfile/--rootfs`` for a plugin in any
+language (:mod:`~dockplug.packaging.anyplugin`).
 
 Every base other than debootstrap is taken as it is and checked, never changed by a package
-manager: it must hold a python3 of this Python's minor version (dockplug's compiled
-dependencies are installed for it) and the programs the driver needs (sshfs, fusermount3, ssh
-for the sshfs driver). Images are read through the Engine API (``DOCKER_HOST`` honoured), so
-the Docker host may be another machine; tarballs are unpacked refusing anything that would land
-or point outside the rootfs.
+manager: for dockplug's own (Python) drivers it must hold a python3 of this Python's minor
+version (dockplug's compiled dependencies are installed for it) and the programs the driver
+needs (sshfs, fusermount3, ssh for the sshfs driver); :func:`check_base` is that check, which
+a plugin in another language never goes through. Images are read through the Engine API
+(``DOCKER_HOST`` honoured), so the Docker host may be another machine; tarballs and folders are
+unpacked refusing anything that would land or point outside the rootfs.
 """
 
 from __future__ import annotations
@@ -235,21 +238,31 @@ def from_tar(path: Path, dest: Path, console: Console) -> None:
         unpack_rootfs(raw, dest, console, str(path), path.stat().st_size)
 
 
-def from_image(ref: str, dest: Path, console: Console, client: Any = None) -> None:
+def image_config(image: Any) -> dict[str, Any]:
+    """The image's runtime config (Entrypoint, Cmd, Env, WorkingDir), which ``docker export``
+    drops: a plugin packaged from the image takes its defaults from it."""
+    return dict(image.attrs.get("Config") or {})
+
+
+def from_image(
+    ref: str, dest: Path, console: Console, client: Any = None, flag: str | None = None
+) -> dict[str, Any]:
     """DEST = the filesystem of the local image REF, read through the Engine API (a container
-    is created, never started, and exported)."""
+    is created, never started, and exported, then removed). Returns the image's runtime config.
+    FLAG names REF in errors (default ``--base image:REF``)."""
     import docker.errors
 
+    flag = flag or f"--base image:{ref}"
     client = client or _connect()
     try:
         image = client.images.get(ref)
     except docker.errors.ImageNotFound as exc:
         raise ConfigError(
-            f"--base image:{ref}: no such image on the Docker host; fix: docker load / docker "
+            f"{flag}: no such image on the Docker host; fix: docker load / docker "
             "import / docker build it there first (docker images lists them)"
         ) from exc
     except docker.errors.APIError as exc:
-        raise ConfigError(f"--base image:{ref}: {exc}") from exc
+        raise ConfigError(f"{flag}: {exc}") from exc
     name = f"dockplug-base-{uuid.uuid4().hex[:12]}"
     # never run: a command is only needed because images without CMD cannot be created
     container = client.containers.create(image.id, entrypoint=["/dockplug-export"], name=name)
@@ -259,13 +272,18 @@ def from_image(ref: str, dest: Path, console: Console, client: Any = None) -> No
     finally:
         with contextlib.suppress(docker.errors.APIError):
             container.remove(force=True)
+    return image_config(image)
 
 
-def from_dockerfile(path: Path, dest: Path, console: Console, client: Any = None) -> None:
+def from_dockerfile(
+    path: Path, dest: Path, console: Console, client: Any = None, flag: str | None = None
+) -> dict[str, Any]:
     """DEST = the filesystem of the image dockerd builds from the Dockerfile PATH (its folder is
-    the context). No pull is forced, so ``FROM`` a local image works with no registry."""
+    the context), whose temporary tag is removed after. No pull is forced, so ``FROM`` a local
+    image works with no registry. Returns the image's runtime config (as from_image)."""
     import docker.errors
 
+    flag = flag or f"--base dockerfile:{path}"
     client = client or _connect()
     dockerfile = _dockerfile(path).resolve()
     tag = f"dockplug-base-build:{uuid.uuid4().hex[:12]}"
@@ -287,17 +305,44 @@ def from_dockerfile(path: Path, dest: Path, console: Console, client: Any = None
                 fix = ""
                 if "registry" in msg or "pull access" in msg or "no such host" in msg:
                     fix = "; fix: FROM an image already on the Docker host (docker images)"
-                raise ConfigError(f"--base dockerfile:{path}: docker build failed: {msg}{fix}")
+                raise ConfigError(f"{flag}: docker build failed: {msg}{fix}")
             text = str(item.get("stream") or "").rstrip()
             if text:
                 console.print(f"  {text}", markup=False, highlight=False)
     except docker.errors.APIError as exc:
-        raise ConfigError(f"--base dockerfile:{path}: docker build failed: {exc}") from exc
+        raise ConfigError(f"{flag}: docker build failed: {exc}") from exc
     try:
-        from_image(tag, dest, console, client)
+        return from_image(tag, dest, console, client, flag)
     finally:
         with contextlib.suppress(docker.errors.APIError):
             client.images.remove(tag, noprune=False)
+
+
+def from_dir(path: Path, dest: Path, console: Console) -> None:
+    """DEST = a copy of the folder PATH (a rootfs), streamed through tar and the same filter as
+    a tarball, with a progress bar over its size: owners, modes and device nodes kept, nothing
+    that points outside followed."""
+    if not path.is_dir():
+        raise ConfigError(f"--rootfs {path}: not a folder; fix: give the plugin's root folder")
+    total = sum(
+        os.lstat(os.path.join(root, f)).st_size
+        for root, _dirs, files in os.walk(path)
+        for f in files
+    )
+    proc = subprocess.Popen(
+        ["tar", "-C", str(path), "--numeric-owner", "-c", "."],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        unpack_rootfs(proc.stdout, dest, console, f"rootfs {path}", total)
+    finally:
+        proc.stdout.close()
+        err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+        code = proc.wait()
+    if code != 0:
+        raise ConfigError(f"--rootfs {path}: reading it with tar failed: {err}")
 
 
 def populate(base: Base, dest: Path, console: Console) -> None:

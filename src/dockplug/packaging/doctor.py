@@ -10,8 +10,10 @@ turning one dockerd failure into a finding that names the fix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -32,6 +34,7 @@ from dockplug.packaging.elf import (
     HOST_MACHINES,
     PACKAGING_EXTRA,
     ElfToolsMissing,
+    read_dynamic,
     read_elf,
 )
 from dockplug.packaging.libraries import loader_missing, missing_libraries
@@ -314,6 +317,14 @@ MOUNT_DEVICES = {"/dev/fuse": "modprobe fuse", "/dev/loop-control": "modprobe lo
 #: programs a plugin may run that need a device and capability: (capabilities, devices, why)
 PROGRAM_NEEDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "sshfs": (("CAP_SYS_ADMIN",), ("/dev/fuse",), "a FUSE mount"),
+    "rclone": (("CAP_SYS_ADMIN",), ("/dev/fuse",), "FUSE mounts of its volumes"),
+    "fusermount": (("CAP_SYS_ADMIN",), ("/dev/fuse",), "a FUSE mount"),
+    "mount.fuse": (("CAP_SYS_ADMIN",), ("/dev/fuse",), "a FUSE mount"),
+    "s3fs": (("CAP_SYS_ADMIN",), ("/dev/fuse",), "a FUSE mount"),
+    "gcsfuse": (("CAP_SYS_ADMIN",), ("/dev/fuse",), "a FUSE mount"),
+    "goofys": (("CAP_SYS_ADMIN",), ("/dev/fuse",), "a FUSE mount"),
+    "losetup": (("CAP_SYS_ADMIN",), ("/dev/loop-control",), "loop devices"),
+    "iptables": (("CAP_NET_ADMIN", "CAP_NET_RAW"), (), "netfilter rules over netlink"),
 }
 
 
@@ -440,6 +451,186 @@ def check_runtime_devices(config: Any, argv: list[str]) -> list[Finding]:
     ]
 
 
+# -- a plugin in any language -----------------------------------------------------------------
+
+#: what an ELF program may hold that says it needs a device or capability: (DT_NEEDED prefixes,
+#: byte strings in the file, capabilities, devices, what it is). A Go program links no library
+#: but embeds the paths and module names it uses (rclone: "fusermount", "/dev/fuse").
+_Need = tuple[tuple[str, ...], tuple[bytes, ...], tuple[str, ...], tuple[str, ...], str]
+BINARY_NEEDS: tuple[_Need, ...] = (
+    (("libfuse",), (b"fusermount", b"/dev/fuse"), ("CAP_SYS_ADMIN",), ("/dev/fuse",), "FUSE"),
+    ((), (b"/dev/loop-control",), ("CAP_SYS_ADMIN",), ("/dev/loop-control",), "loop devices"),
+    (("libnl-", "libmnl"), (b"vishvananda/netlink", b"mdlayher/netlink"), ("CAP_NET_ADMIN",),
+     (), "netlink (network interfaces and routes)"),
+)  # fmt: skip
+#: where programs that serve a plugin put their socket when told nothing (argv words, name)
+DEFAULT_SOCKETS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("rclone", "serve", "docker"), "rclone.sock"),
+)
+_SOCKET_IN_ARGV = re.compile(re.escape(PLUGIN_SOCKET_DIR) + r"/([^\s,;\"'=:]+)")
+
+
+def socket_where(socket: str) -> str:
+    """Where the plugin's socket must appear, inside and on the host (plugin-protocol.md §1.4,
+    §1.8): dockerd dials it ~0.5, 3.5, 6.5 and 9.5 s after start, then gives up."""
+    return (
+        f"the program must create {PLUGIN_SOCKET_DIR}/{socket} inside the plugin; dockerd "
+        f"dials {PLUGIN_SOCKET_DIR}/<plugin-id>/{socket} on the host ~0.5, 3.5, 6.5 and 9.5 s "
+        "after start, then gives up"
+    )
+
+
+def _argv(config: Any, args: Any = None) -> list[str]:
+    argv = args if args is not None else _get(config, "args", "value")
+    return [str(w) for w in [*(_get(config, "entrypoint") or []), *(argv or [])]]
+
+
+def check_socket_argv(config: Any, args: Any = None) -> list[Finding]:
+    """The socket the program is told to make (a /run/docker/plugins/NAME in its arguments, or
+    a known program's default) against interface.socket: dockerd only dials the declared one,
+    so a mismatch is an enable that waits ~12 s and fails with 'no such file or directory'."""
+    socket = _get(config, "interface", "socket")
+    if not isinstance(socket, str) or socket_problem(socket) is not None:
+        return []  # check_socket reports it
+    words = _argv(config, args)
+    named = [m[1] for w in words for m in _SOCKET_IN_ARGV.finditer(w)]
+    told = "its arguments name"
+    if not named:
+        names = [Path(w).name for w in words]
+        for prefix, default in DEFAULT_SOCKETS:
+            n = len(prefix)
+            if any(names[i : i + n] == list(prefix) for i in range(len(names))):
+                flagged = any(w.startswith("--socket") for w in words)
+                if not flagged:
+                    named, told = [default], f"'{' '.join(prefix)}' listens by default on"
+    if not named or socket in named:
+        return []
+    other = named[0]
+    return [
+        Finding(
+            "socket-mismatch",
+            "error",
+            f"config.json declares interface.socket {socket!r}, but {told} "
+            f"{PLUGIN_SOCKET_DIR}/{other}; {socket_where(socket)}",
+            f'set interface.socket to "{other}", or make the program listen on '
+            f"{PLUGIN_SOCKET_DIR}/{socket}",
+        )
+    ]
+
+
+def binary_needs(
+    path: Path, strings: bool = True
+) -> list[tuple[tuple[str, ...], tuple[str, ...], str, bool]]:
+    """(capabilities, devices, what, certain) the ELF program at PATH shows it needs: certain
+    from its DT_NEEDED libraries, likely from the strings it holds (STRINGS: look at them)."""
+    import mmap
+
+    needed: list[str] = []
+    with contextlib.suppress(ElfToolsMissing):
+        dyn = read_dynamic(path)
+        needed = dyn.needed if dyn else []
+    found = []
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            for libs, texts, caps, devices, what in BINARY_NEEDS:
+                lib = next((n for n in needed for p in libs if n.startswith(p)), None)
+                text = None
+                if strings and not lib:
+                    text = next((s for s in texts if data.find(s) >= 0), None)
+                if lib:
+                    found.append((caps, devices, f"{what}: it links {lib}", True))
+                elif text:
+                    found.append((caps, devices, f"{what}: it holds {text.decode()!r}", False))
+    except (OSError, ValueError):
+        return []
+    return found
+
+
+def check_program_needs(
+    rootfs: Path, config: Any, reported: list[Finding], host_level: str | None = "warning"
+) -> list[Finding]:
+    """Devices and capabilities the entrypoint's program shows it needs (FUSE, loop devices,
+    netlink) that config.json does not declare, beyond what REPORTED already says: a plugin in
+    any language, whose program name says nothing (a Go binary linking nothing)."""
+    entry = _get(config, "entrypoint")
+    if not isinstance(entry, list) or not entry or not isinstance(entry[0], str):
+        return []
+    path_var = DEFAULT_PATH
+    for e in _get(config, "env") or []:
+        if _get(e, "name") == "PATH" and isinstance(_get(e, "value"), str):
+            path_var = _get(e, "value")
+    found = find_in_root(rootfs, entry[0], path_var)
+    if found is None or not found.is_file() or read_elf(found) is None:
+        return []
+    # a multi-call binary (busybox: sh -> busybox) holds every applet's strings: libraries only
+    applet = found.name != PurePosixPath(entry[0]).name
+    linux = _get(config, "linux") or {}
+    declared = {_get(d, "path") for d in (_get(linux, "devices") or [])}
+    have_caps = {str(c).upper() for c in _get(linux, "capabilities") or []}
+    said = " ".join(f.message for f in reported)
+    findings: list[Finding] = []
+    for caps, devices, why, certain in binary_needs(found, strings=not applet):
+        who = f"entrypoint {entry[0]} uses {why}"
+        level = "error" if certain else "warning"
+        if not certain:
+            who = f"entrypoint {entry[0]} probably uses {why}"
+        for dev in devices:
+            if dev in said or dev in declared or _get(linux, "allowAllDevices"):
+                continue
+            findings.append(
+                Finding(
+                    "fuse-device" if dev == "/dev/fuse" else "device-missing",
+                    level,
+                    f"{who}, and needs the device {dev}, which linux.devices does not declare",
+                    f'add {{"name": "{Path(dev).name}", "path": "{dev}"}} to linux.devices',
+                )
+            )
+            if host_level and not os.path.exists(dev):
+                load = MOUNT_DEVICES.get(dev)
+                findings.append(
+                    Finding(
+                        "host-device-missing",
+                        host_level,
+                        f"this host has no {dev}, which {who} needs",
+                        (f"{load} on the host, or " if load else "")
+                        + "enable it on a host that has the device",
+                    )
+                )
+        for cap in caps:
+            if cap in have_caps or f"needs {cap}" in said:
+                continue
+            findings.append(
+                Finding(
+                    "capability-missing",
+                    level,
+                    f"{who}, and needs {cap}, which linux.capabilities lacks ('operation not "
+                    "permitted')",
+                    f'add "{cap}" to linux.capabilities',
+                )
+            )
+    return findings
+
+
+def socket_never_created(plugin: Any, error: str) -> Finding | None:
+    """After a failed enable: the one-line reason when dockerd gave up dialing the socket (the
+    process ran but made no socket where dockerd looks), None for other failures."""
+    socket = ((plugin.attrs.get("Config") or {}).get("Interface") or {}).get("Socket")
+    if not isinstance(socket, str) or not socket:
+        return None
+    host = str(engine.plugin_socket(plugin))
+    if socket not in error or not any(w in error for w in ("dial", "connect", "timeout")):
+        return None
+    return Finding(
+        "socket-never-created",
+        "error",
+        f"{plugin.name} started but never created its socket: expected "
+        f"{PLUGIN_SOCKET_DIR}/{socket} inside the plugin, which is {host} on the host "
+        "(dockerd dialed it until ~9.5 s after start)",
+        f"make the program listen on {PLUGIN_SOCKET_DIR}/{socket}, or set interface.socket to "
+        "the name it does create (its log lines below say what it did)",
+    )
+
+
 def check_config_schema(config: Any) -> list[Finding]:
     try:
         PluginConfig.model_validate(config)
@@ -500,8 +691,20 @@ def diagnose_bundle(bundle: Path) -> list[Finding]:
                     f"mkdir -p rootfs{PLUGIN_SOCKET_DIR}",
                 )
             )
-    findings += check_devices(config)
+    devices = check_devices(config)
+    findings += devices
+    findings += check_socket_argv(config)
+    if rootfs.is_dir():
+        findings += check_program_needs(rootfs, config, devices)
     return findings
+
+
+def _settings_linux(config: Any, settings: Any) -> dict[str, Any]:
+    """config's linux section with the devices as set (docker plugin set NAME.path=...)."""
+    linux = dict(_get(config, "linux") or {})
+    if settings.get("Devices"):
+        linux["devices"] = settings["Devices"]
+    return linux
 
 
 def diagnose_installed(
@@ -547,12 +750,18 @@ def diagnose_installed(
     rootfs = Path(managed_rootfs(root, plugin.id)) if root else None
     if rootfs is not None and engine.is_local(client) and rootfs.is_dir():
         findings += check_entrypoint(rootfs, config)
-    findings += check_devices(
+    devices = check_devices(
         config,
         settings.get("Args"),
         settings.get("Devices"),
         "error" if engine.is_local(client) else None,
     )
+    findings += devices
+    findings += check_socket_argv(config, settings.get("Args"))
+    if rootfs is not None and engine.is_local(client) and rootfs.is_dir():
+        findings += check_program_needs(
+            rootfs, {**config, "linux": _settings_linux(config, settings)}, devices, "error"
+        )
     if log_lines > 0:
         lines, note = log_findings(plugin.id, log_path, log_lines)
         if note is not None and any(f.level == "error" for f in findings):

@@ -5,19 +5,23 @@ carries the doctor's findings in its error. They sit above both the Engine API c
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dockplug.packaging import engine
+from dockplug.packaging.bases import byte_progress
 from dockplug.packaging.config import PLUGIN_SOCKET_DIR
-from dockplug.packaging.doctor import diagnose_bundle, diagnose_installed
+from dockplug.packaging.doctor import diagnose_bundle, diagnose_installed, socket_never_created
 from dockplug.packaging.engine import EngineError, ProgressFn
 
 
-def create(name: str, bundle: Path, client: Any = None) -> Any:
-    """Register the bundle folder as plugin NAME (created disabled)."""
+def create(name: str, bundle: Path, client: Any = None, console: Any = None) -> Any:
+    """Register the bundle folder as plugin NAME (created disabled); with a rich CONSOLE, the
+    upload shows a progress bar."""
     import docker.errors
 
     errors = [f for f in diagnose_bundle(bundle) if f.level == "error"]
@@ -27,13 +31,51 @@ def create(name: str, bundle: Path, client: Any = None) -> Any:
         )
     client = client or engine.connect()
     try:
-        return client.plugins.create(name, str(bundle))
+        if console is None:
+            return client.plugins.create(name, str(bundle))
+        _upload(client, name, bundle, console)
+        return client.plugins.get(name)
     except docker.errors.APIError as exc:
         text = engine.explain(exc)
         fix = ""
         if "already exists" in text:
             fix = f"; fix: dockplug rm {name} first, or choose another name"
         raise EngineError(f"creating {name}: {text}{fix}") from exc
+
+
+def _upload(client: Any, name: str, bundle: Path, console: Any) -> None:
+    """``docker plugin create NAME BUNDLE`` with a progress bar: the bundle is streamed as a
+    tar (config.json, rootfs/) in a chunked body instead of the SDK's silent temporary copy,
+    which for an image's rootfs is hundreds of MB written, then read again."""
+    total = sum(
+        os.lstat(os.path.join(root, f)).st_size
+        for root, _dirs, files in os.walk(bundle)
+        for f in files
+    )
+    proc = subprocess.Popen(
+        ["tar", "-C", str(bundle), "--numeric-owner", "-c", "config.json", "rootfs"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    api = client.api
+    with byte_progress(console) as bar:
+        task = bar.add_task(f"sending {bundle} to dockerd", total=total)
+
+        def chunks() -> Any:
+            assert proc.stdout is not None
+            while chunk := proc.stdout.read(1 << 20):
+                bar.advance(task, len(chunk))
+                yield chunk
+
+        try:
+            res = api._post(api._url("/plugins/create"), params={"name": name}, data=chunks())
+            api._raise_for_status(res)
+        finally:
+            proc.stdout.close()
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            if proc.wait() != 0:
+                raise EngineError(f"reading {bundle} with tar failed: {err.strip()}")
 
 
 @dataclass
@@ -71,11 +113,13 @@ def enable(name: str, timeout: int = 30, client: Any = None) -> EnableResult:
     try:
         plugin.enable(timeout=timeout)
     except (docker.errors.APIError, OSError) as exc:
+        never = socket_never_created(plugin, engine.explain(exc))
+        findings = [str(never)] if never else []
         try:
             found = diagnose_installed(name, client)
-            findings = [str(f) for f in found if f.check != "disabled"]
+            findings += [str(f) for f in found if f.check != "disabled"]
         except Exception as derr:  # the enable error matters more
-            findings = [f"(the doctor failed too: {derr})"]
+            findings.append(f"(the doctor failed too: {derr})")
         extra = "\n".join(findings) or (
             "nothing wrong in the config or rootfs; the plugin process probably exited or did "
             f"not listen on {PLUGIN_SOCKET_DIR}/{sock.name} within ~9.5 s; fix: read dockerd's "
