@@ -2,14 +2,41 @@
 
 - ``volumes``: :class:`VolumeRecord` and the :class:`VolumeStore` interface; ``sqlite`` is
   the embedded implementation (one host, crash-safe).
+- ``kv``: the cluster key-value store interface (:class:`KVStore`: revisions, transactions
+  with compares, leases, watches from a revision); ``sqlite_kv`` implements it on one host,
+  ``etcd_kv`` across hosts.
 - ``durable``: crash-safe file helpers; ``secrets``: the 0600 secrets store.
 """
 
 from pathlib import Path
 
+from dockplug.state.kv import (
+    Compacted,
+    Entry,
+    Event,
+    EventKind,
+    KVStore,
+    LeaseKeeper,
+    LeaseNotFound,
+    StoreUnavailable,
+    TxnResult,
+)
 from dockplug.state.volumes import VolumeRecord, VolumeStore
 
-__all__ = ["VolumeRecord", "VolumeStore", "open_volume_store"]
+__all__ = [
+    "Compacted",
+    "Entry",
+    "Event",
+    "EventKind",
+    "KVStore",
+    "LeaseKeeper",
+    "LeaseNotFound",
+    "StoreUnavailable",
+    "TxnResult",
+    "VolumeRecord",
+    "VolumeStore",
+    "open_volume_store",
+]
 
 
 def open_volume_store(state_dir: Path) -> VolumeStore:

@@ -21,6 +21,7 @@ from dockplug.conformance import run as run_conformance
 from dockplug.protocol.base import Driver
 from dockplug.server.runner import ServeOptions
 from dockplug.testing.dockerd import Dockerd, unavailable_reason
+from dockplug.testing.etcd_fixtures import etcd, etcd35, etcd_server  # noqa: F401 - fixtures
 from dockplug.testing.pki import Certificates, make_certificates
 from dockplug.testing.servers import ThreadedPlugin
 from dockplug.testing.sshd import Sshd, sshd_unavailable, throwaway_sshd
