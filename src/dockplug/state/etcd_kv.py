@@ -448,6 +448,8 @@ class EtcdKV(KVStore):
                     raise KVError(f"{self.name}: watch refused: {created.cancel_reason}")
                 if not next_revision:
                     next_revision = created.header.revision + 1
+                elif not established:
+                    await self._check_start(call, key, end, next_revision, timeout)
                 if not established:
                     established = True
                     yield None
@@ -466,6 +468,11 @@ class EtcdKV(KVStore):
                         next_revision = response.events[-1].kv.mod_revision + 1
                     elif not response.created:  # a progress report: synced up to its revision
                         next_revision = max(next_revision, response.header.revision + 1)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._closed and call.cancelled() and task is not None and not task.cancelling():
+                    return  # close() cancelled the stream, not someone this task
+                raise
             except grpc.aio.AioRpcError as exc:
                 if self._closed:
                     return
@@ -494,6 +501,23 @@ class EtcdKV(KVStore):
                 )
             await asyncio.sleep(pause)
             pause = min(pause * 2, WATCH_BACKOFF[1])
+
+    async def _check_start(
+        self, call: Any, key: bytes, end: bytes, revision: int, timeout: float
+    ) -> None:
+        """Raises Compacted now if REVISION is gone: etcd creates the watch first and only
+        then sends the compaction on the stream, which a caller would see at the first event."""
+        probe = rpc.RangeRequest(key=key, range_end=end, revision=revision, limit=1, keys_only=True)
+        try:
+            await self._unary("kv", "Range", probe, timeout)
+        except KVError as exc:
+            if "compacted" not in str(exc):
+                if "future revision" in str(exc):
+                    return  # a watch may wait for a revision to come
+                raise
+            response = await asyncio.wait_for(call.read(), timeout)
+            compacted = 0 if response is grpc.aio.EOF else response.compact_revision
+            raise Compacted(self.name, revision, compacted) from None
 
     async def close(self) -> None:
         if self._closed:

@@ -247,7 +247,9 @@ class _Writer:
     def delete(self, key: bytes, prefix: bool) -> int:
         if prefix:
             cond, args = _key_range(key)
-            keys = [r[0] for r in self.db.execute(f"SELECT key FROM kv WHERE {cond}", args)]
+            keys = [
+                r[0] for r in self.db.execute(f"SELECT key FROM kv WHERE {cond} ORDER BY key", args)
+            ]
         else:
             keys = [r[0] for r in self.db.execute("SELECT key FROM kv WHERE key = ?", (key,))]
         return self.delete_keys(keys)

@@ -222,14 +222,29 @@ class EtcdServer:
             return False
         return health in (True, "true")
 
-    def pause(self) -> None:
-        """SIGSTOP: connections stay open and nothing answers."""
+    def _state(self) -> str:
+        """The process state letter from /proc (T: stopped)."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except OSError:
+            return "?"
+        return stat.rsplit(")", 1)[1].split()[0]
+
+    def _signal(self, sig: signal.Signals, stopped: bool) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        deadline = time.monotonic() + 5
+        # the signal lands a moment later: a request sent before that would still be answered
+        while (self._state() == "T") != stopped and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def pause(self) -> None:
+        """SIGSTOP (returns once it took effect): connections stay open and nothing answers."""
+        self._signal(signal.SIGSTOP, stopped=True)
 
     def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
+        self._signal(signal.SIGCONT, stopped=False)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
