@@ -63,6 +63,8 @@ class Managed:
     capabilities: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
     network: str = ""  # "host" when the plugin must reach the host's network
+    #: the config.json interface types (what dockerd may use it as)
+    types: tuple[str, ...] = ("docker.volumedriver/1.0",)
     #: Debian packages its rootfs needs besides python3, and the program each provides (how a
     #: base without a dpkg database is checked for it)
     packages: dict[str, str] = field(default_factory=dict)
@@ -205,8 +207,90 @@ SSHFS = BuiltinDriver(
     ),
 )  # fmt: skip
 
+NET = BuiltinDriver(
+    name="net",
+    cls="dockplug.drivers.ipam.driver:NetDriver",
+    plugin_name="dockplug-net",
+    help=(
+        "Serve the cluster IPAM: docker network create --ipam-driver dockplug-net "
+        "[--subnet CIDR] ... (with -d bridge, macvlan, ipvlan).\n\n"
+        "One host: state in SQLite under --state-dir. Several hosts: --etcd "
+        "http(s)://HOST:PORT[,...] on every host, each with its own --host-id; the same "
+        "--subnet asked for on several hosts is one shared pool with one gateway, and "
+        "addresses are unique across them. --ipam-opt private=true keeps a pool to one host; "
+        "--ipam-opt help lists the options."
+    ),
+    settings=(
+        ServeSetting(
+            "state_dir",
+            "Where the SQLite store and the queue of releases made while etcd was away live.",
+            Path,
+            Path("/var/lib/dockplug/net"),
+        ),
+        ServeSetting(
+            "etcd",
+            "The cluster store: etcd v3 endpoints http(s)://HOST:PORT[,...] [default: SQLite].",
+            metavar="URLS",
+        ),
+        ServeSetting("etcd_ca", "CA of etcd's certificate (https endpoints).", Path),
+        ServeSetting("etcd_cert", "Client certificate for etcd's --client-cert-auth.", Path),
+        ServeSetting("etcd_key", "Key of --etcd-cert.", Path),
+        ServeSetting(
+            "host_id",
+            "This host's name in the cluster store; unique per host [default: the hostname].",
+        ),
+        ServeSetting(
+            "default_pools",
+            "Pools without --subnet come from these, space-separated (dockerd's syntax).",
+            str,
+            "base=10.128.0.0/9,size=24 base=fd00:d0c::/48,size=64",
+            metavar="'base=CIDR,size=N ...'",
+        ),
+        ServeSetting(
+            "reclaim_after",
+            "Grace period before an address no container holds, or the records of a host "
+            "whose heartbeat stopped, are freed (e.g. 30s, 10m).",
+            str,
+            "5m",
+            metavar="DURATION",
+        ),
+        ServeSetting(
+            "heartbeat_ttl",
+            "Seconds of this host's heartbeat lease.",
+            int,
+            10,
+            metavar="SECONDS",
+            minimum=1,
+        ),
+        ServeSetting(
+            "docker_host",
+            "This host's Engine API, read in the background to learn which addresses "
+            "containers hold [default: DOCKER_HOST].",
+            metavar="URL",
+        ),
+        ServeSetting(
+            "key_prefix",
+            "Prefix of every key in the store (several clusters on one etcd).",
+            str,
+            "/dockplug/net/v1",
+        ),
+    ),
+    # The store is reached over the host's network (etcd); state (SQLite, queued releases)
+    # on a host folder of its own. Settings go in args: docker plugin set NAME args="...".
+    managed=Managed(
+        description="dockplug-net: cluster IPAM, unique addresses across hosts (SQLite or etcd)",
+        socket="net.sock",
+        args=(
+            "serve", "net", "--socket", f"{PLUGIN_DIR}/net.sock", "--state-dir", "/mnt/state",
+        ),
+        state_mount=StateMount("/var/lib/dockplug/managed-net"),
+        network="host",
+        types=("docker.ipamdriver/1.0",),
+    ),
+)  # fmt: skip
+
 #: name -> entry, in the order ``dockplug serve --help`` lists them
-BUILTINS: dict[str, BuiltinDriver] = {d.name: d for d in (LOCAL, SSHFS)}
+BUILTINS: dict[str, BuiltinDriver] = {d.name: d for d in (LOCAL, SSHFS, NET)}
 
 
 def builtin(name: str) -> BuiltinDriver:

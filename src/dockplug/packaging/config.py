@@ -377,6 +377,7 @@ def config_for_driver(name: str) -> PluginConfig:
         description=managed.description,
         socket=managed.socket,
         args=list(managed.args),
+        types=list(managed.types),
         network=managed.network,
         mounts=mounts,
         propagated_mount=managed.propagated_mount,
