@@ -13,6 +13,7 @@ import click
 from dockplug import __version__
 from dockplug.cli.check import check
 from dockplug.cli.local import local
+from dockplug.cli.net import net
 from dockplug.cli.plugin import (
     build,
     create,
@@ -59,6 +60,7 @@ def cli() -> None:
 
 cli.add_command(serve)
 cli.add_command(local)
+cli.add_command(net)
 cli.add_command(check)
 cli.add_command(record)
 cli.add_command(secret)
