@@ -133,15 +133,40 @@ def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, str]]:
 
 
 class _Endpoint:
+    """One endpoint's channel and stubs, made on first use: a grpc.aio channel belongs to the
+    event loop it was made in, and a store may be built before the loop runs."""
+
     def __init__(self, url: str, target: str, credentials: grpc.ChannelCredentials | None):
         self.url = url
-        if credentials is None:
-            self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-        else:
-            self.channel = grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
-        self.kv = rpc.KVStub(self.channel)
-        self.lease = rpc.LeaseStub(self.channel)
-        self.watch = rpc.WatchStub(self.channel)
+        self._target = target
+        self._credentials = credentials
+        self._channel: Any = None
+        self.kv: Any = None
+        self.lease: Any = None
+        self.watch: Any = None
+
+    @property
+    def channel(self) -> Any:
+        if self._channel is None:
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS)
+            else:
+                self._channel = grpc.aio.secure_channel(
+                    self._target, self._credentials, options=CHANNEL_OPTIONS
+                )
+            self.kv = rpc.KVStub(self._channel)
+            self.lease = rpc.LeaseStub(self._channel)
+            self.watch = rpc.WatchStub(self._channel)
+        return self._channel
+
+    def stubs(self) -> _Endpoint:
+        """This endpoint, with its channel open."""
+        _ = self.channel
+        return self
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
 
 
 def _entry(kv: Any) -> Entry:
@@ -197,7 +222,8 @@ class EtcdKV(KVStore):
     """The key-value store on the etcd cluster at ENDPOINTS (``http(s)://HOST:PORT[,...]``).
 
     ``tls`` (or ``ca``/``cert``/``key``) is needed for ``https://`` endpoints that check client
-    certificates. Opening does not connect: the first call does, within its deadline.
+    certificates. Opening does not connect: the first call does, within its deadline; from then
+    on the store belongs to that call's event loop (gRPC's channels do).
     """
 
     def __init__(
@@ -234,7 +260,7 @@ class EtcdKV(KVStore):
             raise StoreUnavailable(f"{self.name}: the store is closed")
         count = len(self._endpoints)
         if count == 1:
-            return self._endpoints[0]
+            return self._endpoints[0].stubs()
         for step in range(count):
             index = (self._current + step) % count
             channel = self._endpoints[index].channel
@@ -249,8 +275,8 @@ class EtcdKV(KVStore):
                 state = channel.get_state()
             if state == _READY:
                 self._current = index
-                return self._endpoints[index]
-        return self._endpoints[self._current]
+                return self._endpoints[index].stubs()
+        return self._endpoints[self._current].stubs()
 
     def _where(self, endpoint: _Endpoint) -> str:
         """The store, and which of its endpoints when it has several."""
@@ -526,4 +552,4 @@ class EtcdKV(KVStore):
         for call in list(self._calls):
             call.cancel()
         for endpoint in self._endpoints:
-            await endpoint.channel.close()
+            await endpoint.close()

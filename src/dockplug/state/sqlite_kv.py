@@ -292,8 +292,9 @@ def _compact(db: sqlite3.Connection, floor: int) -> None:
 class SqliteKV(KVStore):
     """The key-value store in the SQLite file PATH (created, with its folder, if missing).
 
-    Opening runs SQLite work on the calling thread (once, at start-up); every call after that
-    runs on the store's worker thread. ``timeout`` is the default deadline of each call.
+    The constructor runs SQLite work on the calling thread (once, at start-up; in a running
+    event loop use ``await SqliteKV.open(path)``); every call after that runs on the store's
+    worker thread. ``timeout`` is the default deadline of each call.
     """
 
     def __init__(
@@ -337,6 +338,11 @@ class SqliteKV(KVStore):
             target=self._tick_loop, name="dockplug-kv-tick", daemon=True
         )
         self._ticker.start()
+
+    @classmethod
+    async def open(cls, path: Path | str, **kw: Any) -> SqliteKV:
+        """Opens the store on a worker thread (opening may wait for another process's lock)."""
+        return await asyncio.to_thread(functools.partial(cls, path, **kw))
 
     def _connect(self, timeout: float) -> sqlite3.Connection:
         db = sqlite3.connect(
