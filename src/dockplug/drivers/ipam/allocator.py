@@ -88,6 +88,7 @@ class _Cursor:
     next: int | None = None
     taken: set[int] = field(default_factory=set)
     fresh: bool = False  # taken was read from the store since the last wrap-around
+    trying: set[int] = field(default_factory=set)  # claims of this host under way
 
 
 class Allocator:
@@ -119,11 +120,15 @@ class Allocator:
         try:
             async with asyncio.timeout(self.deadline):
                 yield
+        except StoreUnavailable as exc:
+            if str(exc).startswith("dockplug-net"):
+                raise
+            raise StoreUnavailable(f"dockplug-net {what}: {exc}") from None
         except TimeoutError:
             raise StoreUnavailable(
-                f"{what}: {self.store.name} did not answer within {self.deadline:g} s; "
-                "nothing was changed for sure. Fix: check the store is up and reachable from "
-                "this host (dockplug net status), then retry"
+                f"dockplug-net {what}: {self.store.name} did not answer within "
+                f"{self.deadline:g} s; whether it changed anything is unknown. Fix: check the "
+                "store is up and reachable from this host (dockplug net status), then retry"
             ) from None
 
     # -- pools ---------------------------------------------------------------------------------
@@ -422,17 +427,21 @@ class Allocator:
         for _ in range(2):  # the second round after a fresh read of what is taken
             for ip in candidates(net, range_, cursor.next):
                 value = int(ip)
-                if value in cursor.taken:
+                if value in cursor.taken or value in cursor.trying:
                     continue
+                # this host's concurrent requests spread over distinct candidates
+                cursor.trying.add(value)
+                cursor.next = value + 1
                 key = self.keys.addr(space, net, ip)
-                result = await self.store.txn([absent(key)], [Put(key, record)])
+                try:
+                    result = await self.store.txn([absent(key)], [Put(key, record)])
+                finally:
+                    cursor.trying.discard(value)
+                cursor.taken.add(value)  # ours now, or a racer's on another host
                 if result.succeeded:
-                    cursor.next = value + 1
-                    cursor.taken.add(value)
                     cursor.fresh = False
                     return ip
-                cursor.taken.add(value)  # a racer (or another host) has it
-            if cursor.fresh:
+            if cursor.fresh and not cursor.trying:
                 break
             await self._refresh(space, net, cursor)
         raise Conflict(
