@@ -35,6 +35,8 @@ class ServeSetting:
     metavar: str | None = None
     choices: tuple[str, ...] = ()
     minimum: float | None = None
+    #: an environment variable that gives the value too (a managed plugin's settable Env)
+    env: str | None = None
 
     @property
     def flag(self) -> str:
@@ -209,7 +211,7 @@ SSHFS = BuiltinDriver(
 
 NET = BuiltinDriver(
     name="net",
-    cls="dockplug.drivers.ipam.driver:NetDriver",
+    cls="dockplug.drivers.net:NetDriver",
     plugin_name="dockplug-net",
     help=(
         "Serve the cluster IPAM: docker network create --ipam-driver dockplug-net "
@@ -218,7 +220,11 @@ NET = BuiltinDriver(
         "http(s)://HOST:PORT[,...] on every host, each with its own --host-id; the same "
         "--subnet asked for on several hosts is one shared pool with one gateway, and "
         "addresses are unique across them. --ipam-opt private=true keeps a pool to one host; "
-        "--ipam-opt help lists the options."
+        "--ipam-opt help lists the options.\n\n"
+        "Networks: docker network create -d dockplug-net [--ipam-driver dockplug-net] "
+        "[--subnet CIDR] [--internal] [-o masquerade=true] NAME gives a bridge on this host; "
+        "-o dockplug.network=NAME (the same on every host, with --etcd) joins one VXLAN "
+        "network across hosts. -o help lists the options."
     ),
     settings=(
         ServeSetting(
@@ -231,10 +237,20 @@ NET = BuiltinDriver(
             "etcd",
             "The cluster store: etcd v3 endpoints http(s)://HOST:PORT[,...] [default: SQLite].",
             metavar="URLS",
+            env="ETCD_ENDPOINTS",
         ),
-        ServeSetting("etcd_ca", "CA of etcd's certificate (https endpoints).", Path),
-        ServeSetting("etcd_cert", "Client certificate for etcd's --client-cert-auth.", Path),
-        ServeSetting("etcd_key", "Key of --etcd-cert.", Path),
+        ServeSetting("etcd_ca", "CA of etcd's certificate (https endpoints).", Path, env="ETCD_CA"),
+        ServeSetting(
+            "etcd_cert", "Client certificate for etcd's --client-cert-auth.", Path, env="ETCD_CERT"
+        ),
+        ServeSetting("etcd_key", "Key of --etcd-cert.", Path, env="ETCD_KEY"),
+        ServeSetting(
+            "vtep",
+            "This host's VXLAN endpoint: an address or interface of the underlay [default: "
+            "the source address of the route to the first etcd endpoint].",
+            metavar="ADDRESS|INTERFACE",
+            env="DOCKPLUG_VTEP",
+        ),
         ServeSetting(
             "host_id",
             "This host's name in the cluster store; unique per host [default: the hostname].",
@@ -278,14 +294,17 @@ NET = BuiltinDriver(
     # The store is reached over the host's network (etcd); state (SQLite, queued releases)
     # on a host folder of its own. Settings go in args: docker plugin set NAME args="...".
     managed=Managed(
-        description="dockplug-net: cluster IPAM, unique addresses across hosts (SQLite or etcd)",
+        description="dockplug-net: cluster IPAM and networks across hosts (bridge, VXLAN)",
         socket="net.sock",
         args=(
             "serve", "net", "--socket", f"{PLUGIN_DIR}/net.sock", "--state-dir", "/mnt/state",
         ),
         state_mount=StateMount("/var/lib/dockplug/managed-net"),
         network="host",
-        types=("docker.ipamdriver/1.0",),
+        types=("docker.ipamdriver/1.0", "docker.networkdriver/1.0"),
+        # netlink (bridges, veths, VXLAN, FDB) and iptables in the host's network namespace
+        capabilities=("CAP_NET_ADMIN", "CAP_NET_RAW"),
+        packages={"iptables": "iptables"},
     ),
 )  # fmt: skip
 

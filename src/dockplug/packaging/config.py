@@ -373,7 +373,7 @@ def config_for_driver(name: str) -> PluginConfig:
                 settable=["source"],
             )
         )
-    return make_config(
+    cfg = make_config(
         description=managed.description,
         socket=managed.socket,
         args=list(managed.args),
@@ -384,3 +384,10 @@ def config_for_driver(name: str) -> PluginConfig:
         capabilities=list(managed.capabilities),
         devices=list(managed.devices),
     )
+    # settings with an environment variable: `docker plugin set NAME ETCD_ENDPOINTS=...`
+    for setting in builtin(name).settings:
+        if setting.env:
+            cfg.env.append(
+                Env(name=setting.env, description=setting.help, value="", settable=["value"])
+            )
+    return validate_config(json.loads(cfg.to_json())) if cfg.env else cfg
