@@ -1,13 +1,13 @@
 """Several Docker hosts on one machine, for the cluster drivers' tests: a :class:`Cluster`.
 
-Each host is a network namespace with one veth to a switch namespace (a bridge), its own
-dockerd (own data and exec roots, API socket in its folder) and its own ``/run/docker/plugins``:
-dockerd and the plugins of a host run through ``unshare -m`` with that folder bind-mounted over
-``/run/docker/plugins``, so each dockerd finds only its own plugins under their default names
-(test-environment.md). etcd runs in a namespace of its own on the same switch, reachable from
-every host and from nowhere else: all traffic stays inside the namespaces made here, on
-``SUBNET``. Processes are started with ``nsenter --net`` (not ``ip netns exec``, which remounts
-/sys and hides the cgroup mounts dockerd needs). A host's plugin can be killed with SIGKILL and
+Each host is a network namespace with one veth to a switch namespace (a bridge), a mount
+namespace of its own where its folder is bind-mounted over ``/run/docker/plugins`` (so its
+dockerd finds only its own plugins, under their default names; test-environment.md), and its own
+dockerd (own data and exec roots, API socket in its folder). dockerd and the host's plugins are
+started in both namespaces with ``nsenter`` (not ``ip netns exec``, which remounts /sys and
+hides the cgroup mounts dockerd needs). etcd runs in a namespace of its own on the same switch,
+reachable from every host and from nowhere else: all traffic stays inside the namespaces made
+here, on ``SUBNET``. A host's plugin can be killed with SIGKILL and
 started again; :meth:`Cluster.stop` removes every process, namespace and folder.
 
 Plugin sockets are plain files in each host's folder: the test process reaches them (and each
@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dockplug.facts import PLUGIN_DIR
 from dockplug.testing.dockerd import Dockerd
 
 SUBNET = "192.168.77"  # the switch's /24, only inside the namespaces made here
@@ -78,6 +79,7 @@ class Host:
     dockerd: subprocess.Popen[bytes] | None = None
     plugin: subprocess.Popen[bytes] | None = None
     plugin_args: list[str] = field(default_factory=list)
+    mounts: subprocess.Popen[bytes] | None = None
     iface: str = "eth0"  # the host's uplink inside its namespace (macvlan/ipvlan parent)
 
     @property
@@ -89,12 +91,36 @@ class Host:
         """This host's /run/docker/plugins."""
         return self.root / "plugins"
 
+    def start_mounts(self, timeout: float = 10.0) -> None:
+        """This host's mount namespace, kept by a holder process for the host's whole life:
+        dockerd's netns bind mounts live there, so they outlive a dockerd restart (live-restore
+        needs them) as they would on a real host; /run/docker/plugins is this host's folder."""
+        script = 'mount --bind "$0" /run/docker/plugins && exec sleep infinity'
+        self.mounts = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "bash", "-c", script,
+             str(self.plugins)],
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        target = f" {PLUGIN_DIR} "
+        while True:
+            with contextlib.suppress(OSError):
+                info = Path(f"/proc/{self.mounts.pid}/mountinfo").read_text()
+                if target in info and Path(f"/proc/{self.mounts.pid}/comm").read_text() == (
+                    "sleep\n"
+                ):
+                    return
+            if self.mounts.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: the mount namespace did not come up")
+            time.sleep(0.02)
+
     def wrap(self, argv: Sequence[str]) -> list[str]:
-        """ARGV run in this host: its plugin folder as /run/docker/plugins, its network."""
-        script = 'mount --bind "$0" /run/docker/plugins && exec nsenter --net="$1" "${@:2}"'
+        """ARGV run in this host: its mount namespace (its own /run/docker/plugins) and its
+        network namespace."""
+        assert self.mounts is not None, "start_mounts() first"
         return [
-            "unshare", "-m", "--propagation", "private", "bash", "-c", script,
-            str(self.plugins), f"/run/netns/{self.netns}", *argv,
+            "nsenter", f"--mount=/proc/{self.mounts.pid}/ns/mnt",
+            f"--net=/run/netns/{self.netns}", *argv,
         ]  # fmt: skip
 
     def docker(
@@ -182,6 +208,11 @@ class Host:
         _stop(self.plugin)
         self.plugin = None
 
+    def stop_dockerd(self) -> None:
+        """SIGTERM and wait: dockerd's own shutdown (containers stop unless live-restore)."""
+        _stop(self.dockerd, 40)
+        self.dockerd = None
+
     def stop(self) -> None:
         if self.dockerd is not None and self.dockerd.poll() is None:
             running = self.docker("ps", "-aq", check=False, timeout=30).stdout.split()
@@ -190,6 +221,10 @@ class Host:
         _stop(self.dockerd, 40)
         self.dockerd = None
         self.stop_plugin()
+        if self.mounts is not None:
+            self.mounts.kill()
+            self.mounts.wait()
+            self.mounts = None
 
 
 class Cluster:
@@ -236,6 +271,7 @@ class Cluster:
                 for sub in ("plugins", "data", "exec", "state"):
                     (host.root / sub).mkdir(parents=True, exist_ok=True)
                 (host.root / "daemon.json").write_text("{}")
+                host.start_mounts()
             Path("/run/docker/plugins").mkdir(parents=True, exist_ok=True)
             if self.etcd_binary is not None:
                 self._netns(self.etcd_ns)
