@@ -8,7 +8,7 @@ mode=${1:-serve}
 
 packages=(docker.io e2fsprogs util-linux python3-venv iptables)
 if [[ $mode == test ]]; then
-    packages+=(busybox-static openssl rclone fuse3 ca-certificates procps debootstrap debian-archive-keyring openssh-server sshfs docker-registry systemd etcd-server iperf3 iputils-ping)
+    packages+=(busybox-static openssl rclone fuse3 ca-certificates procps debootstrap debian-archive-keyring openssh-server sshfs docker-registry systemd etcd-server iproute2 iperf3 iputils-ping)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -3,17 +3,23 @@ stay bounded and clear while etcd is away, with releases queued and sent when it
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from dockplug.cli.main import cli
 from dockplug.conformance import Report
 from dockplug.drivers.ipam.driver import NetDriver, parse_duration
 from dockplug.errors import ConfigError
+from dockplug.protocol.ipam import RequestAddressRequest, RequestPoolRequest
 from dockplug.testing.etcd import EtcdServer
+from dockplug.testing.pki import Certificates
 from dockplug.testing.servers import ThreadedPlugin, wait_until
 
 GATEWAY = {"RequestAddressType": "com.docker.network.gateway"}
@@ -97,3 +103,56 @@ def test_settings_are_checked_with_the_fix_named(tmp_path: Path) -> None:
         NetDriver(state_dir=tmp_path, host_id="bad/name")
     with pytest.raises(ConfigError, match="--etcd"):
         NetDriver(state_dir=tmp_path, etcd_ca=tmp_path / "ca.pem")
+
+
+@pytest.mark.etcd
+def test_etcd_with_tls_client_certificates(
+    etcd_server: Callable[..., EtcdServer], certificates: Certificates, tmp_path: Path
+) -> None:
+    server = etcd_server("3.4", tls=certificates)
+
+    async def main() -> None:
+        d = NetDriver(
+            state_dir=tmp_path, etcd=server.endpoint, host_id="h1",
+            etcd_ca=certificates.ca, etcd_cert=certificates.client_cert,
+            etcd_key=certificates.client_key,
+        )  # fmt: skip
+        try:
+            pool = await d.request_pool(
+                RequestPoolRequest(address_space="LocalDefault", pool="10.71.0.0/24")
+            )
+            got = await d.request_address(RequestAddressRequest(pool_id=pool.pool_id))
+            assert got.address == "10.71.0.1/24"
+        finally:
+            await d.store.close()
+
+    asyncio.run(main())
+
+
+def test_net_status_and_gc_read_the_store_when_no_plugin_runs(tmp_path: Path) -> None:
+    async def allocate() -> None:
+        d = NetDriver(state_dir=tmp_path, host_id="h1")
+        try:
+            pool = await d.request_pool(
+                RequestPoolRequest(address_space="LocalDefault", pool="10.72.0.0/24")
+            )
+            await d.request_address(RequestAddressRequest(pool_id=pool.pool_id, options=GATEWAY))
+            await d.request_address(RequestAddressRequest(pool_id=pool.pool_id))
+        finally:
+            await d.store.close()
+
+    asyncio.run(allocate())
+    base = ["--plugin", "none", "--state-dir", str(tmp_path), "--host-id", "h1"]
+    shown = CliRunner().invoke(cli, ["net", "status", *base, "--json"])
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(shown.output)
+    (pool,) = report["pools"]
+    assert pool["pool"] == "10.72.0.0/24" and pool["gateway"] == "10.72.0.1"
+    assert pool["allocated"] == {"h1": 1} and pool["users"] == {"h1": 1}
+    table = CliRunner().invoke(cli, ["net", "status", *base])
+    assert "10.72.0.0/24" in table.output and "shared" in table.output
+    # no Engine API to ask: gc says so and frees nothing
+    gc = CliRunner().invoke(
+        cli, ["net", "gc", *base, "--dry-run", "--docker-host", "unix:///nonexistent.sock"]
+    )
+    assert "nothing stale" in gc.output and "Engine API" in gc.output
