@@ -25,6 +25,7 @@ native nft table would not be ordered against dockerd's FORWARD chain at all.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import threading
@@ -97,8 +98,6 @@ def _rules(table: str, chain: str) -> list[list[str]]:
     done = _run("-t", table, "-S", chain, check=False)
     if done.returncode != 0:
         return []
-    import shlex
-
     return [shlex.split(line) for line in done.stdout.splitlines() if line.startswith("-A ")]
 
 
@@ -111,16 +110,21 @@ def install(
     with _lock:
         _ensure_chain("filter", MAIN)
         _ensure_jump("filter", "FORWARD", MAIN)
-        for chain in (inbound, outbound):
+        established = ["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"]
+        wanted = {
+            inbound: [["-i", bridge, "-j", "ACCEPT"], *([] if internal else [established])],
+            outbound: [["-j", "DROP" if internal else "ACCEPT"]],
+        }
+        wanted[inbound].append(["-j", "DROP"])
+        for chain, rules in wanted.items():
             _ensure_chain("filter", chain)
+            # a restarted plugin finds them in place: rewriting them would open a window in
+            # which the chain is empty and the FORWARD policy drops running containers' packets
+            if [r[2:] for r in _rules("filter", chain)] == rules:
+                continue
             _run("-t", "filter", "-F", chain)
-        _run("-A", inbound, "-i", bridge, "-j", "ACCEPT")
-        if not internal:
-            _run(
-                "-A", inbound, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"
-            )
-        _run("-A", inbound, "-j", "DROP")
-        _run("-A", outbound, "-j", "DROP" if internal else "ACCEPT")
+            for rule in rules:
+                _run("-A", chain, *rule)
         if not _exists("filter", MAIN, "-o", bridge, *tag, "-j", inbound):
             _run("-I", MAIN, "1", "-o", bridge, *tag, "-j", inbound)
         if not _exists("filter", MAIN, "-i", bridge, *tag, "-j", outbound):
