@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -237,6 +238,20 @@ def test_plugin_kill_9_and_restart_while_a_ping_runs(cluster: Cluster) -> None:
     # and the restarted plugins serve new endpoints across hosts
     run(h2, "c2b")
     assert wait_until(lambda: pings(h1, "c1", ip_of(h2, "c2b")), 10)
+
+
+def test_dockerd_live_restore_restart_keeps_the_overlay(cluster: Cluster) -> None:
+    h1, h2, _ = cluster.hosts
+    c1 = ip_of(h1, "c1")
+    (h1.root / "daemon.json").write_text('{"live-restore": true}')
+    assert h1.dockerd is not None
+    h1.dockerd.send_signal(signal.SIGHUP)  # live-restore is reloadable
+    time.sleep(1)
+    h1.stop_dockerd()
+    assert pings(h2, "c2", c1, count=2)  # h1's dockerd is down, its container still talks
+    h1.start_dockerd()
+    assert wait_until(lambda: pings(h1, "c1", ip_of(h2, "c2"), count=2), 15)
+    assert "ov" in h1.docker("network", "ls", "--format", "{{.Name}}").stdout
 
 
 def test_etcd_away_keeps_running_containers_and_fails_new_ones_fast(cluster: Cluster) -> None:
