@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-serve}
 
-packages=(docker.io e2fsprogs util-linux python3-venv)
+packages=(docker.io e2fsprogs util-linux python3-venv iptables)
 if [[ $mode == test ]]; then
     packages+=(
         busybox-static
@@ -16,6 +16,9 @@ if [[ $mode == test ]]; then
         docker-registry
         etcd-server
         fuse3
+        iperf3
+        iproute2
+        iputils-ping
         openssh-server
         openssl
         procps

@@ -179,7 +179,7 @@ def test_managed_size_limited_volume(
     state = Path(tempfile.mkdtemp(prefix="dpt-state-"))
     try:
         engine.set_options(plugin, [f"state.source={state}"], docker_client)
-        res = engine.enable(plugin, timeout=30, client=docker_client)
+        res = verbs.enable(plugin, timeout=30, client=docker_client)
         # a loop device made now, after enable, shows inside the plugin
         with open("/dev/loop-control") as ctl:
             number = fcntl.ioctl(ctl, LOOP_CTL_ADD, 200 + uuid.uuid4().int % 300)

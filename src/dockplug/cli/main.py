@@ -37,6 +37,7 @@ LAZY_COMMANDS = {
     "status": "dockplug.cli.status:status",
     "authz": "dockplug.cli.authz:authz",
     "logs": "dockplug.cli.logs:logs",
+    "net": "dockplug.cli.net:net",
 }
 
 

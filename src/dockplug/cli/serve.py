@@ -94,7 +94,9 @@ def _click_option(setting: ServeSetting) -> Callable[[Callable[..., Any]], Calla
     """A registry setting as a click option: flags for bools, paths, bounded numbers, choices."""
     kind: Any = setting.type
     if setting.type is bool:
-        return click.option(setting.flag, setting.name, is_flag=True, help=setting.help)
+        return click.option(
+            setting.flag, setting.name, is_flag=True, help=setting.help, envvar=setting.env
+        )
     if setting.multiple:
         return click.option(
             setting.flag, setting.name, multiple=True, metavar=setting.metavar, help=setting.help
@@ -115,6 +117,8 @@ def _click_option(setting: ServeSetting) -> Callable[[Callable[..., Any]], Calla
         show_default=setting.default is not None,
         metavar=setting.metavar,
         help=setting.help,
+        envvar=setting.env,
+        show_envvar=setting.env is not None,
     )
 
 

@@ -36,6 +36,8 @@ class ServeSetting:
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     multiple: bool = False  # repeatable: the keyword gets a tuple of every value given
+    #: an environment variable that gives the value too (a managed plugin's settable Env)
+    env: str | None = None
 
     @property
     def flag(self) -> str:
@@ -337,8 +339,107 @@ LOGS = BuiltinDriver(
     ),
 )  # fmt: skip
 
+NET = BuiltinDriver(
+    name="net",
+    cls="dockplug.drivers.net:NetDriver",
+    plugin_name="dockplug-net",
+    help=(
+        "Serve the cluster IPAM: docker network create --ipam-driver dockplug-net "
+        "[--subnet CIDR] ... (with -d bridge, macvlan, ipvlan).\n\n"
+        "One host: state in SQLite under --state-dir. Several hosts: --etcd "
+        "http(s)://HOST:PORT[,...] on every host, each with its own --host-id; the same "
+        "--subnet asked for on several hosts is one shared pool with one gateway, and "
+        "addresses are unique across them. --ipam-opt private=true keeps a pool to one host; "
+        "--ipam-opt help lists the options.\n\n"
+        "Networks: docker network create -d dockplug-net [--ipam-driver dockplug-net] "
+        "[--subnet CIDR] [--internal] [-o masquerade=true] NAME gives a bridge on this host; "
+        "-o dockplug.network=NAME (the same on every host, with --etcd) joins one VXLAN "
+        "network across hosts. -o help lists the options."
+    ),
+    settings=(
+        ServeSetting(
+            "state_dir",
+            "Where the SQLite store and the queue of releases made while etcd was away live.",
+            Path,
+            Path("/var/lib/dockplug/net"),
+        ),
+        ServeSetting(
+            "etcd",
+            "The cluster store: etcd v3 endpoints http(s)://HOST:PORT[,...] [default: SQLite].",
+            metavar="URLS",
+            env="ETCD_ENDPOINTS",
+        ),
+        ServeSetting("etcd_ca", "CA of etcd's certificate (https endpoints).", Path, env="ETCD_CA"),
+        ServeSetting(
+            "etcd_cert", "Client certificate for etcd's --client-cert-auth.", Path, env="ETCD_CERT"
+        ),
+        ServeSetting("etcd_key", "Key of --etcd-cert.", Path, env="ETCD_KEY"),
+        ServeSetting(
+            "vtep",
+            "This host's VXLAN endpoint: an address or interface of the underlay [default: "
+            "the source address of the route to the first etcd endpoint].",
+            metavar="ADDRESS|INTERFACE",
+            env="DOCKPLUG_VTEP",
+        ),
+        ServeSetting(
+            "host_id",
+            "This host's name in the cluster store; unique per host [default: the hostname].",
+        ),
+        ServeSetting(
+            "default_pools",
+            "Pools without --subnet come from these, space-separated (dockerd's syntax).",
+            str,
+            "base=10.128.0.0/9,size=24 base=fd00:d0c::/48,size=64",
+            metavar="'base=CIDR,size=N ...'",
+        ),
+        ServeSetting(
+            "reclaim_after",
+            "Grace period before an address no container holds, or the records of a host "
+            "whose heartbeat stopped, are freed (e.g. 30s, 10m).",
+            str,
+            "5m",
+            metavar="DURATION",
+        ),
+        ServeSetting(
+            "heartbeat_ttl",
+            "Seconds of this host's heartbeat lease.",
+            int,
+            10,
+            metavar="SECONDS",
+            minimum=1,
+        ),
+        ServeSetting(
+            "docker_host",
+            "This host's Engine API, read in the background to learn which addresses "
+            "containers hold [default: DOCKER_HOST].",
+            metavar="URL",
+        ),
+        ServeSetting(
+            "key_prefix",
+            "Prefix of every key in the store (several clusters on one etcd).",
+            str,
+            "/dockplug/net/v1",
+        ),
+    ),
+    # The store is reached over the host's network (etcd); state (SQLite, queued releases)
+    # on a host folder of its own. Settings go in args: docker plugin set NAME args="...".
+    managed=Managed(
+        description="dockplug-net: cluster IPAM and networks across hosts (bridge, VXLAN)",
+        socket="net.sock",
+        args=(
+            "serve", "net", "--socket", f"{PLUGIN_DIR}/net.sock", "--state-dir", "/mnt/state",
+        ),
+        state_mount=StateMount("/var/lib/dockplug/managed-net"),
+        network="host",
+        types=("docker.ipamdriver/1.0", "docker.networkdriver/1.0"),
+        # netlink (bridges, veths, VXLAN, FDB) and iptables in the host's network namespace
+        capabilities=("CAP_NET_ADMIN", "CAP_NET_RAW"),
+        packages={"iptables": "iptables"},
+    ),
+)  # fmt: skip
+
 #: name -> entry, in the order ``dockplug serve --help`` lists them
-BUILTINS: dict[str, BuiltinDriver] = {d.name: d for d in (LOCAL, SSHFS, AUTHZ, LOGS)}
+BUILTINS: dict[str, BuiltinDriver] = {d.name: d for d in (LOCAL, SSHFS, AUTHZ, LOGS, NET)}
 
 
 def builtin(name: str) -> BuiltinDriver:

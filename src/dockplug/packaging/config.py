@@ -389,7 +389,7 @@ def config_for_driver(name: str) -> PluginConfig:
         )
     if managed.runtime_devices:
         mounts.append(host_dev_mount(managed.runtime_devices))
-    return make_config(
+    cfg = make_config(
         description=managed.description,
         socket=managed.socket,
         args=list(managed.args),
@@ -401,6 +401,13 @@ def config_for_driver(name: str) -> PluginConfig:
         types=list(managed.types) or None,
         allow_all_devices=bool(managed.runtime_devices),
     )
+    # settings with an environment variable: `docker plugin set NAME ETCD_ENDPOINTS=...`
+    for setting in builtin(name).settings:
+        if setting.env:
+            cfg.env.append(
+                Env(name=setting.env, description=setting.help, value="", settable=["value"])
+            )
+    return validate_config(json.loads(cfg.to_json()))
 
 
 def host_dev_mount(runtime_devices: tuple[str, ...] = ()) -> Mount:

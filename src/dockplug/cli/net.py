@@ -1,0 +1,196 @@
+"""``dockplug net ...``: the cluster IPAM's state, and freeing what is stale.
+
+Both commands ask the running plugin first (its maintenance endpoints, not announced to
+dockerd); with no plugin running they read the store themselves (``--state-dir`` or ``--etcd``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dockplug.drivers.registry import setting_default
+from dockplug.errors import ConfigError
+
+
+def _store_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option(
+            "--plugin",
+            default="dockplug-net",
+            show_default=True,
+            help="Running plugin to ask (name, socket path or URL).",
+        ),
+        click.option(
+            "--state-dir",
+            type=click.Path(path_type=Path),
+            default=setting_default("net", "state_dir"),
+            show_default=True,
+            help="SQLite store, read directly when the plugin is not running.",
+        ),
+        click.option("--etcd", metavar="URLS", help="Read this etcd directly instead."),
+        click.option("--etcd-ca", type=click.Path(path_type=Path)),
+        click.option("--etcd-cert", type=click.Path(path_type=Path)),
+        click.option("--etcd-key", type=click.Path(path_type=Path)),
+        click.option("--host-id", help="This host's name in the store [default: hostname]."),
+        click.option(
+            "--key-prefix", default=setting_default("net", "key_prefix"), show_default=True
+        ),
+        click.option(
+            "--reclaim-after",
+            default=setting_default("net", "reclaim_after"),
+            show_default=True,
+            metavar="DURATION",
+        ),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def _ask_plugin(plugin: str, endpoint: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The plugin's answer, or None when no plugin answers (then the store is read directly)."""
+    from dockplug.client import PluginClient
+
+    if plugin == "none":
+        return None
+    try:
+        with PluginClient(plugin, timeout=60) as client:
+            reply = client.call(endpoint, body)
+    except (ConfigError, OSError):
+        return None
+    if reply.status == 404:
+        return None
+    if reply.error:
+        raise ConfigError(f"{endpoint}: {reply.error}")
+    data = reply.json if isinstance(reply.json, dict) else {}
+    result = data.get("Result", {})
+    return result if isinstance(result, dict) else {}
+
+
+def _direct(params: dict[str, Any], call: str, body: Any) -> dict[str, Any]:
+    from dockplug.drivers.ipam.driver import NetDriver
+
+    async def run() -> dict[str, Any]:
+        driver = NetDriver(
+            state_dir=params["state_dir"],
+            etcd=params["etcd"],
+            etcd_ca=params["etcd_ca"],
+            etcd_cert=params["etcd_cert"],
+            etcd_key=params["etcd_key"],
+            host_id=params["host_id"],
+            reclaim_after=params["reclaim_after"],
+            key_prefix=params["key_prefix"],
+            docker_host=params.get("docker_host"),
+            log=lambda line: click.echo(line, err=True),
+        )
+        try:
+            result: dict[str, Any] = await getattr(driver, call)(body)
+            return result
+        finally:
+            await driver.store.close()
+
+    return asyncio.run(run())
+
+
+@click.group(name="net")
+def net() -> None:
+    """Inspect and maintain the dockplug-net cluster IPAM."""
+
+
+@net.command()
+@_store_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def status(as_json: bool, **params: Any) -> None:
+    """Pools, addresses per host, hosts and their heartbeats, stale records, store health."""
+    from dockplug.protocol.base import Empty
+
+    report = None if params["etcd"] else _ask_plugin(params["plugin"], "DockplugNet.Status", None)
+    if report is None:
+        report = _direct(params, "admin_status", Empty())
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    _print_status(report)
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    store = report["store"]
+    state = "[green]ok[/green]" if store["ok"] else f"[red]unavailable[/red]: {store['error']}"
+    console.print(f"store: {store['name']}: {state} ({store['latency_ms']} ms)")
+    me = report.get("this_host") or {}
+    if me:
+        console.print(
+            f"this host: {me['host']}"
+            + (" (collector)" if me.get("collector") else "")
+            + f", {me['queued_releases']} queued release(s)"
+        )
+    pools = Table("SPACE", "POOL", "RANGE", "GATEWAY", "SHARING", "HOSTS", "ALLOCATED", box=None)
+    for p in report["pools"]:
+        allocated = ", ".join(f"{h}: {n}" for h, n in sorted(p["allocated"].items())) or "0"
+        sharing = (
+            "orphan"
+            if p.get("orphan")
+            else (f"private to {p['private']}" if p.get("private") else "shared")
+        )
+        pools.add_row(
+            p["space"],
+            p["pool"],
+            p.get("range", "-"),
+            p.get("gateway", "-"),
+            sharing,
+            ", ".join(f"{h}" + (f"x{n}" if n > 1 else "") for h, n in sorted(p["users"].items()))
+            or "-",
+            allocated,
+        )
+    if report["pools"]:
+        console.print(pools)
+    else:
+        console.print("no pools")
+    hosts = Table("HOST", "HEARTBEAT", "UP", box=None)
+    for h in report["hosts"]:
+        up = f"{h['up_s']} s" if h.get("up_s") is not None else "-"
+        hosts.add_row(h["host"], "alive" if h["alive"] else "[red]missing[/red]", up)
+    if report["hosts"]:
+        console.print(hosts)
+    for g in report["gone"]:
+        console.print(
+            f"[yellow]stale: host {g['host']} has no heartbeat for {g['missing_s']} s; its "
+            f"records are reclaimed in {g['reclaim_in_s']} s[/yellow]"
+        )
+
+
+@net.command()
+@_store_options
+@click.option("--docker-host", metavar="URL", help="Engine API [default: DOCKER_HOST].")
+@click.option("--dry-run", is_flag=True, help="Only show what is stale.")
+def gc(dry_run: bool, **params: Any) -> None:
+    """Free addresses no container of this host holds (older than --reclaim-after) and the
+    records of hosts whose heartbeat stopped longer ago than that."""
+    from dockplug.drivers.ipam.driver import GcRequest
+
+    params["docker_host"] = params["docker_host"] or os.environ.get("DOCKER_HOST")
+    result = None
+    if not params["etcd"]:
+        result = _ask_plugin(params["plugin"], "DockplugNet.Gc", {"DryRun": dry_run})
+    if result is None:
+        result = _direct(params, "admin_gc", GcRequest(dry_run=dry_run))
+    verb = "stale" if dry_run else "freed"
+    for s in result.get("stale", []):
+        click.echo(
+            f"{verb}: {s['kind']} {s['what']} in {s['pool']} (host {s['host']}): {s['reason']}"
+        )
+    if not result.get("stale"):
+        click.echo("nothing stale")
+    for error in result.get("errors", []):
+        click.echo(f"dockplug: {error}", err=True)

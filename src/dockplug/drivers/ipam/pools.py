@@ -1,0 +1,161 @@
+"""Subnet arithmetic for the cluster IPAM: parsing what dockerd sends, default pools, overlap.
+
+dockerd sends ``Pool`` and ``SubPool`` as CIDR strings (``""`` when the driver may choose) and
+addresses as plain IPs; it wants replies in CIDR (plugin-protocol.md §5). A pool's usable
+addresses are those of its range (``--ip-range``, the SubPool; the whole pool without one),
+minus the network and broadcast addresses of an IPv4 pool and the subnet-router anycast address
+(the first) of an IPv6 one, as Docker's own allocator leaves them out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from dockplug.errors import ConfigError, InvalidRequest
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+LOCAL_SPACE = "LocalDefault"
+GLOBAL_SPACE = "GlobalDefault"
+SPACES = (LOCAL_SPACE, GLOBAL_SPACE)
+
+
+def parse_network(text: str, field: str) -> Network:
+    """A CIDR prefix from dockerd; host bits set (10.0.0.1/24) are refused, as dockerd does."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"{field} {text!r} is not a CIDR prefix ({exc}); e.g. 10.1.0.0/24"
+        ) from None
+
+
+def parse_address(text: str, field: str = "Address") -> Address:
+    """A plain IP as dockerd sends it (a CIDR suffix is tolerated and dropped)."""
+    try:
+        return ipaddress.ip_address(text.strip().split("/")[0])
+    except ValueError:
+        raise InvalidRequest(f"{field} {text!r} is not an IP address") from None
+
+
+def network_key(network: Network) -> str:
+    """The store key of a pool: its CIDR with the '/' (a key separator) as '_'."""
+    return f"{network.network_address}_{network.prefixlen}"
+
+
+def key_network(key: str) -> Network:
+    address, _, length = key.rpartition("_")
+    return ipaddress.ip_network(f"{address}/{length}")
+
+
+def usable(pool: Network, range_: Network) -> tuple[int, int]:
+    """The first and last usable address of RANGE inside POOL, as integers."""
+    first, last = int(range_.network_address), int(range_.broadcast_address)
+    if pool.version == 4 and pool.prefixlen < 31:
+        first = max(first, int(pool.network_address) + 1)
+        last = min(last, int(pool.broadcast_address) - 1)
+    elif pool.version == 6 and pool.prefixlen < 127:
+        first = max(first, int(pool.network_address) + 1)
+    return first, last
+
+
+def size(pool: Network, range_: Network) -> int:
+    first, last = usable(pool, range_)
+    return max(last - first + 1, 0)
+
+
+def candidates(pool: Network, range_: Network, start: int | None = None) -> Iterator[Address]:
+    """Usable addresses of RANGE, from START (an integer inside it; wrapping around) on."""
+    first, last = usable(pool, range_)
+    if first > last:
+        return
+    begin = start if start is not None and first <= start <= last else first
+    factory = ipaddress.IPv4Address if pool.version == 4 else ipaddress.IPv6Address
+    for value in itertools.chain(range(begin, last + 1), range(first, begin)):
+        yield factory(value)
+
+
+@dataclass(frozen=True)
+class DefaultPool:
+    """Where pools without ``--subnet`` come from: consecutive /SIZE prefixes of BASE (as
+    dockerd's ``--default-address-pool base=...,size=...``)."""
+
+    base: Network
+    size: int
+
+    def __str__(self) -> str:
+        return f"base={self.base},size={self.size}"
+
+    def subnets(self) -> Iterator[Network]:
+        return self.base.subnets(new_prefix=self.size)
+
+
+DEFAULT_POOLS = "base=10.128.0.0/9,size=24 base=fd00:d0c::/48,size=64"
+
+
+def parse_default_pools(text: str) -> list[DefaultPool]:
+    """``base=10.128.0.0/9,size=24 base=fd00:d0c::/48,size=64``: entries separated by spaces,
+    each dockerd's ``--default-address-pool`` syntax."""
+    pools: list[DefaultPool] = []
+    for entry in text.split():
+        fields: dict[str, str] = {}
+        for part in entry.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or key not in ("base", "size"):
+                raise ConfigError(
+                    f"--default-pools {entry!r}: expected base=CIDR,size=N "
+                    "(e.g. base=10.128.0.0/9,size=24)"
+                )
+            fields[key] = value
+        if set(fields) != {"base", "size"}:
+            raise ConfigError(f"--default-pools {entry!r}: give both base=CIDR and size=N")
+        try:
+            base = ipaddress.ip_network(fields["base"], strict=True)
+        except ValueError as exc:
+            raise ConfigError(
+                f"--default-pools {entry!r}: base is not a CIDR prefix ({exc})"
+            ) from None
+        try:
+            prefix = int(fields["size"])
+        except ValueError:
+            raise ConfigError(f"--default-pools {entry!r}: size must be a prefix length") from None
+        if not base.prefixlen <= prefix <= base.max_prefixlen - 2:
+            raise ConfigError(
+                f"--default-pools {entry!r}: size must be from {base.prefixlen} (the base's "
+                f"length) to {base.max_prefixlen - 2}"
+            )
+        pools.append(DefaultPool(base, prefix))
+    for a, b in itertools.combinations(pools, 2):
+        if a.base.version == b.base.version and a.base.overlaps(b.base):
+            raise ConfigError(f"--default-pools: {a.base} overlaps {b.base}")
+    return pools
+
+
+def overlaps(a: Network, b: Network) -> bool:
+    return a.version == b.version and a.overlaps(b)
+
+
+def first_free(defaults: Iterable[DefaultPool], v6: bool, taken: Iterable[Network]) -> Network:
+    """The first default subnet of the right family that overlaps none of TAKEN."""
+    version = 6 if v6 else 4
+    used = sorted((n for n in taken if n.version == version), key=lambda n: n.network_address)
+    bases = [d for d in defaults if d.base.version == version]
+    if not bases:
+        raise InvalidRequest(
+            f"no default IPv{version} pool is configured: give --subnet, or start the plugin "
+            f"with --default-pools base=CIDR,size=N"
+        )
+    for default in bases:
+        for candidate in default.subnets():
+            # overlapping pools are few; a linear look is fine for the sizes dockerd uses
+            if not any(candidate.overlaps(u) for u in used):
+                return candidate
+    raise InvalidRequest(
+        "every default pool is in use ("
+        + ", ".join(str(d) for d in bases)
+        + "): remove unused networks, or add a base to --default-pools"
+    )

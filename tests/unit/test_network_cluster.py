@@ -1,0 +1,75 @@
+"""The cluster records of dockplug-net's network half on a real SQLite key-value store: specs
+fixed by the first host and checked for later ones, VNI claims, endpoint ads that refuse a
+second host's copy of an address, and the FDB/neighbour entries a host wants from its view."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from dockplug.drivers.network.cluster import Cluster
+from dockplug.drivers.network.driver import NETWORK_OPTIONS
+from dockplug.drivers.network.records import EndpointAd
+from dockplug.errors import Conflict, InvalidOption
+from dockplug.state.sqlite_kv import SqliteKV
+
+
+def test_spec_vni_ads_and_wanted_entries(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteKV(tmp_path / "kv.db")
+        changed: list[set[str]] = []
+        a = Cluster(store, "h1", "/t", 5, changed.append, lambda _: None)
+        b = Cluster(store, "h2", "/t", 5, changed.append, lambda _: None)
+        spec = await a.join("web", "10.1.0.0/24", "10.1.0.1/24", 1450, None, "n1")
+        assert 4096 <= spec.vni < 2**24 and spec.created_by == "h1"
+        assert (await b.join("web", "10.1.0.0/24", "10.1.0.1/24", 1450, None, "n2")).vni == spec.vni
+        with pytest.raises(Conflict, match=r"subnet 10.2.0.0/24 here, 10.1.0.0/24 in the cluster"):
+            await b.join("web", "10.2.0.0/24", "10.2.0.1/24", 1450, None, "n2")
+        with pytest.raises(Conflict, match=f"VNI {spec.vni} is taken by cluster network web"):
+            await b.join("api", "10.3.0.0/24", None, 1450, spec.vni, "n3")
+        await a.publish("web", EndpointAd("h1", "e1", "10.1.0.2", "02:00:00:00:00:02"))
+        await a.publish("web", EndpointAd("h1", "e1", "10.1.0.2", "02:00:00:00:00:02"))  # again
+        with pytest.raises(Conflict, match="already used by a container on host h1"):
+            await b.publish("web", EndpointAd("h2", "e9", "10.1.0.2", "02:00:00:00:00:09"))
+        await b.publish("web", EndpointAd("h2", "e2", "10.1.0.3", "02:00:00:00:00:03"))
+        assert b.wanted("web") is None  # never read the store yet: wipe nothing
+        lease = await store.grant(5)
+        a.lease = lease
+        await a.set_vtep("web", "192.0.2.1")
+        b.start()
+        for _ in range(100):
+            wanted = b.wanted("web")
+            if wanted and wanted.fdb:
+                break
+            await asyncio.sleep(0.05)
+        assert wanted is not None
+        assert wanted.fdb == {("02:00:00:00:00:02", "192.0.2.1")}  # h1's, not its own
+        assert wanted.neighbours == {("10.1.0.2", "02:00:00:00:00:02")}
+        await store.revoke(lease)  # h1 dies: its entries go
+        for _ in range(100):
+            if not (b.wanted("web") or wanted).fdb:
+                break
+            await asyncio.sleep(0.05)
+        assert b.wanted("web") == type(wanted)(frozenset(), frozenset())
+        await b.stop()
+        await b.withdraw("web", "10.1.0.3", "e2")
+        await a.withdraw("web", "10.1.0.2", "e1")
+        assert not await a.leave("web")  # h2 is still a member
+        assert await b.leave("web")
+        entries, _ = await store.range("/t/overlay/")
+        assert [e.key for e in entries] == []
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_network_options_name_the_field() -> None:
+    with pytest.raises(InvalidOption, match=r"dockplug\.network='bad name'"):
+        NETWORK_OPTIONS.parse({"dockplug.network": "bad name"})
+    with pytest.raises(InvalidOption, match="unknown option 'mtuu'"):
+        NETWORK_OPTIONS.parse({"mtuu": "1400"})
+    opts = NETWORK_OPTIONS.parse({"routes": "10.9.0.0/16=10.1.0.254,10.8.0.0/16", "mtu": "1400"})
+    assert opts["routes"] == [("10.9.0.0/16", "10.1.0.254"), ("10.8.0.0/16", None)]
+    assert opts["mtu"] == 1400 and opts["masquerade"] is False
