@@ -56,6 +56,10 @@ def test_dockplug_check_ipam_passes(
     plugin = serve_plugin(driver(short_tmp, etcd), name="dockplug-net")
     report = conformance(plugin.url, kind="ipam")
     assert report.ok, report.failures()
+    with plugin.client() as c:
+        caps = c.call(_P + "GetCapabilities").json
+    # state persists (no replay); no MAC: dockerd would invent one, and ipvlan refuses any
+    assert caps == {"RequiresMACAddress": False, "RequiresRequestReplay": False}
 
 
 @pytest.mark.etcd

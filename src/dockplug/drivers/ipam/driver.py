@@ -10,7 +10,9 @@ logs a failed release and forgets it, so while the store is away they are queued
 
 State persists, so ``RequiresRequestReplay`` is off (dockerd replays nothing after a restart;
 stale endpoints of local networks still get their ReleaseAddress). ``RequiresMACAddress`` is
-on: the endpoint's MAC is kept with its address, for ``dockplug net status``.
+off: with it on, dockerd makes up a MAC for every endpoint, and ipvlan refuses any given MAC
+("ipvlan interfaces do not support custom mac address assignment", seen in the cluster tests).
+A MAC that does come in the Options is kept with the address.
 """
 
 from __future__ import annotations
@@ -252,7 +254,7 @@ class NetDriver(IpamDriver):
     # -- IpamDriver ----------------------------------------------------------------------------
 
     async def ipam_capabilities(self, req: Empty) -> Any:
-        return (True, False)  # RequiresMACAddress, RequiresRequestReplay
+        return (False, False)  # RequiresMACAddress (ipvlan refuses it), RequiresRequestReplay
 
     async def get_default_address_spaces(self, req: Empty) -> Any:
         return (LOCAL_SPACE, GLOBAL_SPACE)
@@ -350,6 +352,14 @@ class NetDriver(IpamDriver):
 
     async def admin_status(self, req: Empty) -> dict[str, Any]:
         report = await status.gather(self.allocator, self.grace)
+        if report["store"]["ok"]:
+            # what gc would free now: this host's unheld addresses, gone hosts' records
+            stale = await collect_gone_hosts(self.allocator, self.grace, dry_run=True)
+            report["stale"] = [s.as_dict() for s in stale]
+            try:
+                report["stale"] += await self.sync_engine(dry_run=True)
+            except Exception as exc:
+                report["stale_error"] = f"engine sync: {exc}"
         report["this_host"] = {
             "host": self.host,
             "collector": bool(self.collector and self.collector.leader),
