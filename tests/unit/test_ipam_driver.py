@@ -86,6 +86,7 @@ def test_etcd_away_fails_fast_and_queues_releases(
             started = time.monotonic()
             again = c.call(_P + "RequestAddress", {"PoolID": pid, "Address": ""})
             assert again.status == 500 and time.monotonic() - started < 1.0
+            assert "is away; nothing was changed" in again.error
             # a release never fails dockerd: it is queued (and kept on disk)
             release = c.call(_P + "ReleaseAddress", {"PoolID": pid, "Address": held.split("/")[0]})
             assert release.status == 200 and release.error is None

@@ -55,7 +55,7 @@ from dockplug.state.kv import KVStore, StoreUnavailable
 
 T = TypeVar("T")
 STORE_TIMEOUT = 3.0  # seconds per store call; a dockerd call gets CALL_DEADLINE in all
-DOWN_HOLD = 2.0  # seconds after a store failure during which calls fail at once
+PROBE_INTERVAL = 1.0  # seconds between probes of a store that is away
 PENDING_FILE = "pending-releases.json"
 
 IPAM_OPTIONS = OptionSet(
@@ -173,8 +173,7 @@ class NetDriver(IpamDriver):
             self.store, self.host, parse_default_pools(default_pools), Keys(key_prefix), log
         )
         self.interval = max(0.5, min(self.grace / 3, 30.0))
-        self._down_at = 0.0
-        self._down_error = ""
+        self._down_error = ""  # why the store is away ("" while it answers)
         self._pending_path = self.state_dir / PENDING_FILE
         self._pending: list[dict[str, str]] = self._load_pending()
         self._pending_lock = asyncio.Lock()
@@ -186,14 +185,19 @@ class NetDriver(IpamDriver):
     # -- store availability --------------------------------------------------------------------
 
     def _note_down(self, exc: StoreUnavailable) -> None:
-        self._down_at = time.monotonic()
+        if not self._down_error:
+            self.log(f"store unavailable: {exc}")
         self._down_error = str(exc)
 
     def _fail_fast(self) -> None:
-        """A store that failed a moment ago fails the next call at once: dockerd (and the user
-        at ``docker run``) get the reason now instead of after another deadline."""
-        if self._down_at and time.monotonic() - self._down_at < DOWN_HOLD:
-            raise StoreUnavailable(self._down_error)
+        """While the store is known to be away, calls fail at once with the reason: dockerd
+        (and the user at ``docker run``) learn it now instead of after another deadline. A
+        probe every second (:meth:`_flush_loop`) notices it is back."""
+        if self._down_error:
+            raise StoreUnavailable(
+                f"dockplug-net: {self.store.name} is away; nothing was changed. The last "
+                f"error: {self._down_error}"
+            )
 
     async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
         self._fail_fast()
@@ -203,7 +207,6 @@ class NetDriver(IpamDriver):
         except StoreUnavailable as exc:
             self._note_down(exc)
             raise
-        self._down_at = 0.0
         return result
 
     # -- queued releases -----------------------------------------------------------------------
@@ -325,12 +328,17 @@ class NetDriver(IpamDriver):
 
     async def _flush_loop(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(PROBE_INTERVAL)
+            if self._down_error:
+                health = await self.store.health(timeout=STORE_TIMEOUT)
+                if not health.ok:
+                    continue
+                self.log(f"store back: {self.store.name}")
+                self._down_error = ""
             if not self._pending:
                 continue
             try:
                 await self._flush()
-                self._down_at = 0.0
             except StoreUnavailable as exc:
                 self._note_down(exc)
             except Exception as exc:
@@ -364,6 +372,7 @@ class NetDriver(IpamDriver):
             "host": self.host,
             "collector": bool(self.collector and self.collector.leader),
             "queued_releases": len(self._pending),
+            "store_away": self._down_error or None,
             "engine_sync": self.last_sync,
             "reclaim_after": self.grace,
         }
