@@ -39,7 +39,7 @@ from dockplug.drivers.ipam.pools import (
 from dockplug.drivers.ipam.reclaim import Collector, HostHeartbeat, collect_gone_hosts
 from dockplug.drivers.ipam.records import PREFIX, Keys
 from dockplug.drivers.options import Option, OptionSet, parse_bool
-from dockplug.errors import ConfigError, InvalidOption
+from dockplug.errors import ConfigError, InvalidOption, PluginError
 from dockplug.observe import log_event
 from dockplug.protocol.base import Empty, Endpoint, Lane, Protocol, WireModel
 from dockplug.protocol.ipam import (
@@ -84,6 +84,10 @@ def parse_duration(text: str, flag: str = "--reclaim-after") -> float:
     if not match:
         raise ConfigError(f"{flag} {text!r}: expected a duration such as 30s, 10m or 1h")
     return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+class StoreAway(StoreUnavailable):
+    """The store failed a moment ago and no probe has found it back yet."""
 
 
 class GcRequest(WireModel):
@@ -185,6 +189,8 @@ class NetDriver(IpamDriver):
     # -- store availability --------------------------------------------------------------------
 
     def _note_down(self, exc: StoreUnavailable) -> None:
+        if isinstance(exc, StoreAway):
+            return  # already known; keep the error that said so
         if not self._down_error:
             self.log(f"store unavailable: {exc}")
         self._down_error = str(exc)
@@ -194,7 +200,7 @@ class NetDriver(IpamDriver):
         (and the user at ``docker run``) learn it now instead of after another deadline. A
         probe every second (:meth:`_flush_loop`) notices it is back."""
         if self._down_error:
-            raise StoreUnavailable(
+            raise StoreAway(
                 f"dockplug-net: {self.store.name} is away; nothing was changed. The last "
                 f"error: {self._down_error}"
             )
@@ -246,10 +252,15 @@ class NetDriver(IpamDriver):
         async with self._pending_lock:
             while self._pending:
                 item = self._pending[0]
-                if item["op"] == "pool":
-                    await self.allocator.release_pool(item["pool"])
-                else:
-                    await self.allocator.release_address(item["pool"], item.get("address", ""))
+                try:
+                    if item["op"] == "pool":
+                        await self.allocator.release_pool(item["pool"])
+                    else:
+                        await self.allocator.release_address(item["pool"], item.get("address", ""))
+                except StoreUnavailable:
+                    raise
+                except PluginError as exc:  # e.g. a malformed address: it can never be sent
+                    self.log(f"queued {item['op']} release of {item['pool']} dropped: {exc}")
                 self._pending.pop(0)
                 self._save_pending()
                 self.log(f"queued {item['op']} release of {item['pool']} sent")
