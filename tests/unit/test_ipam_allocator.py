@@ -255,3 +255,18 @@ def test_default_pools_are_checked_with_the_fix_named() -> None:
         parse_default_pools("base=10.0.0.0/8,size=24 base=10.1.0.0/16,size=24")
     pools = parse_default_pools("base=10.0.0.0/8,size=24 base=fd00::/48,size=64")
     assert [str(p) for p in pools] == ["base=10.0.0.0/8,size=24", "base=fd00::/48,size=64"]
+
+
+@with_hosts(2)
+async def test_two_overlapping_pools_asked_at_once_are_never_both_given(h: Hosts) -> None:
+    for round_ in range(6):
+        wide, narrow = f"10.{90 + round_}.0.0/16", f"10.{90 + round_}.7.0/24"
+        results = await asyncio.gather(
+            h[0].request_pool("LocalDefault", wide, "", False, False),
+            h[1].request_pool("LocalDefault", narrow, "", False, False),
+            return_exceptions=True,
+        )
+        won = [r for r in results if not isinstance(r, BaseException)]
+        lost = [r for r in results if isinstance(r, BaseException)]
+        assert len(won) == 1, results
+        assert isinstance(lost[0], Conflict) and "overlaps" in str(lost[0])

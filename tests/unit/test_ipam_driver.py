@@ -56,6 +56,10 @@ def test_dockplug_check_ipam_passes(
     plugin = serve_plugin(driver(short_tmp, etcd), name="dockplug-net")
     report = conformance(plugin.url, kind="ipam")
     assert report.ok, report.failures()
+    with plugin.client() as c:
+        caps = c.call(_P + "GetCapabilities").json
+    # state persists (no replay); no MAC: dockerd would invent one, and ipvlan refuses any
+    assert caps == {"RequiresMACAddress": False, "RequiresRequestReplay": False}
 
 
 @pytest.mark.etcd
@@ -82,6 +86,7 @@ def test_etcd_away_fails_fast_and_queues_releases(
             started = time.monotonic()
             again = c.call(_P + "RequestAddress", {"PoolID": pid, "Address": ""})
             assert again.status == 500 and time.monotonic() - started < 1.0
+            assert "is away; nothing was changed" in again.error
             # a release never fails dockerd: it is queued (and kept on disk)
             release = c.call(_P + "ReleaseAddress", {"PoolID": pid, "Address": held.split("/")[0]})
             assert release.status == 200 and release.error is None

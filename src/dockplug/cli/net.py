@@ -163,6 +163,13 @@ def _print_status(report: dict[str, Any]) -> None:
         hosts.add_row(h["host"], "alive" if h["alive"] else "[red]missing[/red]", up)
     if report["hosts"]:
         console.print(hosts)
+    for s in report.get("stale", []):
+        console.print(
+            f"[yellow]stale: {s['kind']} {s['what']} in {s['pool']} (host {s['host']}): "
+            f"{s['reason']}; dockplug net gc frees it[/yellow]"
+        )
+    if report.get("stale_error"):
+        console.print(f"[yellow]{report['stale_error']}[/yellow]")
     for g in report["gone"]:
         console.print(
             f"[yellow]stale: host {g['host']} has no heartbeat for {g['missing_s']} s; its "

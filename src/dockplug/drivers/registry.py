@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dockplug.drivers.ipam.pools import DEFAULT_POOLS  # constants only (stdlib imports)
+from dockplug.drivers.ipam.records import PREFIX
 from dockplug.errors import ConfigError
 from dockplug.facts import PLUGIN_DIR
 
@@ -389,7 +391,7 @@ NET = BuiltinDriver(
             "default_pools",
             "Pools without --subnet come from these, space-separated (dockerd's syntax).",
             str,
-            "base=10.128.0.0/9,size=24 base=fd00:d0c::/48,size=64",
+            DEFAULT_POOLS,
             metavar="'base=CIDR,size=N ...'",
         ),
         ServeSetting(
@@ -418,7 +420,7 @@ NET = BuiltinDriver(
             "key_prefix",
             "Prefix of every key in the store (several clusters on one etcd).",
             str,
-            "/dockplug/net/v1",
+            PREFIX,
         ),
     ),
     # The store is reached over the host's network (etcd); state (SQLite, queued releases)

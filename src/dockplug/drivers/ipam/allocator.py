@@ -5,7 +5,8 @@ every host fought over one key (and moby#33795 ended in duplicates). Here an add
 ``S/addrs/<pool>/<ip>`` and claiming it is ``txn([absent(key)], [Put(key, owner)])``: of any
 number of racers on any number of hosts exactly one wins, by construction; the losers move on to
 the next candidate. Each host walks its candidates from its own next-fit cursor (as Docker's
-allocator does), remembering which ones it saw taken, so it rarely tries a taken one twice.
+allocator does), starting in a stripe of the range of its own, and remembers which ones it saw
+taken, so hosts rarely race for one candidate and a host rarely tries a taken one twice.
 
 A pool is the key ``S/pools/<cidr>``. The same pool (subnet and range) asked for on several
 hosts is one pool shared by them (``S/users/<cidr>/<host>`` counts each host's RequestPools),
@@ -38,6 +39,7 @@ from dockplug.drivers.ipam.pools import (
     overlaps,
     parse_address,
     parse_network,
+    usable,
 )
 from dockplug.drivers.ipam.records import Allocation, Keys, PoolRecord, UserRecord, dump
 from dockplug.errors import Conflict, InvalidRequest, NotFound
@@ -416,6 +418,15 @@ class Allocator:
         cursor.taken = {int(ipaddress.ip_address(e.key.rsplit("/", 1)[1])) for e in entries}
         cursor.fresh = True
 
+    async def _stripe(self, space: str, net: Network, range_: Network) -> int:
+        """Where this host starts looking: the i-th of n equal stripes of the range for the
+        i-th of the pool's n hosts (by name), so hosts allocating at once rarely race for the
+        same candidate; a pool of one host starts at its first address."""
+        entries, _ = await self.store.range(self.keys.users(space, net))
+        hosts = sorted({e.key.rsplit("/", 1)[1] for e in entries} | {self.host})
+        first, last = usable(net, range_)
+        return first + hosts.index(self.host) * (last - first + 1) // len(hosts)
+
     async def _claim_next(
         self, space: str, net: Network, rec: PoolRecord, mac: str | None
     ) -> Address:
@@ -423,6 +434,7 @@ class Allocator:
         cursor = self._cursors.setdefault((space, net), _Cursor())
         if cursor.next is None:
             await self._refresh(space, net, cursor)
+            cursor.next = await self._stripe(space, net, range_)
         record = self._record("address", mac)
         for _ in range(2):  # the second round after a fresh read of what is taken
             for ip in candidates(net, range_, cursor.next):

@@ -10,7 +10,9 @@ logs a failed release and forgets it, so while the store is away they are queued
 
 State persists, so ``RequiresRequestReplay`` is off (dockerd replays nothing after a restart;
 stale endpoints of local networks still get their ReleaseAddress). ``RequiresMACAddress`` is
-on: the endpoint's MAC is kept with its address, for ``dockplug net status``.
+off: with it on, dockerd makes up a MAC for every endpoint, and ipvlan refuses any given MAC
+("ipvlan interfaces do not support custom mac address assignment", seen in the cluster tests).
+A MAC that does come in the Options is kept with the address.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from dockplug.drivers.ipam.pools import (
 from dockplug.drivers.ipam.reclaim import Collector, HostHeartbeat, collect_gone_hosts
 from dockplug.drivers.ipam.records import PREFIX, Keys
 from dockplug.drivers.options import Option, OptionSet, parse_bool
-from dockplug.errors import ConfigError, InvalidOption
+from dockplug.errors import ConfigError, InvalidOption, PluginError
 from dockplug.observe import log_event
 from dockplug.protocol.base import Empty, Endpoint, Lane, Protocol, WireModel
 from dockplug.protocol.ipam import (
@@ -53,7 +55,7 @@ from dockplug.state.kv import KVStore, StoreUnavailable
 
 T = TypeVar("T")
 STORE_TIMEOUT = 3.0  # seconds per store call; a dockerd call gets CALL_DEADLINE in all
-DOWN_HOLD = 2.0  # seconds after a store failure during which calls fail at once
+PROBE_INTERVAL = 1.0  # seconds between probes of a store that is away
 PENDING_FILE = "pending-releases.json"
 
 IPAM_OPTIONS = OptionSet(
@@ -82,6 +84,10 @@ def parse_duration(text: str, flag: str = "--reclaim-after") -> float:
     if not match:
         raise ConfigError(f"{flag} {text!r}: expected a duration such as 30s, 10m or 1h")
     return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+class StoreAway(StoreUnavailable):
+    """The store failed a moment ago and no probe has found it back yet."""
 
 
 class GcRequest(WireModel):
@@ -171,8 +177,7 @@ class NetDriver(IpamDriver):
             self.store, self.host, parse_default_pools(default_pools), Keys(key_prefix), log
         )
         self.interval = max(0.5, min(self.grace / 3, 30.0))
-        self._down_at = 0.0
-        self._down_error = ""
+        self._down_error = ""  # why the store is away ("" while it answers)
         self._pending_path = self.state_dir / PENDING_FILE
         self._pending: list[dict[str, str]] = self._load_pending()
         self._pending_lock = asyncio.Lock()
@@ -184,14 +189,21 @@ class NetDriver(IpamDriver):
     # -- store availability --------------------------------------------------------------------
 
     def _note_down(self, exc: StoreUnavailable) -> None:
-        self._down_at = time.monotonic()
+        if isinstance(exc, StoreAway):
+            return  # already known; keep the error that said so
+        if not self._down_error:
+            self.log(f"store unavailable: {exc}")
         self._down_error = str(exc)
 
     def _fail_fast(self) -> None:
-        """A store that failed a moment ago fails the next call at once: dockerd (and the user
-        at ``docker run``) get the reason now instead of after another deadline."""
-        if self._down_at and time.monotonic() - self._down_at < DOWN_HOLD:
-            raise StoreUnavailable(self._down_error)
+        """While the store is known to be away, calls fail at once with the reason: dockerd
+        (and the user at ``docker run``) learn it now instead of after another deadline. A
+        probe every second (:meth:`_flush_loop`) notices it is back."""
+        if self._down_error:
+            raise StoreAway(
+                f"dockplug-net: {self.store.name} is away; nothing was changed. The last "
+                f"error: {self._down_error}"
+            )
 
     async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
         self._fail_fast()
@@ -201,7 +213,6 @@ class NetDriver(IpamDriver):
         except StoreUnavailable as exc:
             self._note_down(exc)
             raise
-        self._down_at = 0.0
         return result
 
     # -- queued releases -----------------------------------------------------------------------
@@ -241,10 +252,15 @@ class NetDriver(IpamDriver):
         async with self._pending_lock:
             while self._pending:
                 item = self._pending[0]
-                if item["op"] == "pool":
-                    await self.allocator.release_pool(item["pool"])
-                else:
-                    await self.allocator.release_address(item["pool"], item.get("address", ""))
+                try:
+                    if item["op"] == "pool":
+                        await self.allocator.release_pool(item["pool"])
+                    else:
+                        await self.allocator.release_address(item["pool"], item.get("address", ""))
+                except StoreUnavailable:
+                    raise
+                except PluginError as exc:  # e.g. a malformed address: it can never be sent
+                    self.log(f"queued {item['op']} release of {item['pool']} dropped: {exc}")
                 self._pending.pop(0)
                 self._save_pending()
                 self.log(f"queued {item['op']} release of {item['pool']} sent")
@@ -252,7 +268,7 @@ class NetDriver(IpamDriver):
     # -- IpamDriver ----------------------------------------------------------------------------
 
     async def ipam_capabilities(self, req: Empty) -> Any:
-        return (True, False)  # RequiresMACAddress, RequiresRequestReplay
+        return (False, False)  # RequiresMACAddress (ipvlan refuses it), RequiresRequestReplay
 
     async def get_default_address_spaces(self, req: Empty) -> Any:
         return (LOCAL_SPACE, GLOBAL_SPACE)
@@ -323,12 +339,17 @@ class NetDriver(IpamDriver):
 
     async def _flush_loop(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(PROBE_INTERVAL)
+            if self._down_error:
+                health = await self.store.health(timeout=STORE_TIMEOUT)
+                if not health.ok:
+                    continue
+                self.log(f"store back: {self.store.name}")
+                self._down_error = ""
             if not self._pending:
                 continue
             try:
                 await self._flush()
-                self._down_at = 0.0
             except StoreUnavailable as exc:
                 self._note_down(exc)
             except Exception as exc:
@@ -350,10 +371,19 @@ class NetDriver(IpamDriver):
 
     async def admin_status(self, req: Empty) -> dict[str, Any]:
         report = await status.gather(self.allocator, self.grace)
+        if report["store"]["ok"]:
+            # what gc would free now: this host's unheld addresses, gone hosts' records
+            stale = await collect_gone_hosts(self.allocator, self.grace, dry_run=True)
+            report["stale"] = [s.as_dict() for s in stale]
+            try:
+                report["stale"] += await self.sync_engine(dry_run=True)
+            except Exception as exc:
+                report["stale_error"] = f"engine sync: {exc}"
         report["this_host"] = {
             "host": self.host,
             "collector": bool(self.collector and self.collector.leader),
             "queued_releases": len(self._pending),
+            "store_away": self._down_error or None,
             "engine_sync": self.last_sync,
             "reclaim_after": self.grace,
         }

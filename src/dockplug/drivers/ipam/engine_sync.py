@@ -137,6 +137,28 @@ async def unheld(
             )
             stale.append(Stale("address", space, str(net), me, rest, why))
             doomed.append(e)
+    owned: set[tuple[str, str]] = set()
+    known: set[Network] = set()
+    for e in entries:
+        parsed = keys.parse(e.key)
+        if parsed is not None and parsed[1] == "addrs":
+            owned.add((str(parsed[2]), parsed[3]))
+        elif parsed is not None and parsed[1] == "pools":
+            known.add(parsed[2])
+    foreign = [
+        f"{ip} in {net}"
+        for net, ips in held.addresses.items()
+        if net in known
+        for ip in ips
+        if (str(net), str(ip)) not in owned
+    ]
+    if foreign:
+        # e.g. reclaimed while this host was away longer than --reclaim-after: the address
+        # may be another container's by now; the store is not changed behind the cluster
+        allocator.log(
+            f"engine sync: {len(foreign)} address(es) used here are not allocated to this host "
+            f"in the store, e.g. {foreign[0]}: restart those containers to get addresses again"
+        )
     if mine_pools and not (mine_pools & set(held.networks)):
         # this dockerd shows none of our pools: more likely the wrong --docker-host than a
         # host whose every network was deleted with its ReleasePools lost; free nothing

@@ -1,0 +1,69 @@
+"""dockplug-net on one host with nothing to set up (SQLite), through a real dockerd: a bridge
+network on its IPAM, containers, --ip, removal, and ``docker network rm`` releasing the pool."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dockplug.drivers.ipam.driver import NetDriver
+from dockplug.facts import default_socket
+from dockplug.testing.dockerd import Dockerd
+from dockplug.testing.servers import ThreadedPlugin, wait_until
+
+pytestmark = pytest.mark.dockerd
+
+
+def status(plugin: ThreadedPlugin) -> dict[str, Any]:
+    with plugin.client() as c:
+        result: dict[str, Any] = c.call("DockplugNet.Status").json["Result"]
+    return result
+
+
+def test_a_bridge_network_on_sqlite_gets_unique_addresses_and_releases_them(
+    dockerd: Dockerd,
+    busybox_image: str,
+    plugin_name: str,
+    short_tmp: Path,
+    serve_plugin: Callable[..., ThreadedPlugin],
+) -> None:
+    driver = NetDriver(
+        state_dir=short_tmp / "state", host_id="solo", docker_host=dockerd.host,
+        key_prefix=f"/t{uuid.uuid4().hex[:6]}",
+    )  # fmt: skip
+    plugin = serve_plugin(driver, name=plugin_name, socket=default_socket(plugin_name))
+    net = f"{plugin_name}-br"
+    dockerd.docker("network", "create", "--ipam-driver", plugin_name,
+                   "--subnet", "10.73.0.0/24", "--gateway", "10.73.0.254",
+                   "--aux-address", "router=10.73.0.250", net)  # fmt: skip
+    names = [f"{plugin_name}-{i}" for i in range(3)]
+    try:
+        for name in names[:2]:
+            dockerd.docker("run", "-d", "--name", name, "--network", net, busybox_image,
+                           "sleep", "300")  # fmt: skip
+        dockerd.docker("run", "-d", "--name", names[2], "--network", net, "--ip", "10.73.0.9",
+                       busybox_image, "sleep", "300")  # fmt: skip
+        ips = [
+            dockerd.docker("inspect", "--format",
+                           f"{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}",
+                           n).stdout.strip()
+            for n in names
+        ]  # fmt: skip
+        assert ips == ["10.73.0.1", "10.73.0.2", "10.73.0.9"]  # the gateway and aux are held
+        clash = dockerd.docker("run", "--rm", "--network", net, "--ip", "10.73.0.250",
+                               busybox_image, "true", check=False)  # fmt: skip
+        assert clash.returncode != 0 and "address 10.73.0.250 is in use" in clash.stderr
+        (pool,) = [p for p in status(plugin)["pools"] if p["pool"] == "10.73.0.0/24"]
+        assert pool["gateway"] == "10.73.0.254" and pool["allocated"] == {"solo": 4}
+        dockerd.docker("rm", "-f", names[0])
+        assert wait_until(
+            lambda: [p["allocated"] for p in status(plugin)["pools"]] == [{"solo": 3}], 10
+        )
+    finally:
+        dockerd.docker("rm", "-f", *names, check=False)
+    dockerd.docker("network", "rm", net)  # gateway, aux, ReleasePool: the pool is gone
+    assert status(plugin)["pools"] == []
