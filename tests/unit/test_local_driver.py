@@ -635,7 +635,7 @@ def test_list_of_10000_volumes_answers_within_100ms(local: Local) -> None:
     assert local.client is not None
     local.call("VolumeDriver.List", {})  # warm the connection
     timings = []
-    for _ in range(3):
+    for _ in range(8):  # the best of several: other work on a shared machine only adds time
         began = time.perf_counter()
         reply = local.client.call("VolumeDriver.List", {})
         timings.append(time.perf_counter() - began)

@@ -4,6 +4,7 @@ never."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -244,3 +245,40 @@ def test_a_broken_observer_is_switched_off_and_never_fails_a_call(
     assert plugin.server.app.observer is None
     plugin.stop()
     assert "metrics hook" in capfd.readouterr().out
+
+
+class TimedVolumes(dockplug.VolumeDriver):
+    """async methods that use what needs a running task: asyncio.timeout and wait_for."""
+
+    async def get(self, req: NameRequest) -> dockplug.Volume:
+        async with asyncio.timeout(1):
+            await asyncio.sleep(0)
+        return dockplug.Volume(name=req.name)
+
+    async def list(self, req: Empty) -> list[dockplug.Volume]:
+        async with asyncio.timeout(1):  # never waits: the reply is ready at once
+            return [dockplug.Volume(name="a")]
+
+    async def path(self, req: NameRequest) -> str:
+        return await asyncio.wait_for(asyncio.sleep(0, result="/p"), 1)
+
+    def create(self, req: CreateRequest) -> None:
+        pass
+
+    def remove(self, req: NameRequest) -> None:
+        pass
+
+    def mount(self, req: MountRequest) -> str:
+        return "/p"
+
+    def unmount(self, req: MountRequest) -> None:
+        pass
+
+
+def test_async_methods_run_in_a_task_so_timeouts_work(serve_plugin: Serve) -> None:
+    """Eager dispatch is for sync methods; an async one may need asyncio.current_task()."""
+    plugin = serve_plugin(TimedVolumes())
+    with plugin.client() as client:
+        assert client.call("VolumeDriver.Get", {"Name": "v"}).json["Volume"]["Name"] == "v"
+        assert client.call("VolumeDriver.List", {}).json["Volumes"][0]["Name"] == "a"
+        assert client.call("VolumeDriver.Path", {"Name": "v"}).json["Mountpoint"] == "/p"

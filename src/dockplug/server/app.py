@@ -161,6 +161,14 @@ class PluginApp:
 
     # -- dispatch ----------------------------------------------------------------------------
 
+    def in_task(self, path: str) -> bool:
+        """Whether PATH's call must run in a task from its start: an ``async def`` driver method
+        may use what needs one (``asyncio.timeout``, ``wait_for``, task groups). Everything
+        else (sync methods, on the loop or handed to a worker) is run eagerly by the transport,
+        from the callback that read the request."""
+        route = self.routes.get(path)
+        return route is not None and route.is_async
+
     def error_body(self, proto: Protocol | None, message: str) -> bytes:
         """``{"Err": ...}`` (and the protocol's own error key, e.g. IPAM's ``Error``)."""
         payload = {"Err": message}

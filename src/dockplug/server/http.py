@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
@@ -64,10 +64,6 @@ class _Resume:
                     value = coro.send(None)
                 except StopIteration as done:
                     return done.value
-
-
-async def _finish(coro: Coroutine[Any, Any, Any], first: Any) -> Any:
-    return await _Resume(coro, first)
 
 
 class _Request:
@@ -205,6 +201,10 @@ class HttpConnection(asyncio.Protocol):
         while self.queue and not self.closing and transport is not None:
             req = self.queue.popleft()
             coro = self.app.handle(req.method, req.path, req.body, req.too_large)
+            if self.app.in_task(req.path):
+                self.busy = True
+                self.task = asyncio.get_running_loop().create_task(self._later(coro, req))
+                return
             try:
                 waiting = coro.send(None)
             except StopIteration as done:
@@ -217,7 +217,9 @@ class HttpConnection(asyncio.Protocol):
                 self._write_error(exc, req.keep_alive)
                 continue
             self.busy = True
-            self.task = asyncio.get_running_loop().create_task(self._later(coro, waiting, req))
+            self.task = asyncio.get_running_loop().create_task(
+                self._later(_Resume(coro, waiting), req)
+            )
             return
         if self.paused_reading and transport is not None and not self.closing:
             self.paused_reading = False
@@ -225,9 +227,9 @@ class HttpConnection(asyncio.Protocol):
         if self.closing and transport is not None and not self.busy:
             transport.close()
 
-    async def _later(self, coro: Coroutine[Any, Any, Any], waiting: Any, req: _Request) -> None:
+    async def _later(self, answer: Awaitable[Any], req: _Request) -> None:
         try:
-            reply = await _finish(coro, waiting)
+            reply = await answer
         except BaseException as exc:
             self._write_error(exc, req.keep_alive)
         else:

@@ -32,6 +32,7 @@ from dockplug.protocol.base import (
     WireModel,
     WouldBlock,
     may_block,
+    nonblocking,
     try_inline,
 )
 from dockplug.protocol.volume import (
@@ -303,11 +304,13 @@ class StatefulVolumeDriver(VolumeDriver):
             if self.mounts.total(name) == 0:
                 self.detach(rec)
 
-    async def path(self, req: NameRequest) -> str:
+    @nonblocking
+    def path(self, req: NameRequest) -> str:
         rec = self.record(check_name(req.name))
         return rec.mountpoint if self.is_available(rec) else ""
 
-    async def get(self, req: NameRequest) -> Volume | Encoded:
+    @nonblocking
+    def get(self, req: NameRequest) -> Volume | Encoded:
         name = req.name
         cached = self._get_cache.get(name)
         if cached is not None:
@@ -325,11 +328,13 @@ class StatefulVolumeDriver(VolumeDriver):
             self._get_cache[name] = encoded
         return encoded
 
-    async def list(self, req: Empty) -> builtins.list[Volume]:
+    @nonblocking
+    def list(self, req: Empty) -> builtins.list[Volume]:
         records = builtins.list(self.volumes.values())  # one atomic copy under the GIL
         return [self.to_volume(rec, with_status=False) for rec in records]
 
-    async def capabilities(self, req: Empty) -> Capability:
+    @nonblocking
+    def capabilities(self, req: Empty) -> Capability:
         return Capability.model_validate({"Scope": self.scope})
 
     async def startup(self) -> None:
