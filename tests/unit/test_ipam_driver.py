@@ -69,7 +69,9 @@ def test_etcd_away_fails_fast_and_queues_releases(
     serve_plugin: Callable[..., ThreadedPlugin],
 ) -> None:
     server = etcd_server("3.4")
-    plugin = serve_plugin(driver(short_tmp, server.endpoint), name="dockplug-net")
+    net = driver(short_tmp, server.endpoint)
+    plugin = serve_plugin(net, name="dockplug-net", metrics=f"unix:{short_tmp / 'metrics.sock'}")
+    health = plugin.server.health.report  # what /health and dockplug status answer
     with plugin.client() as c:
         pool = c.call(_P + "RequestPool", {"AddressSpace": "LocalDefault", "Pool": "10.70.0.0/24"})
         pid = pool.json["PoolID"]
@@ -91,12 +93,23 @@ def test_etcd_away_fails_fast_and_queues_releases(
             release = c.call(_P + "ReleaseAddress", {"PoolID": pid, "Address": held.split("/")[0]})
             assert release.status == 200 and release.error is None
             assert (short_tmp / "state/pending-releases.json").read_text() != "[]"
+            report = health()
+            assert report["status"] == "degraded" and "IPAM store away" in report["reasons"][0]
+            metrics = plugin.server.metrics.exposition().decode()  # type: ignore[attr-defined]
+            assert "dockplug_ipam_store_up 0.0" in metrics
+            assert "dockplug_ipam_queued_releases 1.0" in metrics
+            assert (
+                'dockplug_ipam_store_call_duration_seconds_count{result="unavailable"} 1.0'
+                in metrics
+            )
         # etcd is back: the queued release is sent, and the address is free again
         assert wait_until(
             lambda: (short_tmp / "state/pending-releases.json").read_text() == "[]", 15
         )
         got = c.call(_P + "RequestAddress", {"PoolID": pid, "Address": held.split("/")[0]})
         assert got.status == 200, got.error
+        assert health()["status"] == "ready"
+        assert "dockplug_ipam_store_up 1.0" in plugin.server.metrics.exposition().decode()  # type: ignore[attr-defined]
 
 
 def test_settings_are_checked_with_the_fix_named(tmp_path: Path) -> None:

@@ -11,15 +11,18 @@ attribute (``bridges``) so the two halves' attributes cannot collide.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from dockplug.drivers.ipam.driver import NetDriver as IpamNetDriver
 from dockplug.drivers.network.driver import BridgeDriver, etcd_host
+from dockplug.observe.metrics import Metrics
 from dockplug.protocol.base import Empty
 
 
 class NetDriver(IpamNetDriver, BridgeDriver):
     """dockplug-net: addresses unique across hosts, and networks that span them."""
+
+    metrics_family: ClassVar[str] = "net"
 
     def __init__(self, vtep: str | None = None, **kw: Any) -> None:
         IpamNetDriver.__init__(self, **kw)
@@ -42,6 +45,13 @@ class NetDriver(IpamNetDriver, BridgeDriver):
     async def shutdown(self) -> None:
         await BridgeDriver.shutdown(self)
         await IpamNetDriver.shutdown(self)
+
+    def declare_metrics(self, metrics: Metrics) -> None:
+        IpamNetDriver.declare_metrics(self, metrics)
+        BridgeDriver.declare_metrics(self, metrics)
+
+    def health_reasons(self) -> list[str]:
+        return [*IpamNetDriver.health_reasons(self), *BridgeDriver.health_reasons(self)]
 
     async def admin_status(self, req: Empty) -> dict[str, Any]:
         report = await IpamNetDriver.admin_status(self, req)

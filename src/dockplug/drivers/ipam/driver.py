@@ -41,6 +41,7 @@ from dockplug.drivers.ipam.records import PREFIX, Keys
 from dockplug.drivers.options import Option, OptionSet, parse_bool
 from dockplug.errors import ConfigError, InvalidOption, PluginError
 from dockplug.observe import log_event
+from dockplug.observe.metrics import NO_METRICS, Histogram, Metrics
 from dockplug.protocol.base import Empty, Endpoint, Lane, Protocol, WireModel
 from dockplug.protocol.ipam import (
     IpamDriver,
@@ -185,6 +186,8 @@ class NetDriver(IpamDriver):
         self.heartbeat: HostHeartbeat | None = None
         self.collector: Collector | None = None
         self.last_sync: dict[str, Any] = {}
+        self._figures: dict[str, Any] = {}
+        self._store_calls: Histogram = NO_METRICS.histogram("", "")
 
     # -- store availability --------------------------------------------------------------------
 
@@ -207,13 +210,61 @@ class NetDriver(IpamDriver):
 
     async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
         self._fail_fast()
+        began = time.perf_counter()
         try:
             await self._flush()
             result = await call()
         except StoreUnavailable as exc:
             self._note_down(exc)
+            self._store_calls.observe(time.perf_counter() - began, result="unavailable")
             raise
+        self._store_calls.observe(time.perf_counter() - began, result="ok")
         return result
+
+    # -- observability -------------------------------------------------------------------------
+
+    def declare_metrics(self, metrics: Metrics) -> None:
+        """The store's health and round trips; pools and addresses as last counted (refreshed
+        with each engine sync: counting reads the store, which a scrape must not wait on)."""
+        self._store_calls = metrics.histogram(
+            "store_call_duration_seconds",
+            "IPAM calls' round trips to the store, by result (unavailable: an Err to dockerd)",
+            ("result",),
+        )
+        metrics.gauge_fn("store_up", "1 while the store answers, 0 while it is away",
+                         lambda: 0 if self._down_error else 1)  # fmt: skip
+        metrics.gauge_fn("queued_releases", "Releases waiting for the store to come back",
+                         lambda: len(self._pending))  # fmt: skip
+        metrics.gauge_fn("pools", "Pools in the store (all hosts)",
+                         lambda: self._figures.get("pools", 0))  # fmt: skip
+        metrics.gauge_fn(
+            "allocated", "Addresses given to containers, by host", self._allocated, ("host",)
+        )
+        metrics.gauge_fn("stale", "Records gc would free now (this host's unheld addresses, "
+                         "gone hosts' records)", lambda: self._figures.get("stale", 0))  # fmt: skip
+
+    def _allocated(self) -> dict[tuple[str, ...], float]:
+        per_host: dict[str, int] = self._figures.get("allocated", {})
+        return {(host,): n for host, n in per_host.items()}
+
+    async def _count(self) -> None:
+        """Pools, addresses per host and stale records, for the metrics."""
+        report = await status.gather(self.allocator, self.grace)
+        if not report["store"]["ok"]:
+            return
+        allocated: dict[str, int] = {}
+        for pool in report["pools"]:
+            for host, n in pool.get("allocated", {}).items():
+                allocated[host] = allocated.get(host, 0) + n
+        stale = await collect_gone_hosts(self.allocator, self.grace, dry_run=True)
+        self._figures = {"pools": len(report["pools"]), "allocated": allocated,
+                         "stale": len(stale)}  # fmt: skip
+
+    def health_reasons(self) -> list[str]:
+        """The store away: new networks and containers on them fail until it is back."""
+        if self._down_error:
+            return [f"IPAM store away ({len(self._pending)} releases queued): {self._down_error}"]
+        return []
 
     # -- queued releases -----------------------------------------------------------------------
 
@@ -336,6 +387,8 @@ class NetDriver(IpamDriver):
             except Exception as exc:  # the Engine API or the store away: try next round
                 self.last_sync = {"at": time.time(), "error": str(exc)}
                 self.log(f"engine sync: {exc}")
+            with contextlib.suppress(Exception):  # figures for the metrics: best effort
+                await self._count()
 
     async def _flush_loop(self) -> None:
         while True:

@@ -31,6 +31,7 @@ from dockplug.drivers.network.options import NETWORK_OPTIONS
 from dockplug.drivers.options import OptionSet
 from dockplug.errors import ConfigError
 from dockplug.observe import log_event
+from dockplug.observe.metrics import Metrics
 from dockplug.protocol.base import Empty
 from dockplug.protocol.network import (
     CapabilitiesReply,
@@ -155,6 +156,30 @@ class BridgeDriver(NetworkDriver):
 
     async def discover_delete(self, req: DiscoveryRequest) -> None:
         return None
+
+    def declare_metrics(self, metrics: Metrics) -> None:
+        """Networks and endpoints on this host; peers (other hosts' live VTEPs) and the
+        cluster store's watch."""
+        metrics.gauge_fn("networks", "Networks on this host", lambda: len(self.bridges.nets))
+        metrics.gauge_fn("endpoints", "Endpoints on this host", lambda: len(self.bridges.eps))
+        metrics.gauge_fn("peers", "Other hosts with a live VTEP in this host's networks",
+                         self._peers)  # fmt: skip
+
+    def _peers(self) -> float:
+        cluster = self.bridges.cluster
+        if cluster is None:
+            return 0
+        hosts: set[str] = set()
+        for net in cluster.summary().values():
+            members: dict[str, dict[str, object]] = net["hosts"]  # type: ignore[assignment]
+            hosts |= {h for h, info in members.items() if info.get("alive")}
+        return len(hosts - {self.bridges.host})
+
+    def health_reasons(self) -> list[str]:
+        cluster = self.bridges.cluster
+        if cluster is not None and cluster.watch_error:
+            return [f"cluster store watch: {cluster.watch_error} (peers are not updated)"]
+        return []
 
     async def startup(self) -> None:
         await self.bridges.startup()
