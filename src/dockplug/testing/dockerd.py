@@ -116,7 +116,14 @@ class Dockerd:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
-    def stop(self) -> None:
+    def restart(self, timeout: float = 60.0, extra_args: tuple[str, ...] = ()) -> Dockerd:
+        """Stop this dockerd and start it again on the same data root with EXTRA_ARGS: dockerd
+        looks up each --authorization-plugin at start, so a managed one must be created and
+        enabled (in this data root, where dockerd restores it) by a start before."""
+        self._terminate()
+        return self.start(timeout, extra_args)
+
+    def _terminate(self) -> None:
         if self.proc is None or self.root is None:
             return
         if self.proc.poll() is None:
@@ -127,6 +134,11 @@ class Dockerd:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is None or self.root is None:
+            return
+        self._terminate()
         # dockerd leaves its mounts behind when killed; unmount before removing the tree
         with contextlib.suppress(OSError):
             mounts = Path("/proc/self/mountinfo").read_text().splitlines()
