@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import json
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -84,6 +85,10 @@ def net_plugin(
               f"(cold={result.cold}); enable-to-socket {enabled.seconds:.2f}s")  # fmt: skip
         yield name, client
     finally:
+        if dockerd.log_path is not None and plugin_id:
+            lines = [ln for ln in dockerd.log_path.read_text().splitlines() if plugin_id in ln]
+            said = [ln for ln in lines if "level=error" in ln or "level=warn" in ln]
+            print("plugin log (warnings, errors, last lines):", *said, *lines[-3:], sep="\n  ")
         for net in client.networks.list(filters={"driver": name}):
             for c in net.containers:
                 c.remove(force=True)
@@ -132,6 +137,9 @@ def test_managed_net_on_etcd_end_to_end(
         assert any(k.endswith(f"/addrs/{pool}/{ip}") for k in keys), keys
         assert f"{PREFIX}overlay/nets/n1" in keys, keys
         assert f"{PREFIX}overlay/eps/n1/{ip}" in keys, keys
+        # dockerd gives a host-network plugin its own UTS namespace, a copy of the host's: the
+        # default --host-id is the host's name, so hosts of a cluster stay apart
+        assert f"{PREFIX}hosts/{socket.gethostname()}" in keys, keys
     finally:
         dockerd.docker("rm", "-f", box, check=False)
     dockerd.docker("network", "rm", net)
