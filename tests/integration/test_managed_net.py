@@ -1,0 +1,158 @@
+"""dockplug-net as a managed (v2) plugin on a real dockerd with a real etcd: build, create,
+``docker plugin set ETCD_ENDPOINTS``, enable; a network on its IPAM and network driver, a
+container address from the pool, the pool and endpoint records in etcd, ``dockplug doctor``
+seeing etcd answer, and ``docker network rm`` clearing it all.
+
+One module-scoped plugin: the build (about 45 s with the debootstrap base cached, which
+tests/integration/test_managed_local.py shares) and the 200 MB upload happen once. The plugin
+has the host's network, so the etcd on 127.0.0.1 is the one the plugin reaches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import shutil
+import socket
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dockplug.packaging import engine, verbs
+from dockplug.packaging.bundle import build
+from dockplug.packaging.doctor import diagnose_installed
+from dockplug.state.etcd_kv import EtcdKV
+from dockplug.testing.dockerd import Dockerd
+from dockplug.testing.etcd import EtcdServer, throwaway_etcd
+
+pytestmark = [pytest.mark.dockerd, pytest.mark.root, pytest.mark.etcd]
+
+SUBNET = "10.77.0.0/24"
+PREFIX = "/dockplug/net/v1/"
+
+
+def etcd_keys(server: EtcdServer, prefix: str = PREFIX) -> list[str]:
+    async def read() -> list[str]:
+        kv = EtcdKV(server.endpoint, timeout=5)
+        try:
+            entries, _ = await kv.range(prefix)
+        finally:
+            await kv.close()
+        return [e.key for e in entries]
+
+    return asyncio.run(read())
+
+
+@pytest.fixture(scope="module")
+def etcd_for_plugin() -> Iterator[EtcdServer]:
+    """A fresh etcd of its own: the plugin writes under the default prefix /dockplug/net/v1."""
+    try:
+        with throwaway_etcd("3.4") as server:
+            yield server
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def net_plugin(
+    dockerd: Dockerd, etcd_for_plugin: EtcdServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Any]]:
+    """The net driver built, created, pointed at the etcd with docker plugin set, enabled."""
+    from dockplug.engine_api import docker_client
+
+    if shutil.which("debootstrap") is None:
+        pytest.skip("debootstrap not installed (apt-get install debootstrap)")
+    out = tmp_path_factory.mktemp("bundle") / "net"
+    name = f"dpt/net{uuid.uuid4().hex[:8]}:latest"
+    result = build("net", name, out)
+    client = docker_client(dockerd.host, timeout=600)
+    state = Path(tempfile.mkdtemp(prefix="dpt-netstate-"))
+    plugin_id = None
+    try:
+        verbs.create(name, result.path, client)
+        plugin_id = client.plugins.get(name).id
+        shutil.rmtree(out, ignore_errors=True)  # 200 MB, uploaded now
+        engine.set_options(
+            name, [f"state.source={state}", f"ETCD_ENDPOINTS={etcd_for_plugin.endpoint}"], client
+        )
+        enabled = verbs.enable(name, timeout=30, client=client)
+        print(f"net bundle {result.size / 1e6:.0f} MB built in {result.seconds:.1f}s "
+              f"(cold={result.cold}); enable-to-socket {enabled.seconds:.2f}s")  # fmt: skip
+        yield name, client
+    finally:
+        if dockerd.log_path is not None and plugin_id:
+            lines = [ln for ln in dockerd.log_path.read_text().splitlines() if plugin_id in ln]
+            said = [ln for ln in lines if "level=error" in ln or "level=warn" in ln]
+            print("plugin log (warnings, errors, last lines):", *said, *lines[-3:], sep="\n  ")
+        for net in client.networks.list(filters={"driver": name}):
+            for c in net.containers:
+                c.remove(force=True)
+            net.remove()
+        dockerd.docker("plugin", "rm", "-f", name, check=False)
+        if plugin_id:
+            shutil.rmtree(Path("/run/docker/plugins") / plugin_id, ignore_errors=True)
+        client.close()
+        shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.mark.timeout(600)
+def test_managed_net_on_etcd_end_to_end(
+    dockerd: Dockerd,
+    net_plugin: tuple[str, Any],
+    etcd_for_plugin: EtcdServer,
+    busybox_image: str,
+) -> None:
+    name, client = net_plugin
+    settings = json.loads(dockerd.docker("plugin", "inspect", name).stdout)[0]["Settings"]
+    assert f"ETCD_ENDPOINTS={etcd_for_plugin.endpoint}" in settings["Env"]
+
+    findings = diagnose_installed(name, client, log_lines=0)
+    assert [f.level for f in findings] == ["info"], findings
+    assert findings[0].check == "etcd-answering", findings
+    assert etcd_for_plugin.endpoint in findings[0].message
+
+    net = f"n1-{uuid.uuid4().hex[:6]}"
+    dockerd.docker("network", "create", "-d", name, "--ipam-driver", name,
+                   "--subnet", SUBNET, "-o", "dockplug.network=n1", net)  # fmt: skip
+    box = f"dpt-net-{uuid.uuid4().hex[:6]}"
+    try:
+        dockerd.docker("run", "-d", "--name", box, "--network", net, busybox_image,
+                       "sleep", "300")  # fmt: skip
+        fmt = f'{{{{(index .NetworkSettings.Networks "{net}").IPAddress}}}}'
+        ip = dockerd.docker("inspect", "--format", fmt, box).stdout.strip()
+        assert ipaddress.ip_address(ip) in ipaddress.ip_network(SUBNET), ip
+        # the address is on the container's interface (the network driver made its veth)
+        shown = dockerd.docker("exec", box, "ip", "-4", "addr", "show", "eth0").stdout
+        assert f"inet {ip}/24" in shown, shown
+
+        keys = etcd_keys(etcd_for_plugin)
+        pool = "10.77.0.0_24"
+        assert any(k.endswith(f"/pools/{pool}") for k in keys), keys
+        assert any(k.endswith(f"/addrs/{pool}/{ip}") for k in keys), keys
+        assert f"{PREFIX}overlay/nets/n1" in keys, keys
+        assert f"{PREFIX}overlay/eps/n1/{ip}" in keys, keys
+        # dockerd gives a host-network plugin its own UTS namespace, a copy of the host's: the
+        # default --host-id is the host's name, so hosts of a cluster stay apart
+        assert f"{PREFIX}hosts/{socket.gethostname()}" in keys, keys
+    finally:
+        dockerd.docker("rm", "-f", box, check=False)
+    dockerd.docker("network", "rm", net)
+    keys = etcd_keys(etcd_for_plugin)
+    assert not [k for k in keys if "/pools/" in k or "/addrs/" in k or "/overlay/" in k], keys
+
+
+def test_doctor_names_an_etcd_that_stopped(
+    net_plugin: tuple[str, Any], etcd_for_plugin: EtcdServer
+) -> None:
+    """The seed's contiv case the other way round: the setting took effect, the etcd is gone."""
+    name, client = net_plugin
+    with etcd_for_plugin.paused():
+        findings = diagnose_installed(name, client, log_lines=0)
+    bad = [f for f in findings if f.check == "etcd-unreachable"]
+    assert len(bad) == 1 and etcd_for_plugin.endpoint in bad[0].message, findings
