@@ -132,7 +132,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         ))  # fmt: skip
         image = daemon.busybox_image()
         api = "/v" + daemon.docker("version", "--format", "{{.Server.APIVersion}}").stdout.strip()
-        yield Env(daemon, plugin, args, name, policy, audit, tcp, certs, api, image)
+        env = Env(daemon, plugin, args, name, policy, audit, tcp, certs, api, image)
+        yield env
+        plugin = env.plugin  # a test may have restarted it: stop the one running now
     finally:
         daemon.stop()
         if plugin.proc is not None and plugin.proc.poll() is None:
