@@ -23,12 +23,15 @@ from typing import Any
 
 import pytest
 
+from dockplug.client import PluginClient
+from dockplug.drivers.registry import builtin
 from dockplug.packaging import engine, verbs
 from dockplug.packaging.bundle import build
 from dockplug.packaging.doctor import diagnose_installed
 from dockplug.state.etcd_kv import EtcdKV
 from dockplug.testing.dockerd import Dockerd
 from dockplug.testing.etcd import EtcdServer, throwaway_etcd
+from dockplug.testing.servers import wait_until
 
 pytestmark = [pytest.mark.dockerd, pytest.mark.root, pytest.mark.etcd]
 
@@ -77,9 +80,15 @@ def net_plugin(
         verbs.create(name, result.path, client)
         plugin_id = client.plugins.get(name).id
         shutil.rmtree(out, ignore_errors=True)  # 200 MB, uploaded now
-        engine.set_options(
-            name, [f"state.source={state}", f"ETCD_ENDPOINTS={etcd_for_plugin.endpoint}"], client
-        )
+        # the isolated dockerd's socket is DIR/docker.sock: its folder on the engine mount; a
+        # short grace so the leak reclaimer reads the Engine API every second
+        sock = Path(dockerd.host.removeprefix("unix://"))
+        if sock.name != "docker.sock":
+            pytest.skip(f"the engine mount expects a docker.sock, this dockerd has {sock}")
+        args = " ".join([*builtin("net").managed.args, "--reclaim-after", "3s"])
+        pairs = [f"state.source={state}", f"engine.source={sock.parent}", f"args={args}",
+                 f"ETCD_ENDPOINTS={etcd_for_plugin.endpoint}"]  # fmt: skip
+        engine.set_options(name, pairs, client)
         enabled = verbs.enable(name, timeout=30, client=client)
         print(f"net bundle {result.size / 1e6:.0f} MB built in {result.seconds:.1f}s "
               f"(cold={result.cold}); enable-to-socket {enabled.seconds:.2f}s")  # fmt: skip
@@ -130,6 +139,15 @@ def test_managed_net_on_etcd_end_to_end(
         # the address is on the container's interface (the network driver made its veth)
         shown = dockerd.docker("exec", box, "ip", "-4", "addr", "show", "eth0").stdout
         assert f"inet {ip}/24" in shown, shown
+        # the leak reclaimer reads this host's Engine API through the engine mount
+        sock = engine.plugin_socket(client.plugins.get(name))
+
+        def synced() -> dict[str, Any]:
+            with PluginClient(f"unix://{sock}", timeout=10) as c:
+                result: dict[str, Any] = c.call("DockplugNet.Status").json["Result"]
+            return dict(result["this_host"].get("engine_sync") or {})
+
+        assert wait_until(lambda: synced().get("networks", 0) >= 1, 15), synced()
 
         keys = etcd_keys(etcd_for_plugin)
         pool = "10.77.0.0_24"

@@ -56,6 +56,18 @@ class StateMount:
 
 
 @dataclass(frozen=True)
+class HostMount:
+    """Another host folder bind-mounted into the managed plugin (source settable with
+    ``docker plugin set NAME NAME.source=DIR``); OPTIONS as in config.json."""
+
+    name: str
+    source: str
+    destination: str
+    description: str
+    options: tuple[str, ...] = ("rbind", "rw")
+
+
+@dataclass(frozen=True)
 class Managed:
     """How the driver ships as a managed (v2) plugin: the parts of its config.json that are
     the driver's own (``packaging.config.config_for_driver`` adds the rest)."""
@@ -78,6 +90,8 @@ class Managed:
     packages: dict[str, str] = field(default_factory=dict)
     #: config.json interface types (empty: a volume driver)
     types: tuple[str, ...] = ()
+    #: host folders besides the state folder
+    mounts: tuple[HostMount, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -430,8 +444,19 @@ NET = BuiltinDriver(
         socket="net.sock",
         args=(
             "serve", "net", "--socket", f"{PLUGIN_DIR}/net.sock", "--state-dir", "/mnt/state",
+            "--docker-host", "unix:///mnt/engine/docker.sock",
         ),
         state_mount=StateMount("/var/lib/dockplug/managed-net"),
+        # the leak reclaimer reads this host's Engine API: the folder of dockerd's socket (/run
+        # holds /run/docker.sock; a bind, not rbind, of /run leaves its submounts out; connect
+        # works on a read-only mount)
+        mounts=(
+            HostMount(
+                "engine", "/run", "/mnt/engine",
+                "host folder holding dockerd's API socket docker.sock (read for leaked addresses)",
+                ("bind", "ro"),
+            ),
+        ),
         network="host",
         types=("docker.ipamdriver/1.0", "docker.networkdriver/1.0"),
         # netlink (bridges, veths, VXLAN, FDB) and iptables in the host's network namespace

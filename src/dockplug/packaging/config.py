@@ -387,6 +387,18 @@ def config_for_driver(name: str) -> PluginConfig:
                 settable=["source"],
             )
         )
+    for extra in managed.mounts:
+        mounts.append(
+            Mount(
+                name=extra.name,
+                description=extra.description,
+                source=extra.source,
+                destination=extra.destination,
+                type="bind",
+                options=list(extra.options),
+                settable=["source"],
+            )
+        )
     if managed.runtime_devices:
         mounts.append(host_dev_mount(managed.runtime_devices))
     cfg = make_config(
