@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -29,6 +28,8 @@ from dockplug.packaging.config import (
     socket_problem,
 )
 from dockplug.packaging.dockerd_log import LOG_LINES, plugin_log_lines
+from dockplug.packaging.doctor_devices import MOUNT_DEVICES, check_devices
+from dockplug.packaging.doctor_etcd import check_etcd, plugin_path_on_host
 from dockplug.packaging.elf import (
     ELF_MACHINES,
     HOST_MACHINES,
@@ -37,31 +38,12 @@ from dockplug.packaging.elf import (
     read_dynamic,
     read_elf,
 )
+from dockplug.packaging.findings import Finding, _get
+
+#: re-exported: the doctor's checks as callers and tests know them
+__all__ = ["Finding", "check_devices", "check_etcd", "plugin_path_on_host"]
 from dockplug.packaging.libraries import loader_missing, missing_libraries
 from dockplug.packaging.rootpaths import DEFAULT_PATH, find_in_root, inside, resolve_in_root
-
-
-@dataclass(frozen=True)
-class Finding:
-    check: str  # a short id, e.g. "entrypoint-missing"
-    level: str  # "error", "warning" or "info"
-    message: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.level}: [{self.check}] {self.message}; fix: {self.fix}"
-
-
-def _get(data: Any, *keys: str) -> Any:
-    """Case-insensitive lookup, as dockerd decodes config.json."""
-    for key in keys:
-        if not isinstance(data, dict):
-            return None
-        data = next((v for k, v in data.items() if str(k).lower() == key.lower()), None)
-    return data
-
-
-# -- shared libraries ------------------------------------------------------------------------
 
 
 def check_libraries(
@@ -312,145 +294,6 @@ def check_entrypoint(rootfs: Path, config: Any) -> list[Finding]:
     return findings
 
 
-#: devices used only to mount (so the plugin needs CAP_SYS_ADMIN) and how a host gets them
-MOUNT_DEVICES = {"/dev/fuse": "modprobe fuse", "/dev/loop-control": "modprobe loop"}
-#: programs a plugin may run that need a device and capability: (capabilities, devices, why)
-PROGRAM_NEEDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
-    "sshfs": (("CAP_SYS_ADMIN",), ("/dev/fuse",), "a FUSE mount"),
-    "rclone": (("CAP_SYS_ADMIN",), ("/dev/fuse",), "FUSE mounts of its volumes"),
-    "fusermount": (("CAP_SYS_ADMIN",), ("/dev/fuse",), "a FUSE mount"),
-    "mount.fuse": (("CAP_SYS_ADMIN",), ("/dev/fuse",), "a FUSE mount"),
-    "s3fs": (("CAP_SYS_ADMIN",), ("/dev/fuse",), "a FUSE mount"),
-    "gcsfuse": (("CAP_SYS_ADMIN",), ("/dev/fuse",), "a FUSE mount"),
-    "goofys": (("CAP_SYS_ADMIN",), ("/dev/fuse",), "a FUSE mount"),
-    "losetup": (("CAP_SYS_ADMIN",), ("/dev/loop-control",), "loop devices"),
-    "iptables": (("CAP_NET_ADMIN", "CAP_NET_RAW"), (), "netfilter rules over netlink"),
-}
-
-
-def _needs(config: Any, argv: list[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """(capability -> why, device path -> why) the plugin needs, from what it runs: a
-    built-in dockplug driver (its registry entry), a program known to need devices, or a
-    declared mount device."""
-    from dockplug.drivers.registry import BUILTINS
-
-    caps: dict[str, str] = {}
-    devices: dict[str, str] = {}
-    words = [str(w) for w in [*(_get(config, "entrypoint") or []), *argv]]
-    if len(argv) >= 2 and argv[0] == "serve" and argv[1] in BUILTINS:
-        managed = BUILTINS[argv[1]].managed
-        why = f"the dockplug {argv[1]} driver"
-        for cap in managed.capabilities:
-            caps.setdefault(cap, why)
-        for dev in managed.devices:
-            devices.setdefault(dev, why)
-    for program, (need_caps, need_devices, what) in PROGRAM_NEEDS.items():
-        if any(program in Path(w).name for w in words):
-            for dev in need_devices:
-                devices.setdefault(dev, f"{program} ({what})")
-            for cap in need_caps:
-                caps.setdefault(cap, f"{program} ({what})")
-    for d in _get(config, "linux", "devices") or []:
-        path = _get(d, "path")
-        if path in MOUNT_DEVICES:
-            caps.setdefault("CAP_SYS_ADMIN", f"mounting with {path}")
-    return caps, devices
-
-
-def check_devices(
-    config: Any,
-    args: Any = None,
-    settings_devices: Any = None,
-    host_level: str | None = "warning",
-) -> list[Finding]:
-    """Devices and capabilities: what the plugin needs against linux.devices and
-    linux.capabilities, and each device present on this host (HOST_LEVEL: how bad its absence
-    is; an error for a plugin installed here, a warning for a bundle that may go elsewhere,
-    None for a plugin on another host)."""
-    linux = _get(config, "linux") or {}
-    declared = [_get(d, "path") for d in (_get(linux, "devices") or [])]
-    argv = args if args is not None else _get(config, "args", "value")
-    need_caps, need_devs = _needs(config, [str(a) for a in argv or []])
-    findings: list[Finding] = []
-    for dev, why in need_devs.items():
-        if dev in declared or _gives_host_dev(config):
-            continue
-        name = Path(dev).name
-        findings.append(
-            Finding(
-                "fuse-device" if dev == "/dev/fuse" else "device-missing",
-                "error",
-                f"{why} needs the device {dev}, which linux.devices does not declare",
-                f'add {{"name": "{name}", "path": "{dev}"}} to linux.devices'
-                + (" and CAP_SYS_ADMIN to linux.capabilities" if dev == "/dev/fuse" else ""),
-            )
-        )
-    have_caps = {str(c).upper() for c in _get(linux, "capabilities") or []}
-    for cap, why in need_caps.items():
-        if cap not in have_caps:
-            findings.append(
-                Finding(
-                    "capability-missing",
-                    "error",
-                    f"{why} needs {cap}, which linux.capabilities lacks (the mount fails with "
-                    "'operation not permitted')",
-                    f'add "{cap}" to linux.capabilities',
-                )
-            )
-    paths = [_get(d, "path") for d in settings_devices] if settings_devices else declared
-    for path in paths:
-        if host_level and isinstance(path, str) and path and not os.path.exists(path):
-            load = MOUNT_DEVICES.get(path)
-            findings.append(
-                Finding(
-                    "host-device-missing",
-                    host_level,
-                    f"this host has no {path}, which the plugin's linux.devices asks for "
-                    "(enable fails with 'no such file or directory')",
-                    (f"{load} on the host, or " if load else "")
-                    + "enable it on a host that has the device",
-                )
-            )
-    return findings + check_runtime_devices(config, [str(a) for a in argv or []])
-
-
-def _gives_host_dev(config: Any) -> bool:
-    """Whether every host device node, made before or after enable, reaches the plugin: the
-    host's /dev bind-mounted on /dev (runc then makes no /dev of its own) and allowAllDevices
-    (the device cgroup lets any node through). allowAllDevices alone makes no node."""
-    binds_dev = any(
-        _get(m, "destination") == "/dev" and _get(m, "source") == "/dev"
-        for m in _get(config, "mounts") or []
-    )
-    return binds_dev and bool(_get(config, "linux", "allowAllDevices"))
-
-
-def check_runtime_devices(config: Any, argv: list[str]) -> list[Finding]:
-    """Device nodes a built-in driver opens that the kernel makes while it runs (a /dev/loopN
-    per size-limited volume): dockerd copies linux.devices into the plugin once, at enable, so
-    only the host's /dev and allowAllDevices give them (-o size= failed with 'failed to setup
-    loop device' on a bundle with /dev/loop-control alone)."""
-    from dockplug.drivers.registry import BUILTINS
-
-    if not (len(argv) >= 2 and argv[0] == "serve" and argv[1] in BUILTINS):
-        return []
-    nodes = BUILTINS[argv[1]].managed.runtime_devices
-    if not nodes or _gives_host_dev(config):
-        return []
-    return [
-        Finding(
-            "runtime-devices",
-            "error",
-            f"the dockplug {argv[1]} driver opens {', '.join(nodes)}, device nodes the kernel "
-            "makes after enable, but the plugin gets only the devices linux.devices lists at "
-            "enable (losetup fails with 'failed to setup loop device')",
-            'set linux.allowAllDevices to true and add {"source": "/dev", "destination": '
-            '"/dev", "type": "bind", "options": ["rbind", "rslave"]} to mounts (dockplug build '
-            "does both)",
-        )
-    ]
-
-
 # -- a plugin in any language -----------------------------------------------------------------
 
 #: what an ELF program may hold that says it needs a device or capability: (DT_NEEDED prefixes,
@@ -649,184 +492,8 @@ def check_config_schema(config: Any) -> list[Finding]:
 
 # -- the cluster store (etcd) ---------------------------------------------------------------
 
+
 #: the settable Env of an etcd setting -> its ``dockplug serve`` flag (registry ``env=``)
-ETCD_SETTINGS = {
-    "ETCD_ENDPOINTS": "--etcd",
-    "ETCD_CA": "--etcd-ca",
-    "ETCD_CERT": "--etcd-cert",
-    "ETCD_KEY": "--etcd-key",
-}
-ETCD_PROBE_TIMEOUT = 2.0  # seconds each endpoint gets to answer the doctor
-
-
-def _effective(env: Any, args: list[str], variable: str, flag: str) -> str:
-    """The value the plugin's process gets for VARIABLE / FLAG: a flag in its args wins over
-    the environment (click reads envvars only for flags not given)."""
-    value = ""
-    for item in env or []:
-        text = str(item)
-        if text.startswith(f"{variable}="):
-            value = text.partition("=")[2]
-    for i, word in enumerate(args):
-        if word == flag and i + 1 < len(args):
-            value = args[i + 1]
-        elif word.startswith(f"{flag}="):
-            value = word.partition("=")[2]
-    return value.strip()
-
-
-def plugin_path_on_host(path: str, mounts: Any, rootfs: Path | None) -> Path | None:
-    """Where the file PATH inside the plugin is on the host: under the bind mount with the
-    longest destination holding it, else in the rootfs (None: neither is known)."""
-    pure = PurePosixPath(path)
-    best: tuple[int, Path] | None = None
-    for m in mounts or []:
-        dest, source = _get(m, "destination"), _get(m, "source")
-        if not isinstance(dest, str) or not isinstance(source, str) or not source:
-            continue
-        d = PurePosixPath(dest)
-        if pure == d or d in pure.parents:
-            depth = len(d.parts)
-            if best is None or depth > best[0]:
-                best = (depth, Path(source) / pure.relative_to(d))
-    if best is not None:
-        return best[1]
-    return rootfs / pure.relative_to("/") if rootfs is not None else None
-
-
-def _run(coro: Any) -> Any:
-    """asyncio.run, in a thread of its own when this thread already runs an event loop."""
-    import asyncio
-    import concurrent.futures
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
-async def _probe(url: str, tls: dict[str, Path], timeout: float) -> Any:
-    from dockplug.state.etcd_kv import EtcdKV
-
-    kv = EtcdKV(url, timeout=timeout, ca=tls.get("ca"), cert=tls.get("cert"), key=tls.get("key"))
-    try:
-        return await kv.health(timeout=timeout)
-    finally:
-        await kv.close()
-
-
-def check_etcd(
-    name: str,
-    config: Any,
-    settings: Any,
-    rootfs: Path | None = None,
-    probe: bool = True,
-    timeout: float = ETCD_PROBE_TIMEOUT,
-) -> list[Finding]:
-    """The etcd a plugin is set to use (its ETCD_ENDPOINTS Env or --etcd in its args, as set in
-    SETTINGS) answers: probed from this host with dockplug's etcd client, which is the plugin's
-    view when it has the host's network. A setting that silently did not take effect (a plugin
-    back on SQLite) is the failure this names; PROBE False checks the settings only."""
-    from dockplug.errors import ConfigError
-    from dockplug.state.etcd_kv import parse_endpoints
-
-    declared = {_get(e, "name") for e in _get(config, "env") or []}
-    args = [str(a) for a in (settings.get("Args") or _get(config, "args", "value") or [])]
-    env = settings.get("Env") or [
-        f"{_get(e, 'name')}={_get(e, 'value') or ''}" for e in _get(config, "env") or []
-    ]
-    if "ETCD_ENDPOINTS" not in declared and not any(
-        a == "--etcd" or a.startswith("--etcd=") for a in args
-    ):
-        return []
-    value = {var: _effective(env, args, var, flag) for var, flag in ETCD_SETTINGS.items()}
-    endpoints = value["ETCD_ENDPOINTS"]
-    if not endpoints:
-        return [
-            Finding(
-                "etcd-unset",
-                "warning",
-                f"{name} has no etcd endpoints (ETCD_ENDPOINTS is empty and its args have no "
-                "--etcd): it keeps its state in SQLite, for this host only",
-                f"docker plugin disable {name}; docker plugin set {name} "
-                f"ETCD_ENDPOINTS=http://HOST:2379[,...]; docker plugin enable {name}",
-            )
-        ]
-    try:
-        urls = [url for url, _ in parse_endpoints(endpoints)]
-    except ConfigError as exc:
-        return [
-            Finding(
-                "etcd-endpoint-malformed",
-                "error",
-                f"{name}'s ETCD_ENDPOINTS={endpoints!r} does not parse ({exc}); the plugin "
-                "will not start",
-                f"docker plugin set {name} ETCD_ENDPOINTS=http(s)://HOST:PORT[,...]",
-            )
-        ]
-    findings: list[Finding] = []
-    tls: dict[str, Path] = {}
-    mounts = settings.get("Mounts") or _get(config, "mounts")
-    for var, keyword in (("ETCD_CA", "ca"), ("ETCD_CERT", "cert"), ("ETCD_KEY", "key")):
-        path = value[var]
-        if not path:
-            continue
-        host = plugin_path_on_host(path, mounts, rootfs) if path.startswith("/") else None
-        if host is None and path.startswith("/"):
-            continue  # neither a mount nor a readable rootfs holds it: nothing to look at
-        if host is None or not host.is_file():
-            where = f" (on the host: {host})" if host is not None else ""
-            findings.append(
-                Finding(
-                    "etcd-tls-missing",
-                    "error",
-                    f"{name}'s {var}={path} is not a file inside the plugin{where}; the plugin "
-                    "cannot reach etcd over TLS without it",
-                    f"bind-mount the folder holding it into the plugin (a mount in config.json, "
-                    f"source settable with docker plugin set {name} MOUNT.source=DIR) or set "
-                    f"{var} to an absolute path inside one of its mounts",
-                )
-            )
-        else:
-            tls[keyword] = host
-    if not probe or any(f.check == "etcd-tls-missing" for f in findings):
-        return findings
-    if not urls[0].startswith("https://"):
-        tls = {}
-    for url in urls:
-        try:
-            health = _run(_probe(url, tls, timeout))
-        except ConfigError as exc:
-            findings.append(
-                Finding("etcd-tls", "error", f"{name}'s etcd {url}: {exc}", "fix the TLS files")
-            )
-            continue
-        if health.ok:
-            findings.append(
-                Finding(
-                    "etcd-answering",
-                    "info",
-                    f"{name}'s etcd {url} answers (revision {health.revision}, "
-                    f"{health.latency * 1000:.0f} ms, probed from this host)",
-                    "nothing to do",
-                )
-            )
-        else:
-            findings.append(
-                Finding(
-                    "etcd-unreachable",
-                    "error",
-                    f"{name}'s etcd {url} does not answer from this host within {timeout:g} s: "
-                    f"{health.error}",
-                    f"start etcd there, or docker plugin set {name} ETCD_ENDPOINTS=... to "
-                    "the endpoints it listens on (the plugin has the host's network)",
-                )
-            )
-    return findings
-
-
 def diagnose_bundle(bundle: Path) -> list[Finding]:
     """Everything wrong with the bundle folder BUNDLE (empty list: nothing found)."""
     findings: list[Finding] = []
