@@ -10,6 +10,7 @@ maintenance lock lets shutdown wait for work still running before it closes the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -64,3 +65,13 @@ class Lifecycle:
         with self._maintenance:
             self._closed = True
         release()
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel a driver's background tasks and wait until each has finished unwinding, so that
+    what they use (a store, a watch) can be closed after them."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

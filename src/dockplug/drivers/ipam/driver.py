@@ -38,6 +38,7 @@ from dockplug.drivers.ipam.pools import (
 )
 from dockplug.drivers.ipam.reclaim import Collector, HostHeartbeat, collect_gone_hosts
 from dockplug.drivers.ipam.records import PREFIX, Keys
+from dockplug.drivers.lifecycle import stop_tasks
 from dockplug.drivers.options import Option, OptionSet, parse_bool
 from dockplug.errors import ConfigError, InvalidOption, PluginError
 from dockplug.observe import log_event
@@ -409,11 +410,7 @@ class NetDriver(IpamDriver):
                 self.log(f"queued releases: {type(exc).__name__}: {exc}")
 
     async def shutdown(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._tasks)
         if self.collector is not None:
             await self.collector.stop()
         if self.heartbeat is not None:

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from dockplug.drivers.lifecycle import stop_tasks
 from dockplug.drivers.network import firewall, links
 from dockplug.drivers.network.cluster import Cluster
 from dockplug.drivers.network.options import (
@@ -493,11 +494,7 @@ class Bridges:
                     self.log(f"cluster network {name}: ad of {ip} published again")
 
     async def shutdown(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._tasks)
         if self.cluster is not None:
             await self.cluster.stop()
 
