@@ -160,8 +160,7 @@ class JournalRemote:
              "--split-mode=none"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        listening = _bound_udp if self.udp else _listening
-        if not wait_until(lambda: listening(self.port) or proc.poll() is not None,
+        if not wait_until(lambda: _listening(self.port) or proc.poll() is not None,
                           timeout, 0.05) or proc.poll() is not None:  # fmt: skip
             raise RuntimeError(f"journal-remote did not listen: {self.log()}")
         return self
