@@ -117,3 +117,13 @@ def test_the_audit_log_is_written_to_the_host_state_folder(managed: Managed) -> 
 
     assert wait_until(lambda: bool(privileged_denials()), 10), "no denial in the audit log"
     assert privileged_denials()[-1]["policies"] == ["no-privileged"]
+
+
+def test_dockerd_also_takes_the_name_without_its_tag(managed: Managed) -> None:
+    """dockerd resolves ``--authorization-plugin=REPO/NAME`` as a reference (``:latest``
+    added) and names the plugin with its tag in the denial. Runs last: it restarts dockerd."""
+    untagged = managed.name.removesuffix(":latest")
+    managed.dockerd.restart(extra_args=(f"--authorization-plugin={untagged}",))
+    res = managed.dockerd.docker("run", "--rm", "--privileged", managed.image, "true", check=False)
+    assert f"{DENIED} {managed.name}: " in res.stderr, res.stderr
+    assert managed.dockerd.docker("ps").returncode == 0

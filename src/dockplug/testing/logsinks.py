@@ -46,13 +46,22 @@ def _listening(port: int) -> bool:
     return False
 
 
+def _bound_udp(port: int) -> bool:
+    """A UDP socket bound to PORT on 127.0.0.1 (nothing to connect to: /proc/net/udp shows it)."""
+    with contextlib.suppress(OSError):
+        return f"0100007F:{port:04X}" in Path("/proc/net/udp").read_text()
+    return False
+
+
 class Rsyslog:
     """rsyslogd in the foreground with its own config; every message received is one line of
     ``messages`` as ``APP-NAME MSGID [SD] MSG`` (a line holding newlines spans several)."""
 
     def __init__(self, root: Path | None = None, certs: Certificates | None = None,
-                 max_message: str = "256k") -> None:  # fmt: skip
+                 max_message: str = "256k", udp: bool = False) -> None:  # fmt: skip
         self.root = root or Path(tempfile.mkdtemp(prefix="dp-rsyslog-"))
+        #: listen on UDP (imudp, one datagram per message) instead of TCP
+        self.udp = udp
         self.port = free_port()
         self.certs = certs
         self.max_message = max_message
@@ -61,7 +70,8 @@ class Rsyslog:
 
     @property
     def url(self) -> str:
-        return f"syslog+{'tls' if self.certs else 'tcp'}://127.0.0.1:{self.port}"
+        scheme = "udp" if self.udp else "tls" if self.certs else "tcp"
+        return f"syslog+{scheme}://127.0.0.1:{self.port}"
 
     def _config(self) -> str:
         tls_global, tls_module = "", ""
@@ -78,9 +88,14 @@ class Rsyslog:
         return (
             f'global(maxMessageSize="{self.max_message}" workDirectory="{self.root}")\n'
             + tls_global
-            + f'module(load="imtcp" MaxSessions="200"{tls_module})\n'
-            f'input(type="imtcp" address="127.0.0.1" port="{self.port}")\n'
-            'template(name="line" type="string" '
+            + (
+                'module(load="imudp")\n'
+                f'input(type="imudp" address="127.0.0.1" port="{self.port}")\n'
+                if self.udp
+                else f'module(load="imtcp" MaxSessions="200"{tls_module})\n'
+                f'input(type="imtcp" address="127.0.0.1" port="{self.port}")\n'
+            )
+            + 'template(name="line" type="string" '
             'string="%app-name% %msgid% %structured-data% %msg%\\n")\n'
             f'action(type="omfile" file="{self.messages}" template="line")\n'
         )
@@ -93,7 +108,8 @@ class Rsyslog:
             [RSYSLOGD, "-n", "-f", str(conf), "-i", str(self.root / "rsyslogd.pid")],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        if not wait_until(lambda: _listening(self.port) or proc.poll() is not None,
+        listening = _bound_udp if self.udp else _listening
+        if not wait_until(lambda: listening(self.port) or proc.poll() is not None,
                           timeout, 0.05) or proc.poll() is not None:  # fmt: skip
             raise RuntimeError(f"rsyslogd did not listen on {self.port}: {self.log()}")
         return self
