@@ -118,7 +118,11 @@ def test_200k_lines_reach_docker_logs_and_the_sink(
     out = dockerd.docker("logs", name).stdout.splitlines()
     assert out == want, f"{len(out)} lines back; first differing: {_first_diff(out, want)}"
     assert wait_until(lambda: len(_syslog(rsyslog, name)) >= LINES, 60, 0.2)
-    assert _syslog(rsyslog, name) == want
+    # forwarding is at least once: a batch whose send timed out is sent again, so under load
+    # a batch may arrive twice; every line must arrive, and no more than a few batches again
+    got = _syslog(rsyslog, name)
+    assert sorted(set(got), key=int) == want, f"{len(set(got))} distinct lines of {LINES}"
+    assert len(got) - len(set(got)) <= 5_000, f"{len(got) - len(set(got))} lines sent again"
     assert wrote < 60, f"200,000 lines took {wrote:.1f}s to write"
 
 

@@ -305,6 +305,9 @@ class PluginServer:
             log.flush()
             for sig in signals:
                 loop.remove_signal_handler(sig)
+                # a second stop signal while the process exits (systemd, dockerd and tests
+                # may repeat it) must not turn a clean exit 0 into death by signal
+                signal.signal(sig, lambda *_: None)
 
     def _side_listener(self, bound: Bound) -> SideListener:
         from dockplug.observe.prometheus import CONTENT_TYPE_LATEST, PrometheusMetrics
