@@ -213,14 +213,14 @@ def test_size_cap_and_age_clean_up(
         _start(plugin, path, cid, {"max-size": "50k", "max-file": "100", "compress": "false"})
         for _ in range(8):
             _write(fd, _entries(400))
-        assert wait_until(lambda c=cid: driver.containers[c].entries == 3200, 10)
+        assert wait_until(lambda c=cid: driver.containers[c].entries == 3200, 30)
         plugin.client().call("LogDriver.StopLogging", {"File": path})
         os.close(fd)
         os.unlink(path)
-    assert wait_until(lambda: not any(c.running for c in driver.containers.values()), 10)
+    assert wait_until(lambda: not any(c.running for c in driver.containers.values()), 30)
     # 2 x 114 KB written; the janitor (each second at first, then every 5 s) cuts to the cap
     assert wait_until(
-        lambda: sum(c.log.disk_usage() for c in driver.containers.values()) <= 150 * 1024, 10
+        lambda: sum(c.log.disk_usage() for c in driver.containers.values()) <= 150 * 1024, 30
     )
     first = driver.containers[cids[0]].log
     assert len(first.segments) < len(driver.containers[cids[1]].log.segments)  # oldest first
