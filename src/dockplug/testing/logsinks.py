@@ -53,6 +53,17 @@ def _bound_udp(port: int) -> bool:
     return False
 
 
+def _terminate(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM (the sink writes out what it received), SIGKILL after 15 s."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Rsyslog:
     """rsyslogd in the foreground with its own config; every message received is one line of
     ``messages`` as ``APP-NAME MSGID [SD] MSG`` (a line holding newlines spans several)."""
@@ -120,13 +131,7 @@ class Rsyslog:
 
     def stop(self) -> None:
         """SIGTERM: rsyslogd writes out what it received and closes its connections."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _terminate(self.proc)
         self.proc = None
 
     def lines(self) -> list[str]:
@@ -184,13 +189,7 @@ class JournalRemote:
         return [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _terminate(self.proc)
         self.proc = None
 
     def close(self) -> None:
