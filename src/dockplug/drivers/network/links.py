@@ -107,6 +107,24 @@ def owned() -> list[Link]:
         return [link for link in map(_link, ipr.link("dump")) if link.ours]
 
 
+def _add_or_adopt(
+    ipr: IPRoute, name: str, network_id: str, role: str, what: str, shown: str, **kw: Any
+) -> None:
+    """Make link NAME, or adopt the one a restarted plugin left (EEXIST) if its alias says it
+    is this network's ROLE; a link of that name that is anything else is refused."""
+    try:
+        ipr.link("add", ifname=name, **kw)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise _fail(what, exc) from exc
+        current = _link(ipr.link("get", ifname=name)[0])
+        if current.alias != alias(network_id, role):
+            raise LinkError(
+                f"a link named {name} exists and is not this network's {shown} "
+                f"(alias {current.alias!r}); fix: remove it (ip link del {name})"
+            ) from None
+
+
 def _index(ipr: IPRoute, name: str) -> int:
     found = ipr.link_lookup(ifname=name)
     if not found:
@@ -118,17 +136,7 @@ def ensure_bridge(name: str, network_id: str, gateway: str | None, mtu: int) -> 
     """The network's bridge, up, with the gateway address (CIDR) on it; adopts an existing one
     of ours (a restart), refuses a foreign link of that name."""
     with _ipr() as ipr:
-        try:
-            ipr.link("add", ifname=name, kind="bridge")
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise _fail(f"bridge {name}", exc) from exc
-            current = _link(ipr.link("get", ifname=name)[0])
-            if current.alias != alias(network_id, "bridge"):
-                raise LinkError(
-                    f"a link named {name} exists and is not this network's bridge "
-                    f"(alias {current.alias!r}); fix: remove it (ip link del {name})"
-                ) from None
+        _add_or_adopt(ipr, name, network_id, "bridge", f"bridge {name}", "bridge", kind="bridge")
         index = _index(ipr, name)
         ipr.link("set", index=index, ifalias=alias(network_id, "bridge"), mtu=mtu)
         if gateway:
@@ -159,17 +167,10 @@ def ensure_vxlan(
         }
         if dev is not None:
             args["vxlan_link"] = dev
-        try:
-            ipr.link("add", ifname=name, kind="vxlan", **args)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise _fail(f"vxlan {name} (VNI {vni})", exc) from exc
-            current = _link(ipr.link("get", ifname=name)[0])
-            if current.alias != alias(network_id, "vxlan"):
-                raise LinkError(
-                    f"a link named {name} exists and is not this network's VXLAN device "
-                    f"(alias {current.alias!r}); fix: remove it (ip link del {name})"
-                ) from None
+        _add_or_adopt(
+            ipr, name, network_id, "vxlan", f"vxlan {name} (VNI {vni})", "VXLAN device",
+            kind="vxlan", **args,
+        )  # fmt: skip
         index = _index(ipr, name)
         ipr.link("set", index=index, ifalias=alias(network_id, "vxlan"), mtu=mtu)
         ipr.link("set", index=index, master=_index(ipr, bridge), state="up")
