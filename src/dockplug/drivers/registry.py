@@ -111,6 +111,38 @@ class BuiltinDriver:
         return cls
 
 
+def _state_dir(driver: str, holds: str) -> ServeSetting:
+    """``--state-dir``, under /var/lib/dockplug/DRIVER by default: where HOLDS live."""
+    return ServeSetting(
+        "state_dir", f"Where {holds} live.", Path, Path(f"/var/lib/dockplug/{driver}")
+    )
+
+
+def _base_dir(driver: str, what: str) -> ServeSetting:
+    """A volume driver's ``--base-dir``, /var/lib/dockplug/DRIVER/volumes by default."""
+    return ServeSetting("base_dir", what, Path, Path(f"/var/lib/dockplug/{driver}/volumes"))
+
+
+def _docker_host(why: str) -> ServeSetting:
+    """``--docker-host``: the Engine API a driver reads in the background (never while
+    answering dockerd), for WHY."""
+    return ServeSetting("docker_host", f"Engine API {why} [default: DOCKER_HOST].", metavar="URL")
+
+
+def _managed_args(driver: str, *more: str) -> tuple[str, ...]:
+    """``dockplug serve DRIVER`` inside the managed plugin, on the socket dockerd looks for."""
+    return ("serve", driver, "--socket", f"{PLUGIN_DIR}/{driver}.sock", *more)
+
+
+def _state_mount(driver: str, description: str | None = None) -> StateMount:
+    """The managed plugin's state folder on the host, never shared with the driver run
+    directly on the host (/var/lib/dockplug/DRIVER)."""
+    source = f"/var/lib/dockplug/managed-{driver}"
+    return (
+        StateMount(source) if description is None else StateMount(source, description=description)
+    )
+
+
 LOCAL = BuiltinDriver(
     name="local",
     cls="dockplug.drivers.volume.local.driver:LocalDriver",
@@ -120,18 +152,8 @@ LOCAL = BuiltinDriver(
         "Options users may give with -o: mountpoint, uid, gid, mode, size (-o help lists them)."
     ),
     settings=(
-        ServeSetting(
-            "base_dir",
-            "Where volume folders are created.",
-            Path,
-            Path("/var/lib/dockplug/local/volumes"),
-        ),
-        ServeSetting(
-            "state_dir",
-            "Where the state database and size-limit images live.",
-            Path,
-            Path("/var/lib/dockplug/local"),
-        ),
+        _base_dir("local", "Where volume folders are created."),
+        _state_dir("local", "the state database and size-limit images"),
         ServeSetting("allowed_root", "Only accept -o mountpoint=PATH inside this folder.", Path),
         ServeSetting("keep_data", "Remove forgets volumes but keeps their folders.", bool, False),
         ServeSetting(
@@ -148,7 +170,7 @@ LOCAL = BuiltinDriver(
             0.0,
             metavar="SECONDS",
         ),
-        ServeSetting("docker_host", "Engine API for gc [default: DOCKER_HOST].", metavar="URL"),
+        _docker_host("for gc"),
     ),
     # Inside the plugin, volumes live under the propagated mount (so dockerd sees them on the
     # host) and state on a bind-mounted host folder of its own, never shared with a local
@@ -156,12 +178,9 @@ LOCAL = BuiltinDriver(
     managed=Managed(
         description="dockplug local volumes: persistent, crash-safe, size limits",
         socket="local.sock",
-        args=(
-            "serve", "local", "--socket", f"{PLUGIN_DIR}/local.sock",
-            "--base-dir", "/mnt/volumes", "--state-dir", "/mnt/state",
-        ),
+        args=_managed_args("local", "--base-dir", "/mnt/volumes", "--state-dir", "/mnt/state"),
         propagated_mount="/mnt/volumes",
-        state_mount=StateMount("/var/lib/dockplug/managed-local"),
+        state_mount=_state_mount("local"),
         capabilities=("CAP_SYS_ADMIN",),  # loop mounts for size limits
         devices=("/dev/loop-control",),
         runtime_devices=("/dev/loopN",),  # one per size-limited volume (-o size=)
@@ -183,18 +202,8 @@ SSHFS = BuiltinDriver(
         "Options in docker volume inspect; prefer -o secret=NAME."
     ),
     settings=(
-        ServeSetting(
-            "base_dir",
-            "Where each volume's mountpoint is made.",
-            Path,
-            Path("/var/lib/dockplug/sshfs/volumes"),
-        ),
-        ServeSetting(
-            "state_dir",
-            "Where the state database, the secrets store and ssh configs live.",
-            Path,
-            Path("/var/lib/dockplug/sshfs"),
-        ),
+        _base_dir("sshfs", "Where each volume's mountpoint is made."),
+        _state_dir("sshfs", "the state database, the secrets store and ssh configs"),
         ServeSetting(
             "allow_inline_secrets",
             "Accept -o password=... (kept only in the secrets store; dockerd still shows it "
@@ -218,14 +227,10 @@ SSHFS = BuiltinDriver(
     managed=Managed(
         description="dockplug sshfs volumes: remote folders over SSH, secrets kept secret",
         socket="sshfs.sock",
-        args=(
-            "serve", "sshfs", "--socket", f"{PLUGIN_DIR}/sshfs.sock",
-            "--base-dir", "/mnt/volumes", "--state-dir", "/mnt/state",
-        ),
+        args=_managed_args("sshfs", "--base-dir", "/mnt/volumes", "--state-dir", "/mnt/state"),
         propagated_mount="/mnt/volumes",
-        state_mount=StateMount(
-            "/var/lib/dockplug/managed-sshfs",
-            description="host folder for the state database, secrets store and ssh configs",
+        state_mount=_state_mount(
+            "sshfs", "host folder for the state database, secrets store and ssh configs"
         ),
         capabilities=("CAP_SYS_ADMIN",),
         devices=("/dev/fuse",),
@@ -264,13 +269,11 @@ AUTHZ = BuiltinDriver(
     managed=Managed(
         description="dockplug authz: Cedar policies for the Engine API, fail-closed",
         socket="authz.sock",
-        args=(
-            "serve", "authz", "--socket", f"{PLUGIN_DIR}/authz.sock",
-            "--policy", "/mnt/state/policy", "--audit-log", "/mnt/state/audit.log",
+        args=_managed_args(
+            "authz", "--policy", "/mnt/state/policy", "--audit-log", "/mnt/state/audit.log"
         ),
-        state_mount=StateMount(
-            "/var/lib/dockplug/managed-authz",
-            description="host folder holding policy/ (the Cedar policy) and audit.log",
+        state_mount=_state_mount(
+            "authz", "host folder holding policy/ (the Cedar policy) and audit.log"
         ),
         types=("docker.authz/1.0",),
     ),
@@ -290,12 +293,7 @@ LOGS = BuiltinDriver(
         "elasticsearch+http://H:P/INDEX. --log-opt help lists the per-container options."
     ),
     settings=(
-        ServeSetting(
-            "state_dir",
-            "Where the segments and the state database live.",
-            Path,
-            Path("/var/lib/dockplug/logs"),
-        ),
+        _state_dir("logs", "the segments and the state database"),
         ServeSetting(
             "forward",
             "A sink every container's logs go to (repeatable).",
@@ -343,13 +341,8 @@ LOGS = BuiltinDriver(
     managed=Managed(
         description="dockplug logs: local store first, forwarding that never blocks a container",
         socket="logs.sock",
-        args=(
-            "serve", "logs", "--socket", f"{PLUGIN_DIR}/logs.sock", "--state-dir", "/mnt/state",
-        ),
-        state_mount=StateMount(
-            "/var/lib/dockplug/managed-logs",
-            description="host folder for the log segments and the state database",
-        ),
+        args=_managed_args("logs", "--state-dir", "/mnt/state"),
+        state_mount=_state_mount("logs", "host folder for the log segments and the state database"),
         network="host",
         types=("docker.logdriver/1.0",),
     ),
@@ -373,12 +366,7 @@ NET = BuiltinDriver(
         "network across hosts. -o help lists the options."
     ),
     settings=(
-        ServeSetting(
-            "state_dir",
-            "Where the SQLite store and the queue of releases made while etcd was away live.",
-            Path,
-            Path("/var/lib/dockplug/net"),
-        ),
+        _state_dir("net", "the SQLite store and the queue of releases made while etcd was away"),
         ServeSetting(
             "etcd",
             "The cluster store: etcd v3 endpoints http(s)://HOST:PORT[,...] [default: SQLite].",
@@ -424,12 +412,7 @@ NET = BuiltinDriver(
             metavar="SECONDS",
             minimum=1,
         ),
-        ServeSetting(
-            "docker_host",
-            "This host's Engine API, read in the background to learn which addresses "
-            "containers hold [default: DOCKER_HOST].",
-            metavar="URL",
-        ),
+        _docker_host("of this host, read to learn which addresses containers hold"),
         ServeSetting(
             "key_prefix",
             "Prefix of every key in the store (several clusters on one etcd).",
@@ -442,11 +425,10 @@ NET = BuiltinDriver(
     managed=Managed(
         description="dockplug-net: cluster IPAM and networks across hosts (bridge, VXLAN)",
         socket="net.sock",
-        args=(
-            "serve", "net", "--socket", f"{PLUGIN_DIR}/net.sock", "--state-dir", "/mnt/state",
-            "--docker-host", "unix:///mnt/engine/docker.sock",
+        args=_managed_args(
+            "net", "--state-dir", "/mnt/state", "--docker-host", "unix:///mnt/engine/docker.sock"
         ),
-        state_mount=StateMount("/var/lib/dockplug/managed-net"),
+        state_mount=_state_mount("net"),
         # the leak reclaimer reads this host's Engine API: the folder of dockerd's socket (/run
         # holds /run/docker.sock; a bind, not rbind, of /run leaves its submounts out; connect
         # works on a read-only mount)
