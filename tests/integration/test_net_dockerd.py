@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from dockplug.conformance import Report
 from dockplug.drivers.ipam.driver import NetDriver
+from dockplug.drivers.net import NetDriver as IpamAndNetwork
 from dockplug.facts import default_socket
 from dockplug.testing.dockerd import Dockerd
 from dockplug.testing.servers import ThreadedPlugin, wait_until
@@ -67,3 +69,37 @@ def test_a_bridge_network_on_sqlite_gets_unique_addresses_and_releases_them(
         dockerd.docker("rm", "-f", *names, check=False)
     dockerd.docker("network", "rm", net)  # gateway, aux, ReleasePool: the pool is gone
     assert status(plugin)["pools"] == []
+
+
+@pytest.mark.root
+def test_the_plugin_dockerd_uses_passes_dockplug_check_as_network_and_ipam(
+    dockerd: Dockerd,
+    busybox_image: str,
+    plugin_name: str,
+    short_tmp: Path,
+    serve_plugin: Callable[..., ThreadedPlugin],
+    conformance: Callable[..., Report],
+) -> None:
+    """One process, both protocols: a container on a dockplug-net bridge network (both
+    drivers) while the harness plays dockerd against the same socket, on this engine."""
+    driver = IpamAndNetwork(
+        state_dir=short_tmp / "state", host_id="solo", docker_host=dockerd.host,
+        key_prefix=f"/t{uuid.uuid4().hex[:6]}",
+    )  # fmt: skip
+    plugin = serve_plugin(driver, name=plugin_name, socket=default_socket(plugin_name))
+    net, box = f"{plugin_name}-own", f"{plugin_name}-box"
+    dockerd.docker("network", "create", "-d", plugin_name, "--ipam-driver", plugin_name,
+                   "--subnet", "10.74.0.0/24", net)  # fmt: skip
+    try:
+        dockerd.docker("run", "-d", "--name", box, "--network", net, busybox_image,
+                       "sleep", "300")  # fmt: skip
+        route = dockerd.docker("exec", box, "ip", "route", "show", "default").stdout.split()
+        assert route[:2] == ["default", "via"], route  # Join's gateway, set by dockerd
+        ping = dockerd.docker("exec", box, "ping", "-c", "1", "-W", "2", route[2], check=False)
+        for kind, subnet in (("network", "198.18.8.0/24"), ("ipam", "198.18.9.0/24")):
+            report = conformance(plugin.url, kind=kind, opts={"subnet": subnet})
+            assert report.ok, (kind, report.failures())
+        assert ping.returncode == 0, ping.stdout + ping.stderr  # the gateway on the bridge
+    finally:
+        dockerd.docker("rm", "-f", box, check=False)
+        dockerd.docker("network", "rm", net, check=False)

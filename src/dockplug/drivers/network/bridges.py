@@ -399,7 +399,10 @@ class Bridges:
         if self.cluster is not None and any(n.cluster for n in self.nets.values()):
             with contextlib.suppress(Exception):
                 await self.underlay()
-        await asyncio.to_thread(self._reconcile_kernel)
+        # under the lock: dockerd may create a network the moment the socket answers, and a
+        # sweep that listed links before that network's record was saved would remove them
+        async with self.lock:
+            await asyncio.to_thread(self._reconcile_kernel)
         if self.cluster is not None:
             for record in self.nets.values():
                 if record.cluster and record.vxlan:
