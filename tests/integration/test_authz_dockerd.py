@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -316,6 +317,16 @@ def test_audit_has_every_decision_and_no_secret(env: Env) -> None:
     create = [x for x in lines if x.get("action") == "container.create"][-1]
     assert create["decision"] == "allow" and create["policies"] == ["local-ordinary-work"]
     assert "privileged" in create["attributes"]  # type: ignore[operator]
+
+
+def test_dockplug_check_passes_against_the_plugin_dockerd_uses(env: Env) -> None:
+    """As a user would check it: by plugin name, while this engine sends it every API call."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dockplug", "check", "--type", "authz", env.name],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert env.docker("ps").returncode == 0  # dockerd's own calls went on meanwhile
 
 
 def test_killing_the_plugin_makes_dockerd_refuse_and_a_restart_restores(env: Env) -> None:
