@@ -20,7 +20,7 @@ import pytest
 
 from dockplug.drivers.ipam.allocator import Allocator
 from dockplug.drivers.ipam.engine_sync import Held, unheld
-from dockplug.drivers.ipam.pools import parse_default_pools
+from dockplug.drivers.ipam.pools import PROBES, first_free, parse_default_pools, probes
 from dockplug.drivers.ipam.reclaim import collect_gone_hosts
 from dockplug.drivers.ipam.records import Keys
 from dockplug.errors import ConfigError, Conflict, InvalidRequest, NotFound
@@ -270,3 +270,103 @@ async def test_two_overlapping_pools_asked_at_once_are_never_both_given(h: Hosts
         lost = [r for r in results if isinstance(r, BaseException)]
         assert len(won) == 1, results
         assert isinstance(lost[0], Conflict) and "overlaps" in str(lost[0])
+
+
+@with_hosts(3)
+async def test_an_ipv6_pool_is_shared_with_one_gateway_and_unique_addresses(h: Hosts) -> None:
+    ids = [await h[i].request_pool("LocalDefault", "fd00:77::/64", "", True, False)
+           for i in range(3)]  # fmt: skip
+    assert {pid for pid, _ in ids} == {"LocalDefault/fd00:77::/64"}
+    pid = ids[0][0]
+    gateways = {str(await h[i].request_address(pid, "", GW, None)) for i in range(3)}
+    assert gateways == {"fd00:77::1/64"}  # ::0, the subnet-router anycast address, is skipped
+    assert str(await h[0].request_address(pid, "", False, None)) == "fd00:77::2/64"
+    # three hosts at once, each from its own stripe of the /64: no two share an address
+    results = await asyncio.gather(
+        *(h[i % 3].request_address(pid, "", False, None) for i in range(45))
+    )
+    every = [ip(r) for r in results]
+    assert len(set(every)) == 45 and "fd00:77::1" not in every
+    assert all(ipaddress.ip_address(a) in ipaddress.ip_network("fd00:77::/64") for a in every)
+    with pytest.raises(InvalidRequest, match=r"Pool 10\.1\.0\.0/24 is IPv4 but dockerd asked"):
+        await h[0].request_pool("LocalDefault", "10.1.0.0/24", "", True, False)
+
+
+@with_hosts(2)
+async def test_a_preferred_ipv6_address_is_honoured_refused_and_released(h: Hosts) -> None:
+    pid, _ = await h[0].request_pool("LocalDefault", "fd00:78::/64", "", True, False)
+    await h[1].request_pool("LocalDefault", "fd00:78::/64", "", True, False)
+    assert str(await h[0].request_address(pid, "fd00:78::beef", GW, None)) == "fd00:78::beef/64"
+    wanted = "fd00:78::1:2:3:4"
+    assert ip(await h[1].request_address(pid, wanted, False, "02:42:00:00:00:09")) == wanted
+    with pytest.raises(Conflict, match=r"fd00:78::1:2:3:4 is in use \(host h2"):
+        await h[0].request_address(pid, wanted, False, None)
+    with pytest.raises(Conflict, match=r"fd00:78::beef is the gateway"):
+        await h[0].request_address(pid, "fd00:78::beef", False, None)
+    with pytest.raises(InvalidRequest, match="not in pool"):
+        await h[0].request_address(pid, "fd00:79::1", False, None)
+    await h[0].release_address(pid, wanted)  # not h1's: kept
+    with pytest.raises(Conflict, match="in use"):
+        await h[0].request_address(pid, wanted, False, None)
+    await h[1].release_address(pid, wanted)
+    assert ip(await h[0].request_address(pid, wanted, False, None)) == wanted
+    # the records are in the store, one key per address, not in a process: a new client
+    # (a restarted plugin) sees them
+    key = h[0].keys.addr("LocalDefault", ipaddress.ip_network("fd00:78::/64"),
+                         ipaddress.ip_address(wanted))  # fmt: skip
+    entry = await h[1].store.get(key)
+    assert entry is not None and b'"host":"h1"' in entry.value
+    for i in (0, 1):
+        await h[i].release_pool(pid)
+    entries, _ = await h[0].store.range(h[0].keys.space("LocalDefault"))
+    assert [e.key for e in entries if "fd00:78" in e.key] == []
+
+
+@with_hosts(1)
+async def test_a_64_is_probed_from_the_cursor_not_walked(h: Hosts) -> None:
+    """A /64 with the next PROBES addresses after the cursor taken (by another host, say)
+    still gives an address at once: the walk stops after PROBES and random probes follow."""
+    pid, net = await h[0].request_pool("LocalDefault", "fd00:7a::/64", "", True, False)
+    await h[0].request_address(pid, "", GW, None)
+    first = await h[0].request_address(pid, "", False, None)
+    assert ip(first) == "fd00:7a::2"
+    for n in range(3, 3 + PROBES):
+        await h[0].request_address(pid, str(ipaddress.ip_address(int(net.network_address) + n)),
+                                   False, None)  # fmt: skip
+    h[0]._cursors.clear()  # a restarted plugin: the cursor starts again at the first address
+    got = ipaddress.ip_address(ip(await h[0].request_address(pid, "", False, None)))
+    assert got in net and int(got) - int(net.network_address) > 2 + PROBES
+
+
+def test_probes_walk_small_ranges_fully_and_bound_large_ones() -> None:
+    small = ipaddress.ip_network("fd00::/120")
+    assert sorted(probes(small, small)) == list(range(int(small[1]), int(small[-1]) + 1))
+    v4 = ipaddress.ip_network("10.0.0.0/16")
+    assert len(list(probes(v4, v4))) == 65534  # a /16 is still walked in full
+    big = ipaddress.ip_network("fd00::/64")
+    start = int(big[1]) + 5
+    got = list(probes(big, big, start))
+    assert len(got) == 2 * PROBES and got[:3] == [start, start + 1, start + 2]
+    assert all(int(big[1]) <= v <= int(big[-1]) for v in got)
+    wrap = list(probes(big, big, int(big[-1])))
+    assert wrap[:2] == [int(big[-1]), int(big[1])]  # wraps around past the last address
+
+
+@with_hosts(1)
+async def test_default_ipv6_pools_are_64s_that_skip_pools_in_the_way(h: Hosts) -> None:
+    _, a = await h[0].request_pool("LocalDefault", "", "", True, False)
+    _, b = await h[0].request_pool("LocalDefault", "", "", True, False)
+    assert (str(a), str(b)) == ("fd00:d0c::/64", "fd00:d0c:0:1::/64")
+    await h[0].request_pool("LocalDefault", "fd00:d0c:0:100::/56", "", True, False)
+    _, c = await h[0].request_pool("LocalDefault", "", "", True, False)
+    assert str(c) == "fd00:d0c:0:2::/64"
+    _, v4 = await h[0].request_pool("LocalDefault", "", "", False, False)
+    assert v4.version == 4  # the families' defaults are apart
+
+
+def test_first_free_jumps_over_a_wide_pool_instead_of_walking_it() -> None:
+    defaults = parse_default_pools("base=fd00::/8,size=64")
+    taken = [ipaddress.ip_network("fd00::/16"), ipaddress.ip_network("fd01::/64")]
+    assert str(first_free(defaults, True, taken)) == "fd01:0:0:1::/64"  # not 2**48 steps
+    with pytest.raises(InvalidRequest, match="no default IPv4 pool"):
+        first_free(defaults, False, [])

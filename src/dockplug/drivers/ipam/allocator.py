@@ -30,15 +30,20 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from dockplug.drivers.ipam.pools import (
+    PROBES,
+    SCAN_LIMIT,
     SPACES,
     Address,
     DefaultPool,
     Network,
+    address_of,
     candidates,
     first_free,
     overlaps,
     parse_address,
     parse_network,
+    probes,
+    size,
     usable,
 )
 from dockplug.drivers.ipam.records import Allocation, Keys, PoolRecord, UserRecord, dump
@@ -436,14 +441,15 @@ class Allocator:
             await self._refresh(space, net, cursor)
             cursor.next = await self._stripe(space, net, range_)
         record = self._record("address", mac)
+        large = size(net, range_) > SCAN_LIMIT
         for _ in range(2):  # the second round after a fresh read of what is taken
-            for ip in candidates(net, range_, cursor.next):
-                value = int(ip)
+            for value in probes(net, range_, cursor.next):
                 if value in cursor.taken or value in cursor.trying:
                     continue
                 # this host's concurrent requests spread over distinct candidates
                 cursor.trying.add(value)
                 cursor.next = value + 1
+                ip = address_of(net, value)
                 key = self.keys.addr(space, net, ip)
                 try:
                     result = await self.store.txn([absent(key)], [Put(key, record)])
@@ -456,6 +462,14 @@ class Allocator:
             if cursor.fresh and not cursor.trying:
                 break
             await self._refresh(space, net, cursor)
+        if large:
+            raise Conflict(
+                f"no free address found in pool {net}"
+                + (f" (range {range_})" if range_ != net else "")
+                + f" after {2 * PROBES} probes ({len(cursor.taken)} allocated): the range is "
+                "too full to probe. Fix: remove unused containers, run dockplug net gc, or "
+                "use a larger --ip-range"
+            )
         raise Conflict(
             f"no free address left in pool {net}"
             + (f" (range {range_})" if range_ != net else "")

@@ -5,12 +5,18 @@ addresses as plain IPs; it wants replies in CIDR (plugin-protocol.md §5). A poo
 addresses are those of its range (``--ip-range``, the SubPool; the whole pool without one),
 minus the network and broadcast addresses of an IPv4 pool and the subnet-router anycast address
 (the first) of an IPv6 one, as Docker's own allocator leaves them out.
+
+An IPv6 pool is usually a /64: 2**64 addresses, which no allocator can walk. Ranges up to
+:data:`SCAN_LIMIT` addresses are walked in full (so the last free address of a /16 is found);
+larger ones get :func:`probes`: a bounded next-fit walk from the cursor, then random probes, each
+claimed create-if-absent like any other candidate.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import itertools
+import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -77,6 +83,33 @@ def candidates(pool: Network, range_: Network, start: int | None = None) -> Iter
     factory = ipaddress.IPv4Address if pool.version == 4 else ipaddress.IPv6Address
     for value in itertools.chain(range(begin, last + 1), range(first, begin)):
         yield factory(value)
+
+
+SCAN_LIMIT = 1 << 16  # ranges of at most this many addresses are walked in full
+PROBES = 256  # in a larger range: candidates walked from the cursor, then as many random ones
+
+
+def probes(pool: Network, range_: Network, start: int | None = None) -> Iterator[int]:
+    """The candidates to try, as integers: every usable address of a range of at most
+    SCAN_LIMIT (from START, wrapping around); in a larger one (an IPv6 /64) PROBES from START
+    on and PROBES picked at random, so a claim never walks more than 2 * PROBES keys. The
+    chance that all of them are taken is nil until such a range is nearly full."""
+    first, last = usable(pool, range_)
+    if first > last:
+        return
+    if last - first + 1 <= SCAN_LIMIT:
+        yield from (int(ip) for ip in candidates(pool, range_, start))
+        return
+    begin = start if start is not None and first <= start <= last else first
+    for i in range(PROBES):
+        yield first + (begin - first + i) % (last - first + 1)
+    rng = random.SystemRandom()
+    for _ in range(PROBES):
+        yield rng.randint(first, last)
+
+
+def address_of(pool: Network, value: int) -> Address:
+    return ipaddress.IPv4Address(value) if pool.version == 4 else ipaddress.IPv6Address(value)
 
 
 @dataclass(frozen=True)
@@ -150,10 +183,18 @@ def first_free(defaults: Iterable[DefaultPool], v6: bool, taken: Iterable[Networ
             f"with --default-pools base=CIDR,size=N"
         )
     for default in bases:
-        for candidate in default.subnets():
-            # overlapping pools are few; a linear look is fine for the sizes dockerd uses
-            if not any(candidate.overlaps(u) for u in used):
+        # jump past each pool in the way instead of stepping over it one /SIZE at a time:
+        # a user's fd00::/16 inside a base of fd00::/8 would be 2**48 steps of /64
+        step = 1 << (default.base.max_prefixlen - default.size)
+        pos, end = int(default.base.network_address), int(default.base.broadcast_address)
+        factory = type(default.base)
+        while pos <= end:
+            candidate = factory((pos, default.size))
+            blocker = next((u for u in used if candidate.overlaps(u)), None)
+            if blocker is None:
                 return candidate
+            after = int(blocker.broadcast_address) + 1
+            pos = max(pos + step, -(-after // step) * step)
     raise InvalidRequest(
         "every default pool is in use ("
         + ", ".join(str(d) for d in bases)
