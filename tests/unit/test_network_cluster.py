@@ -11,7 +11,7 @@ import pytest
 
 from dockplug.drivers.network.cluster import Cluster
 from dockplug.drivers.network.driver import NETWORK_OPTIONS
-from dockplug.drivers.network.records import EndpointAd
+from dockplug.drivers.network.records import EndpointAd, EndpointRecord
 from dockplug.errors import Conflict, InvalidOption
 from dockplug.state.sqlite_kv import SqliteKV
 
@@ -73,3 +73,49 @@ def test_network_options_name_the_field() -> None:
     opts = NETWORK_OPTIONS.parse({"routes": "10.9.0.0/16=10.1.0.254,10.8.0.0/16", "mtu": "1400"})
     assert opts["routes"] == [("10.9.0.0/16", "10.1.0.254"), ("10.8.0.0/16", None)]
     assert opts["mtu"] == 1400 and opts["masquerade"] is False
+
+
+def test_a_dual_stack_spec_is_checked_in_both_families_and_ads_cover_both(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteKV(tmp_path / "kv.db")
+        a = Cluster(store, "h1", "/t", 5, lambda _: None, lambda _: None)
+        b = Cluster(store, "h2", "/t", 5, lambda _: None, lambda _: None)
+        v4, v6 = ("10.1.0.0/24", "10.1.0.1/24"), ("fd00:1::/64", "fd00:1::1/64")
+        spec = await a.join("web", *v4, 1450, None, "n1", *v6)
+        assert (spec.subnet6, spec.gateway6) == v6
+        assert (await b.join("web", *v4, 1450, None, "n2", *v6)).vni == spec.vni
+        with pytest.raises(Conflict, match=r"subnet6 None here, fd00:1::/64 in the cluster") as e:
+            await b.join("web", *v4, 1450, None, "n2")  # this host without --ipv6
+        assert "--ipv6 --subnet fd00:1::/64 --gateway fd00:1::1" in str(e.value)  # the fix
+        with pytest.raises(Conflict, match=r"subnet6 fd00:2::/64 here"):
+            await b.join("web", *v4, 1450, None, "n2", "fd00:2::/64", "fd00:2::1/64")
+        # an IPv6-only network (dockerd 28's --ipv4=false) is a spec too
+        only6 = await a.join("six", "", None, 1450, None, "n3", *v6)
+        assert only6.subnet == "" and only6.subnet6 == "fd00:1::/64"
+        mac = "02:00:00:00:00:02"
+        await a.publish("web", EndpointAd("h1", "e1", "10.1.0.2", mac))
+        await a.publish("web", EndpointAd("h1", "e1", "fd00:1::2", mac))
+        with pytest.raises(Conflict, match=r"fd00:1::2 is already used by a container on host h1"):
+            await b.publish("web", EndpointAd("h2", "e9", "fd00:1::2", "02:00:00:00:00:09"))
+        a.lease = await store.grant(5)
+        await a.set_vtep("web", "192.0.2.1")
+        b.start()
+        for _ in range(100):
+            wanted = b.wanted("web")
+            if wanted and len(wanted.neighbours) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert wanted is not None
+        assert wanted.fdb == {(mac, "192.0.2.1")}  # one MAC, one FDB entry for both families
+        assert wanted.neighbours == {("10.1.0.2", mac), ("fd00:1::2", mac)}
+        await b.stop()
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_endpoint_has_one_ip_per_family() -> None:
+    ep = EndpointRecord("n", "e", "dpv", "dpc", "10.1.0.2/24", "02:00:00:00:00:02",
+                        address6="fd00:1::2/64")  # fmt: skip
+    assert ep.ips() == ["10.1.0.2", "fd00:1::2"]
+    assert EndpointRecord("n", "e", "v", "p", "", "m", address6="fd00::5/64").ips() == ["fd00::5"]

@@ -43,6 +43,7 @@ from dockplug.protocol.network import (
     EndpointRequest,
     ExternalConnectivityRequest,
     InterfaceName,
+    IPAMData,
     JoinReply,
     JoinRequest,
     NetworkRequest,
@@ -144,13 +145,12 @@ class Bridges:
         if NETWORK_OPTIONS.wants_help(raw):
             raise InvalidOption(NETWORK_OPTIONS.help_table())
         opts = NETWORK_OPTIONS.parse(raw)
-        if req.ipv6_data:
+        data, data6 = _pool(req.ipv4_data, 4), _pool(req.ipv6_data, 6)
+        if data is None and data6 is None:
             raise InvalidRequest(
-                "dockplug-net: IPv6 is not supported; fix: create the network without --ipv6"
+                "dockplug-net needs a pool: IPv4Data and IPv6Data are both empty (was the "
+                "network created with --ipv4=false and without --ipv6?)"
             )
-        if not req.ipv4_data or not req.ipv4_data[0].pool:
-            raise InvalidRequest("dockplug-net needs an IPv4 pool (IPv4Data is empty)")
-        data = req.ipv4_data[0]
         internal = bool(req.option(INTERNAL, False))
         name = opts.get("dockplug.network")
         mtu = opts.get("mtu") or opts.get("com.docker.network.driver.mtu")
@@ -161,12 +161,14 @@ class Bridges:
             record = NetworkRecord(
                 network_id=req.network_id,
                 bridge=bridge,
-                subnet=str(ipaddress.IPv4Network(data.pool, strict=False)),
-                gateway=data.gateway,
+                subnet=data.pool if data else None,
+                gateway=data.gateway if data else None,
                 mtu=mtu or DEFAULT_MTU,
                 internal=internal,
                 masquerade=bool(opts["masquerade"]),
                 options=raw,
+                subnet6=data6.pool if data6 else None,
+                gateway6=data6.gateway if data6 else None,
             )
             joined = False
             try:
@@ -184,8 +186,8 @@ class Bridges:
                             f"{under.mtu}) carries at most {under.mtu - links.VXLAN_OVERHEAD}"
                         )
                     spec = await self.cluster.join(
-                        name, record.subnet or "", data.gateway, record.mtu, opts.get("vni"),
-                        req.network_id,
+                        name, record.subnet or "", record.gateway, record.mtu, opts.get("vni"),
+                        req.network_id, record.subnet6, record.gateway6,
                     )  # fmt: skip
                     joined = True
                     record.cluster, record.vni, record.vxlan = name, spec.vni, vxlan
@@ -202,13 +204,16 @@ class Bridges:
                 await self.cluster.set_vtep(record.cluster, (await self.underlay()).address)
                 self._changed({record.cluster})
         self.log(
-            f"network {req.network_id[:12]}: bridge {bridge} {record.subnet}"
+            f"network {req.network_id[:12]}: bridge {bridge} "
+            + " ".join(filter(None, (record.subnet, record.subnet6)))
             + (f", cluster {name} VNI {record.vni}" if name else "")
             + (", internal" if internal else "")
         )
 
     def _build_network(self, record: NetworkRecord) -> None:
-        links.ensure_bridge(record.bridge, record.network_id, record.gateway, record.mtu)
+        links.ensure_bridge(
+            record.bridge, record.network_id, (record.gateway, record.gateway6), record.mtu
+        )
         if record.vxlan and record.vni is not None:
             under = self._underlay
             if under is None:
@@ -218,8 +223,9 @@ class Bridges:
                 record.mtu, record.bridge,
             )  # fmt: skip
         firewall.install(
-            record.network_id, record.bridge, record.subnet, record.internal, record.masquerade
-        )
+            record.network_id, record.bridge, record.subnet, record.internal, record.masquerade,
+            record.subnet6,
+        )  # fmt: skip
 
     def _teardown_network(self, record: NetworkRecord) -> None:
         if record.vxlan:
@@ -249,22 +255,31 @@ class Bridges:
 
     async def create_endpoint(self, req: CreateEndpointRequest) -> EndpointInterface | None:
         iface = req.interface or EndpointInterface()
-        if iface.address_ipv6:
-            raise InvalidRequest("dockplug-net: IPv6 addresses are not supported")
         async with self.lock:
             record = self.network(req.network_id)
             if req.endpoint_id in self.eps:
                 return None
+            if iface.address_ipv6 and not record.subnet6:
+                raise InvalidRequest(
+                    f"dockplug-net: network {req.network_id[:12]} has no IPv6 subnet, but "
+                    f"dockerd sent the IPv6 address {iface.address_ipv6}; fix: create the "
+                    "network with --ipv6 --subnet PREFIX"
+                )
             mac = iface.mac_address or _random_mac()
             veth, peer = _veths(req.endpoint_id)
             ep = EndpointRecord(
-                req.network_id, req.endpoint_id, veth, peer, iface.address, mac.lower()
-            )
-            if record.cluster and self.cluster is not None and ep.address:
-                ip = str(ipaddress.ip_interface(ep.address).ip)
-                await self.cluster.publish(
-                    record.cluster, EndpointAd(self.host, req.endpoint_id, ip, ep.mac)
-                )
+                req.network_id, req.endpoint_id, veth, peer, iface.address, mac.lower(),
+                address6=iface.address_ipv6,
+            )  # fmt: skip
+            if record.cluster and self.cluster is not None:
+                for ip in ep.ips():
+                    try:
+                        await self.cluster.publish(
+                            record.cluster, EndpointAd(self.host, req.endpoint_id, ip, ep.mac)
+                        )
+                    except BaseException:
+                        await self._withdraw(record, ep)  # the address published before
+                        raise
             try:
                 await asyncio.to_thread(
                     links.add_veth, veth, peer, record.network_id, record.bridge, record.mtu, mac
@@ -280,20 +295,20 @@ class Bridges:
         return EndpointInterface(mac_address=mac)
 
     async def _withdraw(self, record: NetworkRecord, ep: EndpointRecord) -> None:
-        if not (record.cluster and self.cluster is not None and ep.address):
+        if not (record.cluster and self.cluster is not None):
             return
-        ip = str(ipaddress.ip_interface(ep.address).ip)
-        try:
-            await self.cluster.withdraw(record.cluster, ip, ep.endpoint_id)
-        except KVError as exc:
-            item = {
-                "op": "withdraw",
-                "network": record.cluster,
-                "ip": ip,
-                "endpoint": ep.endpoint_id,
-            }
-            self.pending.append(item)
-            self.log(f"cluster network {record.cluster}: withdrawal of {ip} queued ({exc})")
+        for ip in ep.ips():
+            try:
+                await self.cluster.withdraw(record.cluster, ip, ep.endpoint_id)
+            except KVError as exc:
+                item = {
+                    "op": "withdraw",
+                    "network": record.cluster,
+                    "ip": ip,
+                    "endpoint": ep.endpoint_id,
+                }
+                self.pending.append(item)
+                self.log(f"cluster network {record.cluster}: withdrawal of {ip} queued ({exc})")
 
     async def join(self, req: JoinRequest) -> JoinReply:
         record = self.network(req.network_id)
@@ -310,15 +325,19 @@ class Bridges:
             )
             for dest, hop in NETWORK_OPTIONS.parse(record.options).get("routes") or []
         ]
-        gateway = None
-        if record.gateway and not record.internal:
-            gateway = str(ipaddress.ip_interface(record.gateway).ip)
+        gateway = gateway6 = None
+        if not record.internal:  # an internal network gets no default route, in either family
+            if record.gateway:
+                gateway = str(ipaddress.ip_interface(record.gateway).ip)
+            if record.gateway6:
+                gateway6 = str(ipaddress.ip_interface(record.gateway6).ip)
         async with self.lock:
             ep.joined = True
             self._save()
         return JoinReply(
             interface_name=InterfaceName(src_name=ep.peer, dst_prefix="eth"),
             gateway=gateway,
+            gateway_ipv6=gateway6,
             static_routes=routes or None,
             disable_gateway_service=record.internal,
         )
@@ -478,9 +497,10 @@ class Bridges:
         assert self.cluster is not None
         async with self.lock:
             mine = {
-                (rec.cluster, str(ipaddress.ip_interface(ep.address).ip)): ep
+                (rec.cluster, ip): ep
                 for ep in self.eps.values()
-                if (rec := self.nets.get(ep.network_id)) and rec.cluster and ep.address
+                if (rec := self.nets.get(ep.network_id)) and rec.cluster
+                for ip in ep.ips()
             }
             queued = {(p["network"], p.get("ip")) for p in self.pending}
             for name, ad in await self.cluster.own_ads():
@@ -511,6 +531,7 @@ class Bridges:
                     "network_id": n.network_id[:12],
                     "bridge": n.bridge,
                     "subnet": n.subnet,
+                    "subnet6": n.subnet6,
                     "cluster": n.cluster,
                     "vni": n.vni,
                     "mtu": n.mtu,
@@ -526,6 +547,23 @@ class Bridges:
             report["cluster_synced"] = self.cluster.synced
             report["cluster_watch_error"] = self.cluster.watch_error
         return report
+
+
+def _pool(data: list[IPAMData] | None, version: int) -> IPAMData | None:
+    """The one pool of a family dockerd sent (``[]``/null: none); several are refused, since
+    one bridge carries one gateway per family."""
+    pools = [d for d in data or [] if d.pool]
+    if not pools:
+        return None
+    if len(pools) > 1:
+        raise InvalidRequest(
+            f"dockplug-net takes one IPv{version} subnet per network, got "
+            f"{', '.join(str(d.pool) for d in pools)}; fix: give one --subnet per family"
+        )
+    net = ipaddress.ip_network(str(pools[0].pool), strict=False)
+    if net.version != version:
+        raise InvalidRequest(f"IPv{version}Data holds {net}, an IPv{net.version} pool")
+    return pools[0].model_copy(update={"pool": str(net)})
 
 
 def _program(

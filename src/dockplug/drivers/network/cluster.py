@@ -101,30 +101,37 @@ class Cluster:
         mtu: int,
         vni: int | None,
         network_id: str,
+        subnet6: str | None = None,
+        gateway6: str | None = None,
     ) -> ClusterSpec:
         """The cluster spec of NAME: fixed now from these values if this host is the first,
-        else checked against them (an error names every difference and the fix)."""
+        else checked against them (an error names every difference and the fix). The IPv6
+        subnet and gateway are part of it: hosts must agree on both families."""
         try:
             for _ in range(20):
                 entry = await self.store.get(self.keys.net(name), timeout=CALL_TIMEOUT)
                 if entry is not None:
                     spec = load(ClusterSpec, entry.value)
                     mine = ClusterSpec(
-                        name, subnet, gateway, vni if vni is not None else spec.vni, mtu, "", 0
-                    )
+                        name, subnet, gateway, vni if vni is not None else spec.vni, mtu, "", 0,
+                        subnet6, gateway6,
+                    )  # fmt: skip
                     if diffs := spec.differences(mine):
                         raise Conflict(
                             f"cluster network {name} was created by host {spec.created_by} "
                             f"with another spec: {'; '.join(diffs)}; fix: create it here with "
-                            f"--subnet {spec.subnet}"
+                            + (f"--subnet {spec.subnet}" if spec.subnet else "--ipv4=false")
                             + (f" --gateway {spec.gateway.split('/')[0]}" if spec.gateway else "")
+                            + (f" --ipv6 --subnet {spec.subnet6}" if spec.subnet6 else "")
+                            + (f" --gateway {spec.gateway6.split('/')[0]}" if spec.gateway6 else "")
                             + f" -o mtu={spec.mtu} (or another -o dockplug.network name)"
                         )
                     break
-                created = await self._create(name, subnet, gateway, mtu, vni)
+                created = await self._create(name, subnet, gateway, mtu, vni, subnet6, gateway6)
                 if created is not None:
                     spec = created
-                    self.log(f"cluster network {name}: created (VNI {spec.vni}, {subnet})")
+                    shown = ", ".join(filter(None, (subnet, subnet6)))
+                    self.log(f"cluster network {name}: created (VNI {spec.vni}, {shown})")
                     break
             else:
                 raise Conflict(f"cluster network {name}: too many concurrent changes; retry")
@@ -136,13 +143,22 @@ class Cluster:
         return spec
 
     async def _create(
-        self, name: str, subnet: str, gateway: str | None, mtu: int, vni: int | None
+        self,
+        name: str,
+        subnet: str,
+        gateway: str | None,
+        mtu: int,
+        vni: int | None,
+        subnet6: str | None = None,
+        gateway6: str | None = None,
     ) -> ClusterSpec | None:
         """Claims a VNI and the spec in one transaction; None when another host won the race
         for the name (read it again)."""
         candidates = [vni] if vni is not None else self._vni_candidates(name)
         for candidate in candidates:
-            spec = ClusterSpec(name, subnet, gateway, candidate, mtu, self.host, time.time())
+            spec = ClusterSpec(
+                name, subnet, gateway, candidate, mtu, self.host, time.time(), subnet6, gateway6
+            )
             result = await self.store.txn(
                 [absent(self.keys.net(name)), absent(self.keys.vni(candidate))],
                 [

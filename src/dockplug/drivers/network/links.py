@@ -13,8 +13,9 @@ import contextlib
 import errno
 import ipaddress
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -132,19 +133,42 @@ def _index(ipr: IPRoute, name: str) -> int:
     return int(found[0])
 
 
-def ensure_bridge(name: str, network_id: str, gateway: str | None, mtu: int) -> None:
-    """The network's bridge, up, with the gateway address (CIDR) on it; adopts an existing one
-    of ours (a restart), refuses a foreign link of that name."""
+IFA_F_NODAD = 0x02  # an address the kernel uses at once, without duplicate detection
+
+
+def _enable_ipv6(name: str) -> None:
+    """IPv6 on the link NAME (in this process's network namespace), in case the host's
+    default (``net.ipv6.conf.default.disable_ipv6``) turned it off for new links."""
+    path = Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6")
+    if not path.exists():
+        raise LinkError(
+            f"{name}: IPv6 is not available on this host (no {path}; booted with "
+            "ipv6.disable=1?); fix: create the network without --ipv6"
+        )
+    if path.read_text().strip() != "0":
+        path.write_text("0\n")
+
+
+def ensure_bridge(name: str, network_id: str, gateways: Iterable[str | None], mtu: int) -> None:
+    """The network's bridge, up, with the gateway addresses (CIDR: the IPv4 one and the IPv6
+    one) on it; adopts an existing one of ours (a restart), refuses a foreign link of that
+    name. The IPv6 gateway skips duplicate address detection, as libnetwork's bridge driver
+    does: a tentative gateway would leave containers without a route for a second or two."""
     with _ipr() as ipr:
         _add_or_adopt(ipr, name, network_id, "bridge", f"bridge {name}", "bridge", kind="bridge")
         index = _index(ipr, name)
         ipr.link("set", index=index, ifalias=alias(network_id, "bridge"), mtu=mtu)
-        if gateway:
+        for gateway in filter(None, gateways):
             iface = ipaddress.ip_interface(gateway)
+            extra: dict[str, Any] = {}
+            if iface.version == 6:
+                _enable_ipv6(name)
+                extra["flags"] = IFA_F_NODAD
             try:
                 ipr.addr(
-                    "add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen
-                )
+                    "add", index=index, address=str(iface.ip),
+                    prefixlen=iface.network.prefixlen, **extra,
+                )  # fmt: skip
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:
                     raise _fail(f"address {gateway} on {name}", exc) from exc
@@ -271,23 +295,30 @@ def fdb_del(vxlan: str, mac: str, dst: str) -> None:
 
 
 def neighbours(vxlan: str) -> set[tuple[str, str]]:
-    """The (IP, MAC) entries the VXLAN device answers ARP from (its proxy)."""
+    """The (IP, MAC) entries the VXLAN device answers ARP and IPv6 neighbour solicitations
+    from (its proxy), of both families."""
     with _ipr() as ipr:
         index = _index(ipr, vxlan)
         out = set()
-        for msg in ipr.neigh("dump", ifindex=index, family=socket.AF_INET):
-            ip, mac = msg.get("NDA_DST"), msg.get("NDA_LLADDR")
-            if msg["ifindex"] == index and ip and mac and msg["state"] & NUD_PERMANENT:
-                out.add((str(ip), str(mac).lower()))
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in ipr.neigh("dump", ifindex=index, family=family):
+                ip, mac = msg.get("NDA_DST"), msg.get("NDA_LLADDR")
+                if msg["ifindex"] == index and ip and mac and msg["state"] & NUD_PERMANENT:
+                    out.add((str(ipaddress.ip_address(ip)), str(mac).lower()))
         return out
+
+
+def _family(ip: str) -> int:
+    return socket.AF_INET6 if ipaddress.ip_address(ip).version == 6 else socket.AF_INET
 
 
 def neigh_add(vxlan: str, ip: str, mac: str) -> None:
     with _ipr() as ipr:
         try:
             ipr.neigh(
-                "replace", ifindex=_index(ipr, vxlan), dst=ip, lladdr=mac, state=NUD_PERMANENT
-            )
+                "replace", ifindex=_index(ipr, vxlan), dst=ip, lladdr=mac,
+                state=NUD_PERMANENT, family=_family(ip),
+            )  # fmt: skip
         except NetlinkError as exc:
             raise _fail(f"neighbour {ip} {mac} on {vxlan}", exc) from exc
 
@@ -295,7 +326,7 @@ def neigh_add(vxlan: str, ip: str, mac: str) -> None:
 def neigh_del(vxlan: str, ip: str, mac: str) -> None:
     with _ipr() as ipr:
         try:
-            ipr.neigh("del", ifindex=_index(ipr, vxlan), dst=ip, lladdr=mac)
+            ipr.neigh("del", ifindex=_index(ipr, vxlan), dst=ip, lladdr=mac, family=_family(ip))
         except NetlinkError as exc:
             if exc.code not in (errno.ENOENT, errno.ENODEV):
                 raise _fail(f"neighbour {ip} on {vxlan}", exc) from exc

@@ -22,6 +22,7 @@ not cut running containers off. Peers program only ads whose host has a live VTE
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
@@ -57,6 +58,8 @@ class NetworkRecord:
     vni: int | None = None
     vxlan: str | None = None
     options: dict[str, str] = field(default_factory=dict)
+    subnet6: str | None = None  # CIDR of the IPv6 pool (None: no --ipv6)
+    gateway6: str | None = None  # CIDR on the bridge
 
 
 @dataclass
@@ -68,6 +71,11 @@ class EndpointRecord:
     address: str  # CIDR, "" when none
     mac: str
     joined: bool = False
+    address6: str = ""  # IPv6 CIDR, "" when none
+
+    def ips(self) -> list[str]:
+        """The endpoint's plain IPs (IPv4 first): one cluster ad and neighbour entry each."""
+        return [str(ipaddress.ip_interface(a).ip) for a in (self.address, self.address6) if a]
 
 
 @dataclass(frozen=True)
@@ -81,10 +89,12 @@ class ClusterSpec:
     mtu: int
     created_by: str
     created_at: float
+    subnet6: str | None = None  # a spec written before IPv6 reads as IPv4 only
+    gateway6: str | None = None
 
     def differences(self, other: ClusterSpec) -> list[str]:
         out = []
-        for key in ("subnet", "gateway", "vni", "mtu"):
+        for key in ("subnet", "gateway", "subnet6", "gateway6", "vni", "mtu"):
             mine, theirs = getattr(other, key), getattr(self, key)
             if mine != theirs:
                 out.append(f"{key} {mine} here, {theirs} in the cluster")
