@@ -88,7 +88,8 @@ def test_a_dual_stack_network_on_one_host(
     net = f"{plugin_name}-ds"
     nid = dockerd.docker(
         "network", "create", "-d", plugin_name, "--ipam-driver", plugin_name, "--ipv6",
-        "--subnet", "10.74.0.0/24", "--subnet", "fd00:74::/64", net,
+        "--subnet", "10.74.0.0/24", "--subnet", "fd00:74::/64",
+        "-o", "routes=fd00:9::/64=fd00:74::fe", net,
     ).stdout.strip()  # fmt: skip
     names = [f"{plugin_name}-{i}" for i in range(3)]
     try:
@@ -110,6 +111,7 @@ def test_a_dual_stack_network_on_one_host(
         assert "inet6 fd00:74::2/64" in addrs
         route = dockerd.docker("exec", names[0], "ip", "-6", "route").stdout
         assert "default via fd00:74::1 dev eth0" in route, route
+        assert "fd00:9::/64 via fd00:74::fe dev eth0" in route  # -o routes, IPv6 too
         bridge = "dpb" + nid[:12]
         assert "inet6 fd00:74::1/64" in run_cmd("ip", "-6", "addr", "show", "dev", bridge)
         # the containers reach each other and the gateway over IPv6, and over IPv4 still
@@ -197,6 +199,38 @@ def test_without_ipv6_the_ipv6_subnet_is_ignored_as_dockerd_does(
         assert pools == ["10.76.0.0/24"]
     finally:
         dockerd.docker("network", "rm", net)
+
+
+def test_an_ipv6_only_network_on_dockerd_28(
+    dockerd: Dockerd, busybox_image: str, plugin_name: str, net_plugin: ThreadedPlugin
+) -> None:
+    """``--ipv4=false --ipv6`` (dockerd 27+): no IPv4 pool is asked for, CreateNetwork's
+    IPv4Data is empty, the container has IPv6 only."""
+    if engines.selected().name == "20.10":
+        pytest.skip("dockerd 20.10 has no --ipv4=false (IPv6-only networks came in 27)")
+    net = f"{plugin_name}-v6"
+    nid = dockerd.docker(
+        "network", "create", "-d", plugin_name, "--ipam-driver", plugin_name, "--ipv4=false",
+        "--ipv6", "--subnet", "fd00:77::/64", net,
+    ).stdout.strip()  # fmt: skip
+    names = [f"{plugin_name}-s{i}" for i in range(2)]
+    try:
+        assert [p["pool"] for p in ipam_status(net_plugin)["pools"]] == ["fd00:77::/64"]
+        for name in names:
+            dockerd.docker("run", "-d", "--name", name, "--network", net, busybox_image,
+                           "sleep", "300")  # fmt: skip
+        assert field(dockerd.docker, names[0], net, "IPAddress") == ""
+        peer = field(dockerd.docker, names[1], net, "GlobalIPv6Address")
+        assert peer == "fd00:77::3"
+        assert "inet " not in dockerd.docker("exec", names[0], "ip", "addr", "show", "eth0").stdout
+        assert wait_until(
+            lambda: dockerd.docker("exec", names[0], "ping", "-c", "1", "-W", "1", peer,
+                                   check=False).returncode == 0, 10,
+        )  # fmt: skip
+    finally:
+        dockerd.docker("rm", "-f", *names, check=False)
+    dockerd.docker("network", "rm", net)
+    assert rules_of(nid) == "" and ipam_status(net_plugin)["pools"] == []
 
 
 # -- two hosts over VXLAN ------------------------------------------------------------------
@@ -315,6 +349,26 @@ def test_a_host_without_ipv6_gets_the_spec_difference_named(cluster: Cluster) ->
     assert res.returncode != 0
     assert "subnet6 None here, fd00:84::/64 in the cluster" in res.stderr, res.stderr
     assert "--ipv6 --subnet fd00:84::/64" in res.stderr
+
+
+def test_plugin_kill_9_and_restart_keep_ipv6_and_serve_new_endpoints(cluster: Cluster) -> None:
+    h1, h2 = cluster.hosts
+    c2 = field(h2.docker, "c2", "ds", "GlobalIPv6Address")
+    ping = subprocess.Popen(
+        ["docker", "-H", h1.docker_host, "exec", "c1", "ping", "-c", "20", "-i", "0.2",
+         "-W", "1", c2],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    for h in (h1, h2):
+        h.kill_plugin()
+    for h in (h1, h2):
+        h.serve()
+    out, _ = ping.communicate(timeout=60)
+    assert " 0% packet loss" in out, out
+    assert "adopted" in h1.log_tail("plugin.log", 200)
+    start(h2, "c3", "ds")  # the restarted plugins: a new IPv6 endpoint, reached across hosts
+    c3 = field(h2.docker, "c3", "ds", "GlobalIPv6Address")
+    assert c3 not in ("", c2) and wait_until(lambda: pings(h1, "c1", c3), 15)
 
 
 def test_network_rm_on_both_hosts_leaves_no_ipv6_state(cluster: Cluster) -> None:

@@ -73,6 +73,10 @@ def test_network_options_name_the_field() -> None:
     opts = NETWORK_OPTIONS.parse({"routes": "10.9.0.0/16=10.1.0.254,10.8.0.0/16", "mtu": "1400"})
     assert opts["routes"] == [("10.9.0.0/16", "10.1.0.254"), ("10.8.0.0/16", None)]
     assert opts["mtu"] == 1400 and opts["masquerade"] is False
+    six = NETWORK_OPTIONS.parse({"routes": "fd00:9::/64=fd00:1::fe,fd00:8::/64"})["routes"]
+    assert six == [("fd00:9::/64", "fd00:1::fe"), ("fd00:8::/64", None)]
+    with pytest.raises(InvalidOption, match=r"next hop 10\.1\.0\.254 is not of fd00:9::/64"):
+        NETWORK_OPTIONS.parse({"routes": "fd00:9::/64=10.1.0.254"})
 
 
 def test_a_dual_stack_spec_is_checked_in_both_families_and_ads_cover_both(tmp_path: Path) -> None:

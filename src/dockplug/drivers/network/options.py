@@ -22,18 +22,22 @@ def _cluster_name(text: str) -> str:
 
 
 def _routes(text: str) -> list[tuple[str, str | None]]:
-    """``CIDR=NEXTHOP`` or ``CIDR`` (directly connected), comma-separated."""
+    """``CIDR=NEXTHOP`` or ``CIDR`` (directly connected), comma-separated; IPv4 or IPv6 (a
+    next hop of the destination's family: dockerd adds the route in that family)."""
     out: list[tuple[str, str | None]] = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         dest, _, hop = item.partition("=")
         try:
-            net = ipaddress.IPv4Network(dest, strict=False)
-            gw = str(ipaddress.IPv4Address(hop)) if hop else None
+            net = ipaddress.ip_network(dest, strict=False)
+            gw = ipaddress.ip_address(hop) if hop else None
         except ValueError:
             raise ValueError(
-                f"{item!r}: expected CIDR=NEXTHOP or CIDR, e.g. 10.9.0.0/16=10.1.0.254"
+                f"{item!r}: expected CIDR=NEXTHOP or CIDR, e.g. 10.9.0.0/16=10.1.0.254 or "
+                "fd00:9::/64=fd00:1::fe"
             ) from None
-        out.append((str(net), gw))
+        if gw is not None and gw.version != net.version:
+            raise ValueError(f"{item!r}: the next hop {gw} is not of {net}'s family")
+        out.append((str(net), str(gw) if gw else None))
     return out
 
 
