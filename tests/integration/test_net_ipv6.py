@@ -262,6 +262,8 @@ def cluster() -> Iterator[Cluster]:
             for family in ("iptables", "ip6tables"):
                 in_host(c, h, "sysctl", "-qw", f"net.bridge.bridge-nf-call-{family}=1",
                         check=False)  # fmt: skip
+            # an IPv6 underlay beside the IPv4 one, for the masquerade test
+            in_host(c, h, "ip", "-6", "addr", "add", underlay6(h), "dev", h.iface, "nodad")
 
         def start(h: Host) -> None:
             h.serve("net", "--host-id", h.name, "--etcd", c.etcd_endpoint,
@@ -270,6 +272,11 @@ def cluster() -> Iterator[Cluster]:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             list(pool.map(start, c.hosts))
         yield c
+
+
+def underlay6(h: Host) -> str:
+    """The host's IPv6 address on the switch (fd00:77::11/64 for 192.168.77.11)."""
+    return f"fd00:77::{h.address.rsplit('.', 1)[1]}/64"
 
 
 def host_status(h: Host) -> dict[str, Any]:
@@ -339,6 +346,46 @@ def test_ipv6_isolation_between_networks_under_a_drop_policy(cluster: Cluster) -
     finally:
         h1.docker("rm", "-f", "o1", check=False)
         h1.docker("network", "rm", "other", check=False)
+
+
+def test_masquerade_reaches_the_ipv6_underlay_and_internal_does_not(cluster: Cluster) -> None:
+    """h2 has no route back to the containers' /64: only a masqueraded packet (NAT66, from
+    ip6tables' nat table) gets an answer; an internal network's is dropped on the way out."""
+    h1, h2 = cluster.hosts
+    target = underlay6(h2).split("/")[0]
+    h1.docker("network", "create", "-d", "dockplug-net", "--ipam-driver", "dockplug-net",
+              "--ipv6", "--subnet", "10.86.0.0/24", "--subnet", "fd00:86::/64",
+              "-o", "masquerade=true", "out6")  # fmt: skip
+    h1.docker("network", "create", "-d", "dockplug-net", "--ipam-driver", "dockplug-net",
+              "--ipv6", "--subnet", "10.87.0.0/24", "--subnet", "fd00:87::/64",
+              "--internal", "in6")  # fmt: skip
+    h1.docker(
+        "network",
+        "create",
+        "-d",
+        "dockplug-net",
+        "--ipam-driver",
+        "dockplug-net",
+        "--ipv6",
+        "--subnet",
+        "10.88.0.0/24",
+        "--subnet",
+        "fd00:88::/64",
+        "plain6",
+    )
+    try:
+        for name, net in (("x1", "out6"), ("i1", "in6"), ("p1", "plain6")):
+            start(h1, name, net)
+        assert wait_until(lambda: pings(h1, "x1", target), 10)
+        assert not pings(h1, "p1", target)  # forwarded, but h2 cannot answer fd00:88::2
+        assert not pings(h1, "i1", target)
+        assert "default" not in h1.docker("exec", "i1", "ip", "-6", "route").stdout
+        nat = in_host(cluster, h1, "ip6tables", "-t", "nat", "-S", "DOCKPLUG-NET-NAT")
+        assert "-s fd00:86::/64 ! -o dpb" in nat and "MASQUERADE" in nat
+    finally:
+        h1.docker("rm", "-f", "x1", "i1", "p1", check=False)
+        for net in ("out6", "in6", "plain6"):
+            h1.docker("network", "rm", net, check=False)
 
 
 def test_a_host_without_ipv6_gets_the_spec_difference_named(cluster: Cluster) -> None:
