@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from dockplug.client import PluginClient
+from dockplug.drivers.ipam.engine_sync import read_engine
 from dockplug.drivers.net import NetDriver
 from dockplug.facts import default_socket
 from dockplug.testing import engines
@@ -132,6 +133,10 @@ def test_a_dual_stack_network_on_one_host(
         # the pool and its addresses in the IPAM's store: gateway, three containers
         (pool,) = [p for p in ipam_status(net_plugin)["pools"] if p["pool"] == "fd00:74::/64"]
         assert pool["gateway"] == "fd00:74::1" and pool["allocated"] == {"solo": 3}
+        # the leak reclaimer reads the Engine API: the containers' IPv6 addresses count as held
+        # (the gateway is never reclaimed: its record says gateway)
+        held = read_engine(dockerd.host).addresses[ipaddress.ip_network("fd00:74::/64")]
+        assert {ipaddress.ip_address(a) for a in v6} <= held
         # a taken --ip6 is refused naming its holder
         clash = dockerd.docker("run", "--rm", "--network", net, "--ip6", "fd00:74::99",
                                busybox_image, "true", check=False)  # fmt: skip
