@@ -2,9 +2,10 @@
 connecting and disconnecting, ``docker network rm``, in dockerd's order and with its bodies.
 
 When the harness runs in the plugin's network namespace it also checks that Join's ``SrcName``
-is a real interface and that DeleteEndpoint removes it. Option (``--opt``): ``subnet`` (default
-198.18.2.0/24), the network's IPv4 pool; other ``KEY=VALUE`` pairs are the driver's ``-o``
-options (``com.docker.network.generic``).
+is a real interface and that DeleteEndpoint removes it. Options (``--opt``): ``subnet`` (default
+198.18.2.0/24), the network's IPv4 pool; ``subnet6`` (default 2001:db8:2::/64), the IPv6 pool of
+the dual-stack check; other ``KEY=VALUE`` pairs are the driver's ``-o`` options
+(``com.docker.network.generic``).
 """
 
 from __future__ import annotations
@@ -63,38 +64,50 @@ class NetworkContext(Context):
     def subnet(self) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(self.opts.get("subnet", "198.18.2.0/24"), strict=False)
 
-    def options(self, legacy: bool = False) -> dict[str, Any]:
+    @property
+    def subnet6(self) -> ipaddress.IPv6Network:
+        return ipaddress.IPv6Network(self.opts.get("subnet6", "2001:db8:2::/64"), strict=False)
+
+    def options(self, legacy: bool = False, ipv6: bool = False) -> dict[str, Any]:
         """CreateNetwork's Options as dockerd sends them for ``docker network create -d P -o``
-        (``legacy``: as 20.10 does, without enable_ipv4)."""
-        generic = {k: v for k, v in self.opts.items() if k != "subnet"}
-        options: dict[str, Any] = {GENERIC: generic, "com.docker.network.enable_ipv6": False}
+        (``legacy``: as 20.10 does, without enable_ipv4; ``ipv6``: with ``--ipv6``)."""
+        generic = {k: v for k, v in self.opts.items() if k not in ("subnet", "subnet6")}
+        options: dict[str, Any] = {GENERIC: generic, "com.docker.network.enable_ipv6": ipv6}
         if not legacy:
             options["com.docker.network.enable_ipv4"] = True
         return options
 
-    def create_network(self, network_id: str, legacy: bool = False) -> Reply:
+    def create_network(self, network_id: str, legacy: bool = False, ipv6: bool = False) -> Reply:
         """The body dockerd 28 sends (recorded: enable_ipv4 true, ``IPv6Data: []`` for an
         IPv4-only network, not the null of §4.2), or with ``legacy`` 20.10's (no enable_ipv4,
-        ``IPv6Data: []`` as well)."""
+        ``IPv6Data: []`` as well); with ``ipv6`` the IPv6 pool and its gateway (``::1``, CIDR,
+        as dockerd's IPAM gives it) in ``IPv6Data``."""
         gateway = f"{next(self.subnet.hosts())}/{self.subnet.prefixlen}"
+        six = self.subnet6
         body = {
             "NetworkID": network_id,
-            "Options": self.options(legacy),
+            "Options": self.options(legacy, ipv6),
             "IPv4Data": [
                 {"AddressSpace": "LocalDefault", "Pool": str(self.subnet), "Gateway": gateway}
             ],
-            "IPv6Data": [],
+            "IPv6Data": [
+                {"AddressSpace": "LocalDefault", "Pool": str(six), "Gateway": f"{six[1]}/64"}
+            ]
+            if ipv6
+            else [],
         }
         reply = self.call(_P + "CreateNetwork", body, expect_ok=True)
         if self.error(reply) is None:
             self.networks.append(network_id)
         return reply
 
-    def create_endpoint(self, network_id: str, endpoint_id: str, address: str) -> Reply:
+    def create_endpoint(
+        self, network_id: str, endpoint_id: str, address: str, address6: str = ""
+    ) -> Reply:
         body = {
             "NetworkID": network_id,
             "EndpointID": endpoint_id,
-            "Interface": {"Address": address, "AddressIPv6": "", "MacAddress": ""},
+            "Interface": {"Address": address, "AddressIPv6": address6, "MacAddress": ""},
             "Options": {
                 "com.docker.network.endpoint.exposedports": [],
                 "com.docker.network.portmap": [],
@@ -461,3 +474,47 @@ def garbage(ctx: NetworkContext) -> Outcome:
         _P + "DeleteNetwork": (False, {"NetworkID": "str"}),
     }
     return reject_garbage(ctx, endpoints)
+
+
+@check(CHECKS, "N17", "Dual stack (--ipv6): IPv6Data, AddressIPv6, GatewayIPv6", "§4.2")
+def dual_stack(ctx: NetworkContext) -> Outcome:
+    """``docker network create --ipv6``: the IPv6 pool in IPv6Data, then per container the
+    IPAM's IPv6 address in ``AddressIPv6`` (which the reply must leave alone) and Join's
+    ``GatewayIPv6`` (a plain IP: dockerd routes IPv6 through it). A plugin without IPv6 passes
+    by refusing the network with an Err, so ``--ipv6`` fails cleanly."""
+    network_id = _hex()
+    six = ctx.subnet6
+    reply = ctx.create_network(network_id, ipv6=True)
+    if ctx.error(reply) is not None:
+        return passed(f"no IPv6 ({describe(reply)}): docker network create --ipv6 fails cleanly")
+    if (bad := _ok(ctx, reply, "CreateNetwork with IPv6Data")) is not None:
+        return failed(bad)
+    endpoint_id = _hex()
+    address6 = f"{six[6]}/{six.prefixlen}"
+    reply = ctx.create_endpoint(
+        network_id, endpoint_id, f"{ctx.subnet[6]}/{ctx.subnet.prefixlen}", address6
+    )
+    if (bad := _ok(ctx, reply, f"CreateEndpoint with AddressIPv6 {address6}")) is not None:
+        return failed(f"the IPv6 network was accepted but not its endpoint: {bad}")
+    iface = lowered(lowered(reply_json(reply)).get("interface"))
+    if iface.get("addressipv6") not in (None, ""):
+        return failed(
+            f"the reply sets AddressIPv6 {iface.get('addressipv6')!r} dockerd already gave: "
+            "dockerd fails with 'driver modified interface address'"
+        )
+    reply = ctx.join(network_id, endpoint_id)
+    if (bad := _ok(ctx, reply, "Join")) is not None:
+        return failed(bad)
+    gw = lowered(reply_json(reply)).get("gatewayipv6")
+    ctx.leave(network_id, endpoint_id)
+    ctx.delete_endpoint(network_id, endpoint_id)
+    ctx.delete_network(network_id)
+    if gw in (None, ""):
+        return warned("Join gave no GatewayIPv6: containers get no IPv6 default route")
+    try:
+        ip = ipaddress.ip_address(str(gw))
+    except ValueError:
+        return failed(f"GatewayIPv6 {gw!r} is not a plain IP (dockerd rejects CIDR here)")
+    if ip not in six:
+        return failed(f"GatewayIPv6 {ip} is outside the network's IPv6 pool {six}")
+    return passed(f"GatewayIPv6 {ip}; endpoint {address6} kept")
