@@ -370,3 +370,18 @@ def test_first_free_jumps_over_a_wide_pool_instead_of_walking_it() -> None:
     assert str(first_free(defaults, True, taken)) == "fd01:0:0:1::/64"  # not 2**48 steps
     with pytest.raises(InvalidRequest, match="no default IPv4 pool"):
         first_free(defaults, False, [])
+
+
+@with_hosts(2)
+async def test_an_ipv6_ip_range_is_walked_in_full_and_runs_out_with_the_fix(h: Hosts) -> None:
+    """``--ip-range fd00:7b::100/122`` in a /64: 64 addresses, walked like an IPv4 pool, so the
+    last free one is found and a full range says so."""
+    pid, _ = await h[0].request_pool("LocalDefault", "fd00:7b::/64", "fd00:7b::100/122", True,
+                                     False)  # fmt: skip
+    await h[1].request_pool("LocalDefault", "fd00:7b::/64", "fd00:7b::100/122", True, False)
+    assert str(await h[0].request_address(pid, "", GW, None)) == "fd00:7b::100/64"
+    got = await asyncio.gather(*(h[i % 2].request_address(pid, "", False, None) for i in range(63)))
+    addrs = {ipaddress.ip_address(ip(g)) for g in got}
+    assert len(addrs) == 63 and addrs <= set(ipaddress.ip_network("fd00:7b::100/122"))
+    with pytest.raises(Conflict, match=r"no free address left in pool fd00:7b::/64 \(range"):
+        await h[1].request_address(pid, "", False, None)

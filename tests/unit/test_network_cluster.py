@@ -5,10 +5,12 @@ second host's copy of an address, and the FDB/neighbour entries a host wants fro
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 
+from dockplug.drivers.network.bridges import Bridges
 from dockplug.drivers.network.cluster import Cluster
 from dockplug.drivers.network.driver import NETWORK_OPTIONS
 from dockplug.drivers.network.records import EndpointAd, EndpointRecord
@@ -123,3 +125,17 @@ def test_an_endpoint_has_one_ip_per_family() -> None:
                         address6="fd00:1::2/64")  # fmt: skip
     assert ep.ips() == ["10.1.0.2", "fd00:1::2"]
     assert EndpointRecord("n", "e", "v", "p", "", "m", address6="fd00::5/64").ips() == ["fd00::5"]
+
+
+def test_records_written_before_ipv6_load_as_ipv4_only(tmp_path: Path) -> None:
+    """links.json of a plugin from before IPv6: the records load, with no IPv6 subnet."""
+    (tmp_path / "links.json").write_text(json.dumps({
+        "networks": {"n1": {"network_id": "n1", "bridge": "dpbn1", "subnet": "10.1.0.0/24",
+                            "gateway": "10.1.0.1/24", "mtu": 1500}},
+        "endpoints": {"e1": {"network_id": "n1", "endpoint_id": "e1", "veth": "dpve1",
+                             "peer": "dpce1", "address": "10.1.0.2/24", "mac": "02:00:00:00:00:02",
+                             "joined": True}},
+    }))  # fmt: skip
+    bridges = Bridges(tmp_path, "h1", None, "/t", None, None, 5, lambda _: None)
+    assert bridges.nets["n1"].subnet6 is None and bridges.nets["n1"].gateway6 is None
+    assert bridges.eps["e1"].ips() == ["10.1.0.2"]
