@@ -171,11 +171,19 @@ def remove(network_id: str) -> None:
     left."""
     with _lock:
         for tool in _tools():
+            if tool == IPV6 and not _has_ours(tool, network_id):
+                continue  # no IPv6 rules of ours here: spare the calls
             _remove_tagged(tool, "filter", MAIN, comment(network_id))
             _remove_tagged(tool, "nat", NAT, comment(network_id))
             for chain in chains(network_id):
                 _drop_chain(tool, "filter", chain)
             _prune(tool)
+
+
+def _has_ours(tool: str, network_id: str) -> bool:
+    """Whether TOOL's tables hold a shared chain of ours or one of the network's."""
+    names = [("filter", MAIN), ("nat", NAT), *(("filter", c) for c in chains(network_id))]
+    return any(_chain_exists(tool, table, chain) for table, chain in names)
 
 
 def _remove_tagged(tool: str, table: str, chain: str, tag: str) -> None:
