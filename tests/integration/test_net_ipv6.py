@@ -238,6 +238,22 @@ def test_an_ipv6_only_network_on_dockerd_28(
     assert rules_of(nid) == "" and ipam_status(net_plugin)["pools"] == []
 
 
+def test_two_subnets_of_one_family_are_refused_naming_the_fix(
+    dockerd: Dockerd, plugin_name: str, net_plugin: ThreadedPlugin
+) -> None:
+    """One bridge carries one gateway per family: a second IPv6 subnet would get addresses
+    nothing routes, so CreateNetwork refuses it and dockerd rolls the pools back."""
+    res = dockerd.docker(
+        "network", "create", "-d", plugin_name, "--ipam-driver", plugin_name, "--ipv6",
+        "--subnet", "10.79.0.0/24", "--subnet", "fd00:79::/64", "--subnet", "fd00:7a::/64",
+        f"{plugin_name}-2x", check=False,
+    )  # fmt: skip
+    assert res.returncode != 0
+    assert "takes one IPv6 subnet per network, got fd00:79::/64, fd00:7a::/64" in res.stderr
+    assert "give one --subnet per family" in res.stderr
+    assert wait_until(lambda: ipam_status(net_plugin)["pools"] == [], 10)
+
+
 # -- two hosts over VXLAN ------------------------------------------------------------------
 
 
