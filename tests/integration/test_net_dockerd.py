@@ -3,6 +3,8 @@ network on its IPAM, containers, --ip, removal, and ``docker network rm`` releas
 
 from __future__ import annotations
 
+import contextlib
+import json
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -103,3 +105,61 @@ def test_the_plugin_dockerd_uses_passes_dockplug_check_as_network_and_ipam(
     finally:
         dockerd.docker("rm", "-f", box, check=False)
         dockerd.docker("network", "rm", net, check=False)
+
+
+@pytest.mark.root
+def test_a_second_instance_leaves_the_first_ones_links_and_removes_only_its_own_half_made(
+    dockerd: Dockerd,
+    busybox_image: str,
+    plugin_name: str,
+    short_tmp: Path,
+    serve_plugin: Callable[..., ThreadedPlugin],
+) -> None:
+    """Two dockplug-net plugins on one host (say, a legacy one beside a managed one): each
+    start-up sweep removes only links of networks its own journal says it began to make."""
+    from dockplug.drivers.network import firewall, links
+
+    def serve(which: str) -> tuple[IpamAndNetwork, ThreadedPlugin]:
+        driver = IpamAndNetwork(
+            state_dir=short_tmp / which, host_id="solo", docker_host=dockerd.host,
+            key_prefix=f"/t{uuid.uuid4().hex[:6]}",
+        )  # fmt: skip
+        name = f"{plugin_name}{which}"
+        plugin = serve_plugin(driver, name=name, socket=default_socket(name))
+        assert wait_until(driver.bridges.reconciled.is_set, 10)
+        return driver, plugin
+
+    first, _ = serve("a")
+    net, box = f"{plugin_name}-a", f"{plugin_name}-abox"
+    dockerd.docker("network", "create", "-d", f"{plugin_name}a", "--ipam-driver",
+                   f"{plugin_name}a", "--subnet", "10.75.0.0/24", net)  # fmt: skip
+    try:
+        dockerd.docker("run", "-d", "--name", box, "--network", net, busybox_image,
+                       "sleep", "300")  # fmt: skip
+        (record,) = first.bridges.nets.values()
+        rules = [r for r in firewall.all_rules() if record.network_id[:12] in r]
+        assert rules
+        _, plugin = serve("b")
+        assert links.get(record.bridge) is not None, "the second plugin removed the first's bridge"
+        assert [r for r in firewall.all_rules() if record.network_id[:12] in r] == rules
+        # the second one killed between saving its journal and saving the network's record:
+        # its bridge exists, no record explains it
+        plugin.stop()
+        half = "ab" * 32
+        journal = short_tmp / "b" / "links.json"
+        data = json.loads(journal.read_text()) if journal.exists() else {}
+        data["made"] = [*data.get("made", []), half]
+        journal.write_text(json.dumps(data))
+        links.ensure_bridge("dpbhalfmade", half, ["10.99.0.1/24"], 1500)
+        serve("b")
+        assert links.get("dpbhalfmade") is None, "the half-made bridge was left"
+        assert links.get(record.bridge) is not None
+        assert json.loads(journal.read_text())["made"] == []
+        ping = dockerd.docker("exec", box, "ping", "-c", "1", "-W", "2",
+                              str(record.gateway).split("/")[0], check=False)  # fmt: skip
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+    finally:
+        dockerd.docker("rm", "-f", box, check=False)
+        dockerd.docker("network", "rm", net, check=False)
+        with contextlib.suppress(Exception):
+            links.delete("dpbhalfmade")

@@ -79,6 +79,10 @@ class Bridges:
         self.nets: dict[str, NetworkRecord] = {}
         self.eps: dict[str, EndpointRecord] = {}
         self.pending: list[dict[str, str]] = []  # cluster withdrawals queued while it was away
+        #: networks whose links and rules this plugin may have made: saved before it makes any,
+        #: so a restart after kill -9 mid-create can remove the half-made ones, and leaves alone
+        #: what another dockplug-net on this host (another state dir) made
+        self.made: set[str] = set()
         self._load()
         self.lock = asyncio.Lock()
         self.cluster = (
@@ -104,6 +108,7 @@ class Bridges:
         self.nets = {k: NetworkRecord(**v) for k, v in data.get("networks", {}).items()}
         self.eps = {k: EndpointRecord(**v) for k, v in data.get("endpoints", {}).items()}
         self.pending = list(data.get("pending", []))
+        self.made = set(data.get("made", self.nets))  # a file from before the journal: its nets
 
     def _save(self) -> None:
         """Written before dockerd hears back, so a crash right after still knows the link."""
@@ -111,6 +116,7 @@ class Bridges:
             "networks": {k: asdict(v) for k, v in self.nets.items()},
             "endpoints": {k: asdict(v) for k, v in self.eps.items()},
             "pending": self.pending,
+            "made": sorted(self.made),
         }
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w") as f:
@@ -191,11 +197,15 @@ class Bridges:
                     )  # fmt: skip
                     joined = True
                     record.cluster, record.vni, record.vxlan = name, spec.vni, vxlan
+                self.made.add(req.network_id)
+                self._save()
                 await asyncio.to_thread(self._build_network, record)
                 self.nets[req.network_id] = record
                 self._save()
             except BaseException:
                 await asyncio.to_thread(self._teardown_network, record)
+                self.made.discard(req.network_id)
+                self._save()
                 if joined and self.cluster is not None and name is not None:
                     with contextlib.suppress(KVError):
                         await self.cluster.leave(name)
@@ -242,6 +252,7 @@ class Bridges:
                 del self.eps[ep.endpoint_id]
             await asyncio.to_thread(self._teardown_network, record)
             del self.nets[req.network_id]
+            self.made.discard(req.network_id)
             if record.cluster and self.cluster is not None:
                 try:
                     await self.cluster.leave(record.cluster)
@@ -446,9 +457,12 @@ class Bridges:
             wanted_links |= {ep.veth, ep.peer}
             if links.get(ep.veth) is None:
                 self.log(f"reconcile: endpoint {ep.endpoint_id[:12]}: {ep.veth} is gone")
-        removed = []
+        removed, others = [], 0
         for link in links.owned():
             if link.name in wanted_links:
+                continue
+            if link.network_id not in self.made:
+                others += 1  # another dockplug-net's (its own state dir), or made by hand
                 continue
             if link.role == "bridge" and any(not p.ours for p in links.ports(link.name)):
                 self.log(f"reconcile: {link.name} is not ours to remove (foreign ports)")
@@ -457,11 +471,16 @@ class Bridges:
                 removed.append(link.name)
         known = {nid[:12] for nid in self.nets}
         for short in firewall.networks() - known:
-            firewall.remove(short)
-            removed.append(f"rules of {short}")
+            if short in {nid[:12] for nid in self.made}:
+                firewall.remove(short)
+                removed.append(f"rules of {short}")
+        if self.made != set(self.nets):
+            self.made = set(self.nets)
+            self._save()
         self.log(
             f"reconcile: {len(self.nets)} networks, {len(self.eps)} endpoints adopted"
             + (f"; removed {', '.join(removed)}" if removed else "")
+            + (f"; left {others} links of networks it never made" if others else "")
         )
 
     async def _maintain(self) -> None:

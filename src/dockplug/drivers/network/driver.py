@@ -13,7 +13,9 @@ removed the cluster store; the connectivity scope only matters under swarm (Disc
 
 Kernel work runs in worker threads (pyroute2's sync API, iptables); records are kept in
 ``--state-dir/links.json`` so a plugin killed with -9 adopts its bridges, veths and VXLAN
-devices on restart, and removes only links of its own that no record explains.
+devices on restart. Before it makes a network's links it notes the network in the same file
+(``made``), so the start-up sweep removes what a crash left half-made and never what another
+dockplug-net on the host (another state dir) made.
 """
 
 from __future__ import annotations
