@@ -60,3 +60,17 @@ def test_recordings_of_28_send_its_host_header() -> None:
 def test_recordings_ship_in_the_package() -> None:
     pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
     assert '"conformance/recordings/*/*.json"' in pyproject
+
+
+def test_a_dockerd_with_a_daemon_json_of_its_own_replaces_the_engines() -> None:
+    """One --config-file per dockerd: the hosts of testing/hosts.py each read their own
+    daemon.json (live-restore is switched on there), the single test dockerd the engine's."""
+    engine = engines.Engine(
+        engines.SERIES["28"], Path("/e/dockerd"), None, ("--init-path=/i",), Path("/e/d.json")
+    )
+    assert engine.args() == ("--init-path=/i", "--config-file=/e/d.json")
+    assert engine.args(Path("/h1/daemon.json")) == (
+        "--init-path=/i",
+        "--config-file=/h1/daemon.json",
+    )
+    assert engines.Engine(engines.SERIES["20.10"], Path("/usr/sbin/dockerd")).args() == ()

@@ -84,7 +84,7 @@ class Dockerd:
                     "-H", self.host,
                     "--bridge=none",
                     "--iptables=false",
-                    *self.engine.extra_args,
+                    *self.engine.args(),
                     *extra_args,
                 ],
                 env=self.engine.env(),

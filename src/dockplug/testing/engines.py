@@ -78,8 +78,16 @@ class Engine:
     dockerd: Path
     #: Folder put first on dockerd's PATH (containerd, its shim, runc); None: the system's.
     bin_dir: Path | None = None
-    #: Arguments this build needs beyond the fixtures' own.
+    #: Arguments this build needs beyond the fixtures' own (the config file apart).
     extra_args: tuple[str, ...] = ()
+    #: The daemon.json it reads (None: dockerd's default, /etc/docker/daemon.json).
+    config_file: Path | None = None
+
+    def args(self, config_file: Path | None = None) -> tuple[str, ...]:
+        """The arguments to start it with: its own, then one ``--config-file``: CONFIG_FILE
+        when given (a dockerd with a daemon.json of its own), else the engine's."""
+        config = config_file or self.config_file
+        return (*self.extra_args, *((f"--config-file={config}",) if config else ()))
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -128,8 +136,8 @@ def prepare(series: Series, cache: Path | None = None) -> Engine:
     if not config.exists():
         config.write_text("{}\n")
     # the unpacked docker-init is a dangling link to sid's tini: use bookworm's
-    args = (f"--init-path={init}", f"--config-file={config}", "--ip6tables=false")
-    return Engine(series, root / "usr/sbin/dockerd", bin_dir, args)
+    args = (f"--init-path={init}", "--ip6tables=false")
+    return Engine(series, root / "usr/sbin/dockerd", bin_dir, args, config)
 
 
 def version(engine: Engine) -> str | None:
@@ -170,7 +178,7 @@ def main() -> None:
     engine = prepare(selected())
     print(engine.dockerd)
     print(engine.bin_dir or "")
-    print(" ".join(engine.extra_args))
+    print(" ".join(engine.args()))
 
 
 if __name__ == "__main__":

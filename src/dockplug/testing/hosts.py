@@ -2,10 +2,13 @@
 
 Each host is a network namespace with one veth to a switch namespace (a bridge), a mount
 namespace of its own where its folder is bind-mounted over ``/run/docker/plugins`` (so its
-dockerd finds only its own plugins, under their default names; test-environment.md), and its own
-dockerd (own data and exec roots, API socket in its folder). dockerd and the host's plugins are
-started in both namespaces with ``nsenter`` (not ``ip netns exec``, which remounts /sys and
-hides the cgroup mounts dockerd needs). etcd runs in a namespace of its own on the same switch,
+dockerd finds only its own plugins, under their default names; test-environment.md) and /sys
+shows its own links, and its own dockerd (own data and exec roots, API socket in its folder) of
+the engine ``DOCKPLUG_ENGINE`` selects (bookworm's 20.10, or 28.5 unpacked: the recipe of the
+single test dockerd, :mod:`dockplug.testing.engines`). dockerd and the host's plugins are
+started in both namespaces with ``nsenter`` (not ``ip netns exec``, whose fresh /sys hides the
+cgroup mounts dockerd needs: the holder of the mount namespace moves them onto its sysfs).
+etcd runs in a namespace of its own on the same switch,
 reachable from every host and from nowhere else: all traffic stays inside the namespaces made
 here, on ``SUBNET``. A host's plugin can be killed with SIGKILL and
 started again; :meth:`Cluster.stop` removes every process, namespace and folder.
@@ -31,7 +34,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dockplug.errors import ConfigError
 from dockplug.facts import PLUGIN_DIR
+from dockplug.testing import engines
 from dockplug.testing.dockerd import Dockerd
 
 SUBNET = "192.168.77"  # the switch's /24, only inside the namespaces made here
@@ -40,13 +45,18 @@ ETCD_PORT = 2379
 
 
 def unavailable_reason() -> str | None:
-    """Why a cluster cannot run here, or None."""
+    """Why a cluster cannot run here, or None (the engine DOCKPLUG_ENGINE selects is fetched
+    when it is not bookworm's)."""
     if os.geteuid() != 0:
         return "needs root for network namespaces and dockerd"
-    for tool in ("ip", "nsenter", "unshare", "dockerd", "docker", "busybox"):
+    for tool in ("ip", "nsenter", "unshare", "docker", "busybox"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (scripts/setup.sh test installs it)"
-    return None
+    try:
+        series = engines.selected()
+    except ConfigError as exc:
+        return str(exc)
+    return engines.unavailable_reason(series)
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -76,6 +86,8 @@ class Host:
     netns: str
     address: str
     root: Path
+    #: The engine its dockerd runs (DOCKPLUG_ENGINE's; the same recipe as the test dockerd).
+    engine: engines.Engine
     dockerd: subprocess.Popen[bytes] | None = None
     plugin: subprocess.Popen[bytes] | None = None
     plugin_args: list[str] = field(default_factory=list)
@@ -94,11 +106,22 @@ class Host:
     def start_mounts(self, timeout: float = 10.0) -> None:
         """This host's mount namespace, kept by a holder process for the host's whole life:
         dockerd's netns bind mounts live there, so they outlive a dockerd restart (live-restore
-        needs them) as they would on a real host; /run/docker/plugins is this host's folder."""
-        script = 'mount --bind "$0" /run/docker/plugins && exec sleep infinity'
+        needs them) as they would on a real host; /run/docker/plugins is this host's folder.
+
+        /sys is a sysfs of the host's network namespace (with the machine's cgroup mounts moved
+        onto it, which dockerd needs), so /sys/class/net shows this host's links as on a real
+        host: dockerd 28 reads a bridge's STP and port state there at Join and only sleeps
+        20 ms instead when it cannot (libnetwork/osl: "Failed to open port state file")."""
+        script = (
+            'mount --bind "$0" /run/docker/plugins && mount --rbind /sys/fs/cgroup "$1" && '
+            'mount -t sysfs sysfs /sys && mount --move "$1" /sys/fs/cgroup && exec sleep infinity'
+        )
+        cgroups = self.root / "cgroup"
+        cgroups.mkdir(exist_ok=True)
         self.mounts = subprocess.Popen(
-            ["unshare", "-m", "--propagation", "private", "bash", "-c", script,
-             str(self.plugins)],
+            ["nsenter", f"--net=/run/netns/{self.netns}",
+             "unshare", "-m", "--propagation", "private", "bash", "-c", script,
+             str(self.plugins), str(cgroups)],
             start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
@@ -142,25 +165,36 @@ class Host:
         return res
 
     def start_dockerd(self, timeout: float = 60.0) -> None:
+        """This host's dockerd, on its engine's binaries and PATH (28 runs its own containerd
+        from the unpacked tree with bookworm's runc and tini), reading this host's daemon.json
+        (live-restore is switched on there)."""
         log = open(self.root / "dockerd.log", "ab")  # noqa: SIM115 - lives with the process
+        own = ("--bridge=none", "--iptables=false", "--ip6tables=false")
         self.dockerd = subprocess.Popen(
             self.wrap([
-                "dockerd",
+                str(self.engine.dockerd),
                 "--data-root", str(self.root / "data"),
                 "--exec-root", str(self.root / "exec"),
                 "--pidfile", str(self.root / "dockerd.pid"),
                 "-H", self.docker_host,
-                "--bridge=none", "--iptables=false", "--ip6tables=false",
-                "--config-file", str(self.root / "daemon.json"),
+                *own,
+                *(a for a in self.engine.args(self.root / "daemon.json") if a not in own),
             ]),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.engine.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         log.close()
         deadline = time.monotonic() + timeout
-        while self.docker("version", check=False, timeout=10).returncode != 0:
+        fmt = ["version", "--format", "{{.Server.Version}}"]
+        while (answer := self.docker(*fmt, check=False, timeout=10)).returncode != 0:
             if self.dockerd.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name}: dockerd did not start: {self.log_tail()}")
             time.sleep(0.2)
+        found = engines.series_of(answer.stdout.strip())
+        if found != self.engine.series.name:
+            raise RuntimeError(
+                f"{self.name}: dockerd {answer.stdout.strip()} answers, not "
+                f"{self.engine.series.name} ({self.engine.dockerd})"
+            )
 
     def log_tail(self, name: str = "dockerd.log", lines: int = 20) -> str:
         path = self.root / name
@@ -231,6 +265,7 @@ class Cluster:
     """N hosts on one switch, etcd beside them (``etcd_binary``; None: no etcd)."""
 
     def __init__(self, n: int = 3, etcd_binary: Path | None = None) -> None:
+        self.engine = engines.prepare(engines.selected())  # before anything is made
         self.tag = f"dp{uuid.uuid4().hex[:6]}"
         self.root = Path(tempfile.mkdtemp(prefix=f"{self.tag}-", dir="/tmp"))
         self.switch = f"{self.tag}-sw"
@@ -238,9 +273,12 @@ class Cluster:
         self.etcd_binary = etcd_binary
         self.etcd: subprocess.Popen[bytes] | None = None
         self.hosts = [
-            Host(f"h{i + 1}", f"{self.tag}-h{i + 1}", f"{SUBNET}.{11 + i}", self.root / f"h{i + 1}")
+            Host(
+                f"h{i + 1}", f"{self.tag}-h{i + 1}", f"{SUBNET}.{11 + i}",
+                self.root / f"h{i + 1}", self.engine,
+            )
             for i in range(n)
-        ]
+        ]  # fmt: skip
         self._namespaces: list[str] = []
 
     @property
