@@ -33,8 +33,7 @@ def timed_run(h: Host, network: str) -> float:
 
 
 def netns_of(h: Host, container: str) -> str:
-    pid = h.docker("inspect", "-f", "{{.State.Pid}}", container).stdout.strip()
-    return f"/proc/{pid}/ns/net"
+    return f"/proc/{h.pid_of(container)}/ns/net"
 
 
 def iperf(server_ns: str, client_ns: str, address: str, seconds: int) -> float:
@@ -80,9 +79,8 @@ def main() -> None:
         sys.exit(f"cannot run: {reason or why}")
     with Cluster(2, etcd_binary=etcd) as c:
         h1, h2 = c.hosts
+        c.serve_net()
         for h in c.hosts:
-            h.serve("net", "--host-id", h.name, "--etcd", c.etcd_endpoint,
-                    "--state-dir", str(h.root / "state"))  # fmt: skip
             h.docker("network", "create", "-d", "dockplug-net", "--ipam-driver", "dockplug-net",
                      "--subnet", "10.90.0.0/24", "-o", "dockplug.network=bench", "ov")  # fmt: skip
         h1.docker("network", "create", "-d", "bridge", "--subnet", "10.91.0.0/24", "builtin")
@@ -97,8 +95,7 @@ def main() -> None:
               f"   ratio {m_ours / m_theirs:.2f}")  # fmt: skip
         for h, name in ((h1, "bench-a"), (h2, "bench-b")):
             h.docker("run", "-d", "--name", name, "--network", "ov", BUSYBOX_IMAGE, "sleep", "600")
-        b_ip = h2.docker("inspect", "-f", '{{(index .NetworkSettings.Networks "ov").IPAddress}}',
-                         "bench-b").stdout.strip()  # fmt: skip
+        b_ip = h2.ip_of("bench-b", "ov")
         a_ns, b_ns = netns_of(h1, "bench-a"), netns_of(h2, "bench-b")
         u1, u2 = f"/run/netns/{h1.netns}", f"/run/netns/{h2.netns}"
         rtt(a_ns, b_ip, 5)  # FDB/neighbour warm

@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 
-from dockplug.client import PluginClient
-from dockplug.testing.dockerd import BUSYBOX_IMAGE
 from dockplug.testing.etcd import find_etcd
 from dockplug.testing.hosts import Cluster, Host, unavailable_reason
 from dockplug.testing.servers import wait_until
@@ -41,50 +39,27 @@ def cluster() -> Iterator[Cluster]:
     if etcd is None:
         pytest.skip(why)
     with Cluster(3, etcd_binary=etcd) as c:
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            list(pool.map(lambda h: start_plugin(c, h), c.hosts))
+        start_plugins(c)
         yield c
 
 
-def start_plugin(c: Cluster, h: Host) -> None:
-    h.serve(
-        "net", "--host-id", h.name, "--etcd", c.etcd_endpoint,
-        "--state-dir", str(h.root / "state"), "--docker-host", h.docker_host,
-        "--reclaim-after", f"{GRACE:g}s", "--heartbeat-ttl", str(TTL),
-    )  # fmt: skip
-
-
-def status(h: Host) -> dict[str, Any]:
-    with PluginClient(str(h.plugins / "dockplug-net.sock"), timeout=30) as client:
-        reply = client.call("DockplugNet.Status")
-    assert reply.status == 200, reply.raw
-    result: dict[str, Any] = reply.json["Result"]
-    return result
+def start_plugins(c: Cluster) -> None:
+    c.serve_net("--reclaim-after", f"{GRACE:g}s", "--heartbeat-ttl", str(TTL))
 
 
 def allocated(h: Host, pool: str = SUBNET) -> dict[str, int]:
-    for p in status(h)["pools"]:
+    for p in h.net_status()["pools"]:
         if p["pool"] == pool:
             return dict(p["allocated"])
     return {}
 
 
 def run(h: Host, *args: str, check: bool = True) -> Any:
-    # sleep as PID 1 ignores SIGTERM: a short stop timeout keeps dockerd restarts quick
-    return h.docker("run", "-d", "--stop-timeout", "1", "--network", NET, *args,
-                    BUSYBOX_IMAGE, "sleep", "600", check=check)  # fmt: skip
+    return h.run(*args, network=NET, check=check)
 
 
 def addresses(h: Host) -> dict[str, str]:
-    """Container name -> IPv4 address on NET of this host's running containers."""
-    res = h.docker("network", "inspect", NET, "--format",
-                   '{{range .Containers}}{{.Name}} {{.IPv4Address}}{{"\\n"}}{{end}}')  # fmt: skip
-    out = {}
-    for line in res.stdout.splitlines():
-        if line.strip():
-            name, cidr = line.split()
-            out[name] = cidr.split("/")[0]
-    return out
+    return h.addresses(NET)
 
 
 def every_address(c: Cluster) -> list[str]:
@@ -110,7 +85,7 @@ def test_three_hosts_share_one_network_with_unique_addresses_and_one_gateway(
     assert len(got) == 12 and len(set(got)) == 12, got
     assert GATEWAY not in got
     # one pool, one gateway, for every host
-    pool_info = next(p for p in status(hosts[1])["pools"] if p["pool"] == SUBNET)
+    pool_info = next(p for p in hosts[1].net_status()["pools"] if p["pool"] == SUBNET)
     assert pool_info["gateway"] == GATEWAY and sorted(pool_info["users"]) == ["h1", "h2", "h3"]
     # the shared L2 works: a container on h1 reaches one on h2
     h1_name, _ = next(iter(addresses(hosts[0]).items()))
@@ -146,7 +121,7 @@ def test_kill_9_of_a_plugin_mid_burst_gives_no_duplicate_and_no_leak(cluster: Cl
         time.sleep(0.6)
         h1.kill_plugin()
         time.sleep(0.5)
-        start_plugin(cluster, h1)
+        h1.serve()
         results = [f.result() for f in burst]
     assert any(r.returncode == 0 for r in results), [r.stderr for r in results]
     got = every_address(cluster)
@@ -175,7 +150,7 @@ def test_etcd_stopped_fails_runs_fast_and_clearly_and_nothing_leaks(cluster: Clu
         h1.docker("exec", some_h1, "ping", "-c", "1", "-W", "3", before[victim])
         # a container removed while etcd is away: its release is queued, not lost
         h2.docker("rm", "-f", victim)
-        assert status(h2)["this_host"]["queued_releases"] >= 1
+        assert h2.net_status()["this_host"]["queued_releases"] >= 1
     finally:
         cluster.start_etcd()
 
@@ -224,10 +199,10 @@ def test_a_host_removed_for_good_gets_its_addresses_back_after_the_grace_not_bef
     assert wait_until(lambda: "h3" not in allocated(h1), GRACE * 4, 0.5)
     assert time.monotonic() - gone_at >= GRACE
     run(h1, "--ip", theirs[0])
-    pool_info = next(p for p in status(h1)["pools"] if p["pool"] == SUBNET)
+    pool_info = next(p for p in h1.net_status()["pools"] if p["pool"] == SUBNET)
     assert "h3" not in pool_info["users"] and pool_info["gateway"] == GATEWAY
     # h3 comes back: its plugin says which addresses its containers use without holding them
-    start_plugin(cluster, h3)
+    h3.serve()
     assert wait_until(
         lambda: "not allocated to this host" in h3.log_tail("plugin.log", 200), GRACE, 0.5
     )
@@ -243,8 +218,7 @@ def cluster35() -> Iterator[Cluster]:
     if etcd is None:
         pytest.skip(why)
     with Cluster(2, etcd_binary=etcd) as c:
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda h: start_plugin(c, h), c.hosts))
+        start_plugins(c)
         yield c
 
 

@@ -10,21 +10,15 @@ networks everywhere.
 
 from __future__ import annotations
 
-import base64
-import concurrent.futures
-import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from dockplug.client import PluginClient
 from dockplug.conformance import run as run_conformance
-from dockplug.testing.dockerd import BUSYBOX_IMAGE
 from dockplug.testing.etcd import find_etcd
 from dockplug.testing.hosts import Cluster, Host, unavailable_reason
 from dockplug.testing.servers import wait_until
@@ -37,20 +31,6 @@ SUBNET = "10.78.0.0/24"
 OVERLAY = "/dockplug/net/v1/overlay/"
 
 
-def in_host(c: Cluster, h: Host, *argv: str, check: bool = True) -> str:
-    done = subprocess.run(c.in_netns(h.netns, argv), capture_output=True, text=True, timeout=60)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{h.name}: {' '.join(argv)}: {done.stderr.strip()}")
-    return done.stdout
-
-
-def start_plugin(c: Cluster, h: Host) -> None:
-    h.serve(
-        "net", "--host-id", h.name, "--etcd", c.etcd_endpoint,
-        "--state-dir", str(h.root / "state"), "--heartbeat-ttl", str(TTL),
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     reason = unavailable_reason()
@@ -61,59 +41,23 @@ def cluster() -> Iterator[Cluster]:
         pytest.skip(why)
     with Cluster(3, etcd_binary=etcd) as c:
         for h in c.hosts:
-            in_host(c, h, "iptables", "-P", "FORWARD", "DROP")
-            in_host(c, h, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-            in_host(c, h, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1", check=False)
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            list(pool.map(lambda h: start_plugin(c, h), c.hosts))
+            h.firewall_like_dockerd()
+        c.serve_net("--heartbeat-ttl", str(TTL))
         yield c
 
 
-def etcd_keys(c: Cluster, prefix: str) -> list[str]:
-    """Every key under PREFIX, read through etcd's JSON gateway from its namespace."""
-    key = prefix.encode()
-    body = json.dumps({
-        "key": base64.b64encode(key).decode(),
-        "range_end": base64.b64encode(key[:-1] + bytes([key[-1] + 1])).decode(),
-        "keys_only": True,
-    })  # fmt: skip
-    script = (
-        "import sys,urllib.request;"
-        f"r=urllib.request.urlopen(urllib.request.Request('{c.etcd_endpoint}/v3/kv/range',"
-        "data=sys.stdin.buffer.read(),method='POST'),timeout=5);print(r.read().decode())"
-    )
-    done = subprocess.run(
-        c.in_netns(c.etcd_ns, [sys.executable, "-c", script]),
-        input=body, capture_output=True, text=True, timeout=20, check=True,
-    )  # fmt: skip
-    return [base64.b64decode(kv["key"]).decode() for kv in json.loads(done.stdout).get("kvs", [])]
-
-
 def status(h: Host) -> dict[str, Any]:
-    with PluginClient(str(h.plugins / "dockplug-net.sock"), timeout=30) as client:
-        reply = client.call("DockplugNet.Status")
-    assert reply.status == 200, reply.raw
-    result: dict[str, Any] = reply.json["Result"]["network"]
+    """The network driver's part of the plugin's status."""
+    result: dict[str, Any] = h.net_status()["network"]
     return result
 
 
 def run(h: Host, name: str, net: str = NET, *args: str, check: bool = True) -> Any:
-    return h.docker("run", "-d", "--stop-timeout", "1", "--name", name, "--network", net,
-                    *args, BUSYBOX_IMAGE, "sleep", "600", check=check)  # fmt: skip
+    return h.run(*args, network=net, name=name, check=check)
 
 
 def ip_of(h: Host, name: str, net: str = NET) -> str:
-    fmt = f"{{{{(index .NetworkSettings.Networks {json.dumps(net)}).IPAddress}}}}"
-    return str(h.docker("inspect", "-f", fmt, name).stdout.strip())
-
-
-def pid_of(h: Host, name: str) -> str:
-    return str(h.docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip())
-
-
-def pings(h: Host, name: str, ip: str, count: int = 1) -> bool:
-    res = h.docker("exec", name, "ping", "-c", str(count), "-W", "1", ip, check=False)
-    return res.returncode == 0
+    return h.ip_of(name, net)
 
 
 def cluster_net(
@@ -133,7 +77,7 @@ def test_containers_on_three_hosts_reach_each_other_over_vxlan(cluster: Cluster)
     assert len(set(ips.values())) == 3, ips
     for a, b in ((1, 2), (1, 3), (2, 3), (3, 1)):
         src = cluster.hosts[a - 1]
-        assert wait_until(lambda s=src, a=a, b=b: pings(s, f"c{a}", ips[b]), 10), (a, b)
+        assert wait_until(lambda s=src, a=a, b=b: s.pings(f"c{a}", ips[b]), 10), (a, b)
     # one spec, one VNI, three VTEPs, three endpoint ads; nothing floods: learning off and
     # the peers are static FDB entries (with the VTEP as dst), the neighbours are permanent
     spec = status(h2)["cluster"][NET]
@@ -144,21 +88,31 @@ def test_containers_on_three_hosts_reach_each_other_over_vxlan(cluster: Cluster)
     vx = next(n for n in status(h1)["networks"] if n["cluster"] == NET)["bridge"].replace(
         "dpb", "dpx"
     )
-    details = in_host(cluster, h1, "ip", "-d", "link", "show", vx)
+    details = h1.ns("ip", "-d", "link", "show", vx)
     assert f"vxlan id {vni}" in details and "nolearning" in details and "proxy" in details
-    fdb = in_host(cluster, h1, "bridge", "fdb", "show", "dev", vx)
+    fdb = h1.ns("bridge", "fdb", "show", "dev", vx)
     assert f"dst {h2.address} self permanent" in fdb and f"dst {h3.address} self permanent" in fdb
     assert "00:00:00:00:00:00" not in fdb  # no flood entry
-    assert ips[2] in in_host(cluster, h1, "ip", "neigh", "show", "dev", vx)
+    assert ips[2] in h1.ns("ip", "neigh", "show", "dev", vx)
     # the MTU, lowered for the VXLAN header, on both veth ends: 1422 bytes of ICMP payload go
     # through with don't-fragment, 1423 do not (iputils ping from the container's namespace)
-    pid = pid_of(h1, "c1")
+    pid = h1.pid_of("c1")
     assert "mtu 1450" in h1.docker("exec", "c1", "ip", "link", "show", "eth0").stdout
     endpoint = h1.docker(
         "inspect", "-f", '{{(index .NetworkSettings.Networks "ov").EndpointID}}', "c1"
     )
     veth = "dpv" + endpoint.stdout.strip()[:12]
-    assert "mtu 1450" in in_host(cluster, h1, "ip", "link", "show", veth)
+    assert "mtu 1450" in h1.ns("ip", "link", "show", veth)
+    # the bridge port forwards (no STP) when dockerd 28 checks it at Join, in the host's sysfs,
+    # before its unsolicited ARP; 20.10 does not look
+    bridge = vx.replace("dpx", "dpb")
+    state = subprocess.run(
+        h1.wrap(["cat", f"/sys/class/net/{bridge}/brif/{veth}/state"]), capture_output=True
+    )
+    assert state.stdout.strip() == b"3", state
+    dockerd_log = h1.log_tail(lines=100_000)
+    assert "Failed to open port state file" not in dockerd_log  # the host's sysfs is its own
+    assert "Bridge port not forwarding" not in dockerd_log
     ping = ["nsenter", f"--net=/proc/{pid}/ns/net", "ping", "-c", "1", "-W", "2", "-M", "do"]
     ok = subprocess.run([*ping, "-s", "1422", ips[2]], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -187,10 +141,10 @@ def test_other_networks_are_isolated_and_internal_cannot_reach_out(cluster: Clus
     cluster_net(h1, h2, name="other", subnet="10.80.0.0/24")
     run(h1, "o1", "other")
     run(h2, "o2", "other")
-    assert wait_until(lambda: pings(h1, "o1", ip_of(h2, "o2", "other")), 10)
-    assert not pings(h1, "o1", c1)  # routed via the gateway to the other bridge: dropped
-    assert not pings(h1, "o1", c2)
-    assert not pings(h1, "c1", ip_of(h1, "o1", "other"))
+    assert wait_until(lambda: h1.pings("o1", ip_of(h2, "o2", "other")), 10)
+    assert not h1.pings("o1", c1)  # routed via the gateway to the other bridge: dropped
+    assert not h1.pings("o1", c2)
+    assert not h1.pings("c1", ip_of(h1, "o1", "other"))
     # a masquerading network reaches the underlay (h2's address); an internal one does not,
     # and gets no default route
     h1.docker("network", "create", "-d", "dockplug-net", "--subnet", "10.81.0.0/24",
@@ -200,10 +154,10 @@ def test_other_networks_are_isolated_and_internal_cannot_reach_out(cluster: Clus
     run(h1, "x1", "out")
     run(h1, "i1", "inside")
     run(h1, "i2", "inside")
-    assert pings(h1, "x1", h2.address)
-    assert not pings(h1, "i1", h2.address)
+    assert h1.pings("x1", h2.address)
+    assert not h1.pings("i1", h2.address)
     assert "default" not in h1.docker("exec", "i1", "ip", "route").stdout
-    assert pings(h1, "i1", ip_of(h1, "i2", "inside"))  # within the internal network: fine
+    assert h1.pings("i1", ip_of(h1, "i2", "inside"))  # within the internal network: fine
     # ports are not published, and docker run -p says so
     res = run(h1, "p1", "out", "-p", "8080:80", check=False)
     assert res.returncode != 0 and "does not publish ports" in (res.stderr + h1.docker(
@@ -224,7 +178,7 @@ def test_plugin_kill_9_and_restart_while_a_ping_runs(cluster: Cluster) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     time.sleep(1)
-    links_before = in_host(cluster, h1, "ip", "-o", "link", "show")
+    links_before = h1.ns("ip", "-o", "link", "show")
     for h in (h1, h2):
         h.kill_plugin()
     time.sleep(0.5)
@@ -233,11 +187,11 @@ def test_plugin_kill_9_and_restart_while_a_ping_runs(cluster: Cluster) -> None:
     out, _ = ping.communicate(timeout=60)
     assert " 0% packet loss" in out, out
     # the kernel state was adopted, not rebuilt: the same links, FDB entries intact
-    assert links_before.count("dpv") == in_host(cluster, h1, "ip", "-o", "link").count("dpv")
+    assert links_before.count("dpv") == h1.ns("ip", "-o", "link").count("dpv")
     assert "adopted" in h1.log_tail("plugin.log", 200)
     # and the restarted plugins serve new endpoints across hosts
     run(h2, "c2b")
-    assert wait_until(lambda: pings(h1, "c1", ip_of(h2, "c2b")), 10)
+    assert wait_until(lambda: h1.pings("c1", ip_of(h2, "c2b")), 10)
 
 
 def test_dockerd_live_restore_restart_keeps_the_overlay(cluster: Cluster) -> None:
@@ -248,9 +202,9 @@ def test_dockerd_live_restore_restart_keeps_the_overlay(cluster: Cluster) -> Non
     h1.dockerd.send_signal(signal.SIGHUP)  # live-restore is reloadable
     time.sleep(1)
     h1.stop_dockerd()
-    assert pings(h2, "c2", c1, count=2)  # h1's dockerd is down, its container still talks
+    assert h2.pings("c2", c1, count=2)  # h1's dockerd is down, its container still talks
     h1.start_dockerd()
-    assert wait_until(lambda: pings(h1, "c1", ip_of(h2, "c2"), count=2), 15)
+    assert wait_until(lambda: h1.pings("c1", ip_of(h2, "c2"), count=2), 15)
     assert "ov" in h1.docker("network", "ls", "--format", "{{.Name}}").stdout
 
 
@@ -258,7 +212,7 @@ def test_etcd_away_keeps_running_containers_and_fails_new_ones_fast(cluster: Clu
     h1, h2, _ = cluster.hosts
     cluster.kill_etcd()
     try:
-        assert pings(h1, "c1", ip_of(h2, "c2"), count=3)
+        assert h1.pings("c1", ip_of(h2, "c2"), count=3)
         started = time.monotonic()
         res = run(h1, "late", check=False)
         assert res.returncode != 0 and time.monotonic() - started < 20
@@ -267,7 +221,7 @@ def test_etcd_away_keeps_running_containers_and_fails_new_ones_fast(cluster: Clu
         h1.docker("network", "create", "-d", "dockplug-net", "--subnet", "10.83.0.0/24", "solo")
         run(h1, "s1", "solo")
         run(h1, "s2", "solo")
-        assert pings(h1, "s1", ip_of(h1, "s2", "solo"))
+        assert h1.pings("s1", ip_of(h1, "s2", "solo"))
     finally:
         h1.docker("rm", "-f", "late", "s1", "s2", check=False)
         h1.docker("network", "rm", "solo", check=False)
@@ -279,7 +233,7 @@ def test_etcd_away_keeps_running_containers_and_fails_new_ones_fast(cluster: Clu
         return run(h1, "late2", check=False).returncode == 0
 
     assert wait_until(back, 30, interval=1.0)
-    assert wait_until(lambda: pings(h2, "c2", ip_of(h1, "late2")), 15)
+    assert wait_until(lambda: h2.pings("c2", ip_of(h1, "late2")), 15)
 
 
 def test_a_dead_host_leaves_the_fdb_when_its_lease_expires(cluster: Cluster) -> None:
@@ -287,17 +241,15 @@ def test_a_dead_host_leaves_the_fdb_when_its_lease_expires(cluster: Cluster) -> 
     vx = next(n for n in status(h1)["networks"] if n["cluster"] == NET)["bridge"].replace(
         "dpb", "dpx"
     )
-    assert h3.address in in_host(cluster, h1, "bridge", "fdb", "show", "dev", vx)
+    assert h3.address in h1.ns("bridge", "fdb", "show", "dev", vx)
     h3.kill_plugin()
     assert wait_until(
-        lambda: h3.address not in in_host(cluster, h1, "bridge", "fdb", "show", "dev", vx),
+        lambda: h3.address not in h1.ns("bridge", "fdb", "show", "dev", vx),
         TTL + 10,
     )
     assert status(h1)["cluster"][NET]["hosts"]["h3"]["alive"] is False
     h3.serve()  # back: its VTEP and entries return
-    assert wait_until(
-        lambda: h3.address in in_host(cluster, h1, "bridge", "fdb", "show", "dev", vx), 15
-    )
+    assert wait_until(lambda: h3.address in h1.ns("bridge", "fdb", "show", "dev", vx), 15)
 
 
 def test_check_type_network_passes(cluster: Cluster) -> None:
@@ -315,9 +267,7 @@ def test_network_rm_on_every_host_leaves_nothing(cluster: Cluster) -> None:
             h.docker("rm", "-f", *running)
         h.docker("network", "rm", NET)
     for h in cluster.hosts:
-        assert "dockplug-net" not in in_host(cluster, h, "ip", "-d", "-o", "link", "show")
-        rules = in_host(cluster, h, "iptables", "-S") + in_host(
-            cluster, h, "iptables", "-t", "nat", "-S"
-        )
+        assert "dockplug-net" not in h.ns("ip", "-d", "-o", "link", "show")
+        rules = h.ns("iptables", "-S") + h.ns("iptables", "-t", "nat", "-S")
         assert "DPN-" not in rules and "DOCKPLUG" not in rules, rules
-    assert wait_until(lambda: etcd_keys(cluster, OVERLAY) == [], 10), etcd_keys(cluster, OVERLAY)
+    assert wait_until(lambda: cluster.etcd_keys(OVERLAY) == [], 10), cluster.etcd_keys(OVERLAY)

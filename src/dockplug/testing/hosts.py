@@ -20,8 +20,10 @@ namespace.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -33,11 +35,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dockplug.errors import ConfigError
 from dockplug.facts import PLUGIN_DIR
 from dockplug.testing import engines
-from dockplug.testing.dockerd import Dockerd
+from dockplug.testing.dockerd import BUSYBOX_IMAGE, Dockerd
 
 SUBNET = "192.168.77"  # the switch's /24, only inside the namespaces made here
 ETCD_ADDRESS = f"{SUBNET}.2"
@@ -163,6 +166,69 @@ class Host:
                 f"{res.stderr.strip()}"
             )
         return res
+
+    def ns(self, *argv: str, check: bool = True) -> str:
+        """ARGV (ip, bridge, iptables, sysctl...) in this host's network namespace; its
+        output. The machine's mount namespace: only /sys differs in the host's own."""
+        done = subprocess.run(
+            ["nsenter", f"--net=/run/netns/{self.netns}", *argv],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if check and done.returncode != 0:
+            raise AssertionError(f"{self.name}: {' '.join(argv)}: {done.stderr.strip()}")
+        return done.stdout
+
+    def firewall_like_dockerd(self) -> None:
+        """FORWARD policy DROP, forwarding and br_netfilter on, as dockerd's default
+        ``--iptables=true`` leaves a real host (the hosts' dockerds run without it):
+        a network driver's own forward rules are then what lets traffic through."""
+        self.ns("iptables", "-P", "FORWARD", "DROP")
+        self.ns("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self.ns("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1", check=False)
+
+    def run(
+        self, *args: str, network: str, name: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """``docker run -d`` of a busybox sleeping on NETWORK (ARGS before the image). sleep as
+        PID 1 ignores SIGTERM: a 1 s stop timeout keeps removals and dockerd restarts quick."""
+        named = ("--name", name) if name else ()
+        return self.docker("run", "-d", "--stop-timeout", "1", *named, "--network", network,
+                           *args, BUSYBOX_IMAGE, "sleep", "600", check=check)  # fmt: skip
+
+    def ip_of(self, container: str, network: str) -> str:
+        """CONTAINER's IPv4 address on NETWORK."""
+        fmt = f"{{{{(index .NetworkSettings.Networks {json.dumps(network)}).IPAddress}}}}"
+        return self.docker("inspect", "-f", fmt, container).stdout.strip()
+
+    def addresses(self, network: str) -> dict[str, str]:
+        """Container name -> IPv4 address on NETWORK of this host's running containers."""
+        each = '{{range .Containers}}{{.Name}} {{.IPv4Address}}{{"\\n"}}{{end}}'
+        res = self.docker("network", "inspect", network, "--format", each)
+        out = {}
+        for line in res.stdout.splitlines():
+            if line.strip():
+                name, cidr = line.split()
+                out[name] = cidr.split("/")[0]
+        return out
+
+    def pid_of(self, container: str) -> str:
+        return self.docker("inspect", "-f", "{{.State.Pid}}", container).stdout.strip()
+
+    def pings(self, container: str, ip: str, count: int = 1) -> bool:
+        """Whether CONTAINER (busybox's ping, 1 s per reply) reaches IP."""
+        res = self.docker("exec", container, "ping", "-c", str(count), "-W", "1", ip, check=False)
+        return res.returncode == 0
+
+    def net_status(self) -> dict[str, Any]:
+        """What this host's ``dockplug serve net`` reports (``DockplugNet.Status``, the
+        maintenance endpoint ``dockplug net status`` reads)."""
+        from dockplug.client import PluginClient
+
+        with PluginClient(str(self.plugins / "dockplug-net.sock"), timeout=30) as client:
+            reply = client.call("DockplugNet.Status")
+        assert reply.status == 200, reply.raw
+        result: dict[str, Any] = reply.json["Result"]
+        return result
 
     def start_dockerd(self, timeout: float = 60.0) -> None:
         """This host's dockerd, on its engine's binaries and PATH (28 runs its own containerd
@@ -325,6 +391,41 @@ class Cluster:
 
     def in_netns(self, netns: str, argv: Sequence[str]) -> list[str]:
         return ["nsenter", f"--net=/run/netns/{netns}", *argv]
+
+    def serve_net(self, *extra: str, hosts: Sequence[Host] | None = None) -> None:
+        """``dockplug serve net`` on HOSTS (every host by default, at once) on this cluster's
+        etcd, named by the host, its state in the host's folder, its leak reclaimer reading the
+        host's own dockerd; EXTRA after that. ``Host.serve()`` starts one again with the same
+        arguments."""
+
+        def start(h: Host) -> None:
+            h.serve("net", "--host-id", h.name, "--etcd", self.etcd_endpoint,
+                    "--state-dir", str(h.root / "state"), "--docker-host", h.docker_host,
+                    *extra)  # fmt: skip
+
+        chosen = list(self.hosts if hosts is None else hosts)
+        with concurrent.futures.ThreadPoolExecutor(max(len(chosen), 1)) as pool:
+            list(pool.map(start, chosen))
+
+    def etcd_keys(self, prefix: str) -> list[str]:
+        """Every key under PREFIX, read through etcd's JSON gateway from its namespace."""
+        key = prefix.encode()
+        body = json.dumps({
+            "key": base64.b64encode(key).decode(),
+            "range_end": base64.b64encode(key[:-1] + bytes([key[-1] + 1])).decode(),
+            "keys_only": True,
+        })  # fmt: skip
+        script = (
+            "import sys,urllib.request;"
+            f"r=urllib.request.urlopen(urllib.request.Request('{self.etcd_endpoint}/v3/kv/range',"
+            "data=sys.stdin.buffer.read(),method='POST'),timeout=5);print(r.read().decode())"
+        )
+        done = subprocess.run(
+            self.in_netns(self.etcd_ns, [sys.executable, "-c", script]),
+            input=body, capture_output=True, text=True, timeout=20, check=True,
+        )  # fmt: skip
+        kvs = json.loads(done.stdout).get("kvs", [])
+        return [base64.b64decode(kv["key"]).decode() for kv in kvs]
 
     def start_etcd(self, timeout: float = 20.0) -> None:
         """etcd on the switch (its data kept across restarts)."""
