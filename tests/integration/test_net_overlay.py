@@ -10,8 +10,10 @@ networks everywhere.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -247,7 +249,25 @@ def test_a_dead_host_leaves_the_fdb_when_its_lease_expires(cluster: Cluster) -> 
         lambda: h3.address not in h1.ns("bridge", "fdb", "show", "dev", vx),
         TTL + 10,
     )
-    assert status(h1)["cluster"][NET]["hosts"]["h3"]["alive"] is False
+    report = status(h1)
+    assert report["cluster"][NET]["hosts"]["h3"]["alive"] is False
+    # dockplug net status, asking h1's plugin: its networks, the cluster network's hosts with
+    # their liveness, the endpoints per host (h3's ads stay: they are not on its lease)
+    shown = subprocess.run(
+        [sys.executable, "-m", "dockplug", "net", "status", "--plugin",
+         str(h1.plugins / "dockplug-net.sock")],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    rows = [line.split() for line in shown.stdout.splitlines()]
+    mine = next(n for n in report["networks"] if n["cluster"] == NET)
+    assert [mine["network_id"], mine["bridge"], SUBNET, NET, str(mine["vni"]), "1450",
+            str(mine["endpoints"]), "-"] in rows  # fmt: skip
+    eps = report["cluster"][NET]["endpoints"]
+    assert ["ov", "h1", h1.address, "alive", "yes", str(len(eps["h1"]))] in rows
+    assert ["ov", "h3", "-", "missing", "(no", "VTEP", "lease)", "yes", "1"] in rows
+    c3 = ip_of(h3, "c3")
+    assert any(row[:3] == ["ov", "h3", c3] for row in rows), shown.stdout
     h3.serve()  # back: its VTEP and entries return
     assert wait_until(lambda: h3.address in h1.ns("bridge", "fdb", "show", "dev", vx), 15)
 

@@ -139,3 +139,51 @@ def test_records_written_before_ipv6_load_as_ipv4_only(tmp_path: Path) -> None:
     bridges = Bridges(tmp_path, "h1", None, "/t", None, None, 5, lambda _: None)
     assert bridges.nets["n1"].subnet6 is None and bridges.nets["n1"].gateway6 is None
     assert bridges.eps["e1"].ips() == ["10.1.0.2"]
+
+
+def test_net_status_prints_cluster_networks_hosts_and_endpoints_from_the_store(
+    tmp_path: Path,
+) -> None:
+    """``dockplug net status`` without ``--json``, no plugin running: the cluster records read
+    from the store as tables (h2's VTEP lease is gone: missing), and the same under ``network``
+    with ``--json``."""
+    from click.testing import CliRunner
+
+    from dockplug.cli.main import cli
+    from dockplug.drivers.ipam.driver import NetDriver
+
+    async def publish() -> None:
+        d = NetDriver(state_dir=tmp_path, host_id="h1")  # its store is the one the CLI reads
+        try:
+            a = Cluster(d.store, "h1", "/dockplug/net/v1", 5, lambda _: None, lambda _: None)
+            b = Cluster(d.store, "h2", "/dockplug/net/v1", 5, lambda _: None, lambda _: None)
+            spec = await a.join("web", "10.1.0.0/24", "10.1.0.1/24", 1450, 7001, "n1")
+            await b.join("web", "10.1.0.0/24", "10.1.0.1/24", 1450, None, "n2")
+            await a.publish("web", EndpointAd("h1", "e1", "10.1.0.2", "02:00:00:00:00:02"))
+            await b.publish("web", EndpointAd("h2", "e2", "10.1.0.3", "02:00:00:00:00:03"))
+            await b.publish("web", EndpointAd("h2", "e3", "10.1.0.4", "02:00:00:00:00:04"))
+            a.lease = await d.store.grant(60)
+            await a.set_vtep("web", "192.0.2.1")
+            b.lease = await d.store.grant(60)
+            await b.set_vtep("web", "192.0.2.2")
+            await d.store.revoke(b.lease)  # h2 died: its VTEP key went with its lease
+            assert spec.vni == 7001
+        finally:
+            await d.store.close()
+
+    asyncio.run(publish())
+    base = ["net", "status", "--plugin", "none", "--state-dir", str(tmp_path), "--host-id", "h1"]
+    shown = CliRunner(env={"COLUMNS": "160"}).invoke(cli, base)
+    assert shown.exit_code == 0, shown.output
+    lines = [line.split() for line in shown.output.splitlines()]
+    assert ["web", "10.1.0.0/24", "10.1.0.1", "7001", "1450", "h1"] in lines
+    assert ["web", "h1", "192.0.2.1", "alive", "yes", "1"] in lines
+    assert ["web", "h2", "-", "missing", "(no", "VTEP", "lease)", "yes", "2"] in lines
+    assert ["web", "h2", "10.1.0.4", "02:00:00:00:00:04"] in lines
+    assert ["web", "h1", "10.1.0.2", "02:00:00:00:00:02"] in lines
+    as_json = CliRunner().invoke(cli, [*base, "--json"])
+    hosts = json.loads(as_json.output)["network"]["cluster"]["web"]["hosts"]
+    assert hosts == {
+        "h1": {"member": True, "vtep": "192.0.2.1", "alive": True},
+        "h2": {"member": True, "alive": False},
+    }

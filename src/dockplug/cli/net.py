@@ -74,8 +74,14 @@ def _ask_plugin(plugin: str, endpoint: str, body: dict[str, Any] | None) -> dict
     return result if isinstance(result, dict) else {}
 
 
-def _direct(params: dict[str, Any], call: str, body: Any) -> dict[str, Any]:
+def _direct(
+    params: dict[str, Any], call: str, body: Any, with_network: bool = False
+) -> dict[str, Any]:
+    """CALL answered from the store itself; WITH_NETWORK adds the cluster networks' records
+    (which hosts use them, whose VTEP is on a live lease, the endpoints) under ``network``,
+    as the plugin reports them. This host's bridges are the running plugin's to report."""
     from dockplug.drivers.ipam.driver import NetDriver
+    from dockplug.drivers.network.cluster import Cluster
 
     async def run() -> dict[str, Any]:
         driver = NetDriver(
@@ -92,6 +98,12 @@ def _direct(params: dict[str, Any], call: str, body: Any) -> dict[str, Any]:
         )
         try:
             result: dict[str, Any] = await getattr(driver, call)(body)
+            if with_network and result.get("store", {}).get("ok", True):
+                cluster = Cluster(
+                    driver.store, driver.host, params["key_prefix"], 1, lambda _: None, driver.log
+                )
+                await cluster.read()
+                result["network"] = {"host": driver.host, "cluster": cluster.summary()}
             return result
         finally:
             await driver.store.close()
@@ -108,12 +120,14 @@ def net() -> None:
 @_store_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def status(as_json: bool, **params: Any) -> None:
-    """Pools, addresses per host, hosts and their heartbeats, stale records, store health."""
+    """Pools, addresses per host, hosts and their heartbeats, stale records, store health;
+    the networks of this host, and the cluster networks with their hosts (VTEP lease alive or
+    missing) and endpoints per host."""
     from dockplug.protocol.base import Empty
 
     report = None if params["etcd"] else _ask_plugin(params["plugin"], "DockplugNet.Status", None)
     if report is None:
-        report = _direct(params, "admin_status", Empty())
+        report = _direct(params, "admin_status", Empty(), with_network=True)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -175,6 +189,61 @@ def _print_status(report: dict[str, Any]) -> None:
             f"[yellow]stale: host {g['host']} has no heartbeat for {g['missing_s']} s; its "
             f"records are reclaimed in {g['reclaim_in_s']} s[/yellow]"
         )
+    if report.get("network"):
+        _print_network(console, report["network"])
+
+
+def _print_network(console: Any, net: dict[str, Any]) -> None:
+    """The network driver's section: this host's networks (when the plugin answered), then
+    each cluster network, the hosts using it and the endpoints each host published."""
+    from rich.table import Table
+
+    if "networks" in net:
+        local = Table("NETWORK", "BRIDGE", "SUBNET", "CLUSTER", "VNI", "MTU", "ENDPOINTS",
+                      "FLAGS", box=None, title=f"networks on this host ({net['host']})",
+                      title_justify="left")  # fmt: skip
+        for n in net["networks"]:
+            flags = ", ".join(f for f in ("internal", "masquerade") if n.get(f)) or "-"
+            local.add_row(n["network_id"], n["bridge"], n.get("subnet") or "-",
+                          n.get("cluster") or "(this host)", str(n.get("vni") or "-"),
+                          str(n["mtu"]), str(n["endpoints"]), flags)  # fmt: skip
+        console.print(local if net["networks"] else "no dockplug-net networks on this host")
+        if net.get("queued"):
+            queued = net["queued"]
+            console.print(f"[yellow]{queued} cluster withdrawal(s) queued for the store[/yellow]")
+    if "cluster" not in net:
+        return
+    if net.get("cluster_synced") is False:
+        console.print("[yellow]cluster view: not read from the store yet[/yellow]")
+    if net.get("cluster_watch_error"):
+        console.print(f"[yellow]cluster watch: {net['cluster_watch_error']}[/yellow]")
+    clusters: dict[str, dict[str, Any]] = net["cluster"]
+    if not clusters:
+        console.print("no cluster networks")
+        return
+    specs = Table("CLUSTER NETWORK", "SUBNET", "GATEWAY", "VNI", "MTU", "CREATED BY", box=None)
+    hosts = Table("CLUSTER NETWORK", "HOST", "VTEP", "LIVENESS", "MEMBER", "ENDPOINTS", box=None)
+    endpoints = Table("CLUSTER NETWORK", "HOST", "ADDRESS", "MAC", box=None)
+    for name, info in sorted(clusters.items()):
+        spec = info.get("spec") or {}
+        specs.add_row(name, spec.get("subnet", "[red]no spec[/red]"),
+                      (spec.get("gateway") or "-").split("/")[0], str(spec.get("vni", "-")),
+                      str(spec.get("mtu", "-")), spec.get("created_by", "-"))  # fmt: skip
+        eps: dict[str, list[str]] = info.get("endpoints", {})
+        for host, h in sorted(info.get("hosts", {}).items()):
+            alive = "alive" if h.get("alive") else "[red]missing[/red] (no VTEP lease)"
+            member = "yes" if h.get("member") else "no"
+            hosts.add_row(
+                name, host, h.get("vtep", "-"), alive, member, str(len(eps.get(host, [])))
+            )
+        for host, ads in sorted(eps.items()):
+            for ad in sorted(ads):
+                ip, _, mac = ad.partition(" ")
+                endpoints.add_row(name, host, ip, mac or "-")
+    console.print(specs)
+    console.print(hosts)
+    if endpoints.row_count:
+        console.print(endpoints)
 
 
 @net.command()

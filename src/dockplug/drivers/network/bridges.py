@@ -555,6 +555,7 @@ class Bridges:
                     "vni": n.vni,
                     "mtu": n.mtu,
                     "internal": n.internal,
+                    "masquerade": n.masquerade,
                     "endpoints": sum(1 for e in self.eps.values() if e.network_id == n.network_id),
                 }
                 for n in self.nets.values()

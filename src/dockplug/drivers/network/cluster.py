@@ -325,6 +325,13 @@ class Cluster:
                 neigh.add((ad.ip, ad.mac.lower()))
         return Wanted(frozenset(fdb), frozenset(neigh))
 
+    async def read(self) -> None:
+        """One read of the cluster records into the view, no watch: what ``dockplug net status``
+        shows from the store itself when no plugin answers."""
+        entries, _ = await self.store.range(self.keys.root)
+        self.view = {e.key: e.value for e in entries}
+        self.synced = True
+
     def summary(self) -> dict[str, dict[str, object]]:
         """Networks, hosts with their VTEP (alive: on a lease) and endpoints per host."""
         nets: dict[str, dict[str, object]] = {}
