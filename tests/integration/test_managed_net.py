@@ -122,8 +122,8 @@ def test_managed_net_on_etcd_end_to_end(
     assert f"ETCD_ENDPOINTS={etcd_for_plugin.endpoint}" in settings["Env"]
 
     findings = diagnose_installed(name, client, log_lines=0)
-    assert [f.level for f in findings] == ["info"], findings
-    assert findings[0].check == "etcd-answering", findings
+    assert [f.level for f in findings] == ["info", "info"], findings
+    assert [f.check for f in findings] == ["etcd-answering", "engine-mount"], findings
     assert etcd_for_plugin.endpoint in findings[0].message
 
     net = f"n1-{uuid.uuid4().hex[:6]}"
@@ -174,3 +174,43 @@ def test_doctor_names_an_etcd_that_stopped(
         findings = diagnose_installed(name, client, log_lines=0)
     bad = [f for f in findings if f.check == "etcd-unreachable"]
     assert len(bad) == 1 and etcd_for_plugin.endpoint in bad[0].message, findings
+
+
+def test_doctor_warns_when_the_engine_mount_holds_no_socket_or_another_dockerds(
+    dockerd: Dockerd,
+    net_plugin: tuple[str, Any],
+    fresh_dockerd: Dockerd,
+    tmp_path: Path,
+) -> None:
+    """The engine mount's source is a setting dockerd mounts without looking: a folder with no
+    docker.sock, or the folder of another dockerd's socket (a second engine on the host), is a
+    warning naming the docker plugin set that fixes it; the folder of this dockerd's own
+    socket is fine again."""
+    name, client = net_plugin
+    own = Path(dockerd.host.removeprefix("unix://"))
+    other = Path(fresh_dockerd.host.removeprefix("unix://"))
+    fix = f"docker plugin set {name} engine.source={own.parent};"
+
+    def engine_findings() -> list[Any]:
+        found = diagnose_installed(name, client, log_lines=0)
+        return [f for f in found if f.check.startswith("engine-mount")]
+
+    (ok,) = engine_findings()
+    assert ok.level == "info" and str(own) in ok.message, ok
+    dockerd.docker("plugin", "disable", name)  # dockerd sets a mount's source only then
+    try:
+        engine.set_options(name, [f"engine.source={tmp_path}"], client)
+        (empty,) = engine_findings()
+        assert empty.check == "engine-mount-no-socket" and empty.level == "warning", empty
+        assert f"{tmp_path}/docker.sock does not exist" in empty.message and fix in empty.fix
+        engine.set_options(name, [f"engine.source={other.parent}"], client)
+        (wrong,) = engine_findings()
+        other_root = fresh_dockerd.docker("info", "--format", "{{.DockerRootDir}}").stdout
+        assert wrong.check == "engine-mount-other-dockerd", wrong
+        assert f"another dockerd (data root {other_root.strip()}," in wrong.message
+        assert fix in wrong.fix
+    finally:
+        engine.set_options(name, [f"engine.source={own.parent}"], client)
+        verbs.enable(name, timeout=30, client=client)
+    (ok,) = engine_findings()
+    assert ok.check == "engine-mount", ok

@@ -29,6 +29,7 @@ from dockplug.packaging.config import (
 )
 from dockplug.packaging.dockerd_log import LOG_LINES, plugin_log_lines
 from dockplug.packaging.doctor_devices import MOUNT_DEVICES, check_devices
+from dockplug.packaging.doctor_engine import check_engine_mount
 from dockplug.packaging.doctor_etcd import check_etcd, plugin_path_on_host
 from dockplug.packaging.elf import (
     ELF_MACHINES,
@@ -41,7 +42,7 @@ from dockplug.packaging.elf import (
 from dockplug.packaging.findings import Finding, _get
 
 #: re-exported: the doctor's checks as callers and tests know them
-__all__ = ["Finding", "check_devices", "check_etcd", "plugin_path_on_host"]
+__all__ = ["Finding", "check_devices", "check_engine_mount", "check_etcd", "plugin_path_on_host"]
 from dockplug.packaging.libraries import loader_missing, missing_libraries
 from dockplug.packaging.rootpaths import DEFAULT_PATH, find_in_root, inside, resolve_in_root
 
@@ -590,10 +591,14 @@ def diagnose_installed(
                     f"for plugin={plugin.id}",
                 )
             )
+    root: str | None = None
+    own: dict[str, str] | None = None
     try:
-        root = engine.data_root(client)
+        info = client.info()
+        root = str(info.get("DockerRootDir", "/var/lib/docker"))
+        own = {"ID": str(info.get("ID", "")), "DockerRootDir": root}
     except Exception:
-        root = None
+        pass
     rootfs = Path(managed_rootfs(root, plugin.id)) if root else None
     if rootfs is not None and engine.is_local(client) and rootfs.is_dir():
         findings += check_entrypoint(rootfs, config)
@@ -612,6 +617,10 @@ def diagnose_installed(
     local = engine.is_local(client)
     readable = rootfs if rootfs is not None and local and rootfs.is_dir() else None
     findings += check_etcd(plugin.name, config, settings, readable, probe=local)
+    if local:
+        findings += check_engine_mount(
+            plugin.name, config, settings, own, engine.unix_socket(client)
+        )
     if log_lines > 0:
         lines, note = log_findings(plugin.id, log_path, log_lines)
         if note is not None and any(f.level == "error" for f in findings):

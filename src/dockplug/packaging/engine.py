@@ -27,6 +27,13 @@ def is_local(client: Any) -> bool:
     return base.startswith("http+docker://localhost") or "unix" in base
 
 
+def unix_socket(client: Any) -> str | None:
+    """The path of the unix socket CLIENT talks to dockerd on (None: TCP, SSH...)."""
+    adapter = getattr(client.api, "_custom_adapter", None)  # the docker SDK's UnixHTTPAdapter
+    path = getattr(adapter, "socket_path", None)
+    return path if isinstance(path, str) and path.startswith("/") else None
+
+
 def data_root(client: Any) -> str:
     return str(client.info().get("DockerRootDir", "/var/lib/docker"))
 
