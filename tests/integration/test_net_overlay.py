@@ -197,17 +197,43 @@ def test_plugin_kill_9_and_restart_while_a_ping_runs(cluster: Cluster) -> None:
 
 
 def test_dockerd_live_restore_restart_keeps_the_overlay(cluster: Cluster) -> None:
+    """dockerd stopped and started again with live-restore: its containers keep running and
+    talking the whole time (a ping from h2 loses nothing), the same processes afterwards, and
+    the restarted dockerd finds their sandboxes (its netns bind mounts live in the host's mount
+    namespace, which outlives it): removing one tears its endpoint down everywhere."""
     h1, h2, _ = cluster.hosts
     c1 = ip_of(h1, "c1")
+    run(h1, "lr1")
+    lr1, pids = ip_of(h1, "lr1"), {name: h1.pid_of(name) for name in ("c1", "lr1")}
+    endpoint = h1.docker("inspect", "-f", '{{(index .NetworkSettings.Networks "ov").EndpointID}}',
+                         "lr1").stdout.strip()  # fmt: skip
+    assert wait_until(lambda: h2.pings("c2", lr1), 10)
     (h1.root / "daemon.json").write_text('{"live-restore": true}')
     assert h1.dockerd is not None
     h1.dockerd.send_signal(signal.SIGHUP)  # live-restore is reloadable
+    assert wait_until(lambda: "Reloaded configuration" in h1.log_tail(lines=50), 10)
+    ping = subprocess.Popen(
+        ["docker", "-H", h2.docker_host, "exec", "c2", "ping", "-c", "40", "-i", "0.2",
+         "-W", "1", c1],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
     time.sleep(1)
     h1.stop_dockerd()
-    assert h2.pings("c2", c1, count=2)  # h1's dockerd is down, its container still talks
+    assert h2.pings("c2", lr1, count=2)  # h1's dockerd is down, its containers still talk
     h1.start_dockerd()
+    out, _ = ping.communicate(timeout=60)
+    assert " 0% packet loss" in out, out
+    assert {name: h1.pid_of(name) for name in pids} == pids  # restored, not restarted
     assert wait_until(lambda: h1.pings("c1", ip_of(h2, "c2"), count=2), 15)
     assert "ov" in h1.docker("network", "ls", "--format", "{{.Name}}").stdout
+    # the restored sandbox is found: rm tears down the veth and the endpoint's ad in etcd
+    h1.docker("rm", "-f", "lr1")
+    assert f"dpv{endpoint[:12]}" not in h1.ns("ip", "-o", "link", "show")
+    assert f"{OVERLAY}eps/{NET}/{lr1}" not in cluster.etcd_keys(OVERLAY)
+    assert not h2.pings("c2", lr1)
+    assert "netns" not in "".join(
+        line for line in h1.log_tail(lines=400).splitlines() if "level=error" in line
+    )
 
 
 def test_etcd_away_keeps_running_containers_and_fails_new_ones_fast(cluster: Cluster) -> None:
