@@ -6,7 +6,8 @@
   throughput (iperf3 from Debian) and ping RTT between two containers over the VXLAN overlay
   vs the same two namespaces over the plain underlay (the physical limit here).
 
-Run as root: ``.venv/bin/python bench/network_bench.py [--runs 15] [--seconds 3]``.
+Run as root: ``.venv/bin/python bench/network_bench.py [--runs 15] [--seconds 3]``;
+``DOCKPLUG_ENGINE=28`` runs the hosts on dockerd 28.5 instead of 20.10 (testing/hosts.py).
 Needs etcd-server, iperf3 and iputils-ping (scripts/setup.sh test).
 """
 
