@@ -13,8 +13,8 @@ Two hosts: a :class:`~dockplug.testing.hosts.Cluster` with etcd, both families o
 network. Each host's FORWARD policy is DROP in iptables *and* ip6tables, with ``br_netfilter``
 on for both and IPv6 forwarding on, as dockerd 28 leaves a host with its default
 ``--ip6tables=true``: the driver's ip6tables rules are what lets IPv6 through, and what keeps
-other networks out. The cluster hosts run bookworm's dockerd whatever ``--engine`` says, so the
-two-host tests run on the 20.10 pass only.
+other networks out. The cluster hosts run the engine ``--engine`` selects, like the one-host
+tests.
 """
 
 from __future__ import annotations
@@ -30,12 +30,11 @@ from typing import Any
 
 import pytest
 
-from dockplug.client import PluginClient
 from dockplug.drivers.ipam.engine_sync import read_engine
 from dockplug.drivers.net import NetDriver
 from dockplug.facts import default_socket
 from dockplug.testing import engines
-from dockplug.testing.dockerd import BUSYBOX_IMAGE, Dockerd
+from dockplug.testing.dockerd import Dockerd
 from dockplug.testing.etcd import find_etcd
 from dockplug.testing.hosts import Cluster, Host, unavailable_reason
 from dockplug.testing.servers import ThreadedPlugin, wait_until
@@ -261,17 +260,8 @@ def test_two_subnets_of_one_family_are_refused_naming_the_fix(
 # -- two hosts over VXLAN ------------------------------------------------------------------
 
 
-def in_host(c: Cluster, h: Host, *argv: str, check: bool = True) -> str:
-    done = subprocess.run(c.in_netns(h.netns, argv), capture_output=True, text=True, timeout=60)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{h.name}: {' '.join(argv)}: {done.stderr.strip()}")
-    return done.stdout
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    if engines.selected().name != "20.10":
-        pytest.skip("the cluster hosts run bookworm's dockerd 20.10 whatever --engine says")
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
@@ -280,22 +270,10 @@ def cluster() -> Iterator[Cluster]:
         pytest.skip(why)
     with Cluster(2, etcd_binary=etcd) as c:
         for h in c.hosts:
-            for tool in ("iptables", "ip6tables"):
-                in_host(c, h, tool, "-P", "FORWARD", "DROP")
-            in_host(c, h, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-            in_host(c, h, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
-            for family in ("iptables", "ip6tables"):
-                in_host(c, h, "sysctl", "-qw", f"net.bridge.bridge-nf-call-{family}=1",
-                        check=False)  # fmt: skip
+            h.firewall_like_dockerd(ipv6=True)
             # an IPv6 underlay beside the IPv4 one, for the masquerade test
-            in_host(c, h, "ip", "-6", "addr", "add", underlay6(h), "dev", h.iface, "nodad")
-
-        def start(h: Host) -> None:
-            h.serve("net", "--host-id", h.name, "--etcd", c.etcd_endpoint,
-                    "--state-dir", str(h.root / "state"), "--heartbeat-ttl", str(TTL))  # fmt: skip
-
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            list(pool.map(start, c.hosts))
+            h.ns("ip", "-6", "addr", "add", underlay6(h), "dev", h.iface, "nodad")
+        c.serve_net("--heartbeat-ttl", str(TTL))
         yield c
 
 
@@ -305,11 +283,7 @@ def underlay6(h: Host) -> str:
 
 
 def host_status(h: Host) -> dict[str, Any]:
-    with PluginClient(str(h.plugins / "dockplug-net.sock"), timeout=30) as client:
-        reply = client.call("DockplugNet.Status")
-    assert reply.status == 200, reply.raw
-    result: dict[str, Any] = reply.json["Result"]
-    return result
+    return h.net_status()
 
 
 def dual_stack(h: Host, name: str, v4: str, v6: str) -> str:
@@ -320,12 +294,11 @@ def dual_stack(h: Host, name: str, v4: str, v6: str) -> str:
 
 
 def start(h: Host, name: str, net: str) -> None:
-    h.docker("run", "-d", "--stop-timeout", "1", "--name", name, "--network", net,
-             BUSYBOX_IMAGE, "sleep", "600")  # fmt: skip
+    h.run(network=net, name=name)
 
 
 def pings(h: Host, name: str, ip: str) -> bool:
-    return h.docker("exec", name, "ping", "-c", "1", "-W", "1", ip, check=False).returncode == 0
+    return h.pings(name, ip)
 
 
 def test_two_hosts_reach_each_other_over_ipv6_on_one_vxlan(cluster: Cluster) -> None:
@@ -347,9 +320,9 @@ def test_two_hosts_reach_each_other_over_ipv6_on_one_vxlan(cluster: Cluster) -> 
     assert (spec["subnet"], spec["subnet6"]) == ("10.84.0.0/24", "fd00:84::/64")
     mac = field(h1.docker, "c1", "ds", "MacAddress")
     vx = "dpx" + ids["h2"][:12]
-    fdb = in_host(cluster, h2, "bridge", "fdb", "show", "dev", vx)
+    fdb = h2.ns("bridge", "fdb", "show", "dev", vx)
     assert fdb.count(f"{mac} dst {h1.address} self permanent") == 1, fdb
-    neigh = in_host(cluster, h2, "ip", "-6", "neigh", "show", "dev", vx)
+    neigh = h2.ns("ip", "-6", "neigh", "show", "dev", vx)
     assert f"{c1} lladdr {mac} PERMANENT" in neigh, neigh
     # the addresses come from one shared pool in etcd, the gateway once for both hosts
     pools = {p["pool"]: p for p in host_status(h2)["pools"]}
@@ -405,7 +378,7 @@ def test_masquerade_reaches_the_ipv6_underlay_and_internal_does_not(cluster: Clu
         assert not pings(h1, "p1", target)  # forwarded, but h2 cannot answer fd00:88::2
         assert not pings(h1, "i1", target)
         assert "default" not in h1.docker("exec", "i1", "ip", "-6", "route").stdout
-        nat = in_host(cluster, h1, "ip6tables", "-t", "nat", "-S", "DOCKPLUG-NET-NAT")
+        nat = h1.ns("ip6tables", "-t", "nat", "-S", "DOCKPLUG-NET-NAT")
         assert "-s fd00:86::/64 ! -o dpb" in nat and "MASQUERADE" in nat
     finally:
         h1.docker("rm", "-f", "x1", "i1", "p1", check=False)
@@ -451,8 +424,8 @@ def test_network_rm_on_both_hosts_leaves_no_ipv6_state(cluster: Cluster) -> None
             h.docker("rm", "-f", *running)
         h.docker("network", "rm", "ds")
     for h in cluster.hosts:
-        assert "dockplug-net" not in in_host(cluster, h, "ip", "-d", "-o", "link", "show")
-        rules = in_host(cluster, h, "ip6tables", "-S") + in_host(cluster, h, "iptables", "-S")
+        assert "dockplug-net" not in h.ns("ip", "-d", "-o", "link", "show")
+        rules = h.ns("ip6tables", "-S") + h.ns("iptables", "-S")
         assert "DPN-" not in rules and "DOCKPLUG" not in rules, rules
-        assert in_host(cluster, h, "ip", "-6", "neigh", "show", "nud", "permanent").strip() == ""
+        assert h.ns("ip", "-6", "neigh", "show", "nud", "permanent").strip() == ""
     assert host_status(cluster.hosts[0])["pools"] == []

@@ -178,13 +178,19 @@ class Host:
             raise AssertionError(f"{self.name}: {' '.join(argv)}: {done.stderr.strip()}")
         return done.stdout
 
-    def firewall_like_dockerd(self) -> None:
+    def firewall_like_dockerd(self, ipv6: bool = False) -> None:
         """FORWARD policy DROP, forwarding and br_netfilter on, as dockerd's default
-        ``--iptables=true`` leaves a real host (the hosts' dockerds run without it):
-        a network driver's own forward rules are then what lets traffic through."""
-        self.ns("iptables", "-P", "FORWARD", "DROP")
+        ``--iptables=true`` leaves a real host (the hosts' dockerds run without it), and with
+        IPV6 the same in ip6tables, as 28's default ``--ip6tables=true`` does: a network
+        driver's own forward rules are then what lets traffic through."""
+        tools = ("iptables", "ip6tables") if ipv6 else ("iptables",)
+        for tool in tools:
+            self.ns(tool, "-P", "FORWARD", "DROP")
         self.ns("sysctl", "-qw", "net.ipv4.ip_forward=1")
-        self.ns("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1", check=False)
+        if ipv6:
+            self.ns("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        for tool in tools:  # br_netfilter's knobs exist once the module is loaded
+            self.ns("sysctl", "-qw", f"net.bridge.bridge-nf-call-{tool}=1", check=False)
 
     def run(
         self, *args: str, network: str, name: str | None = None, check: bool = True
