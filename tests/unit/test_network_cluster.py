@@ -187,3 +187,28 @@ def test_net_status_prints_cluster_networks_hosts_and_endpoints_from_the_store(
         "h1": {"member": True, "vtep": "192.0.2.1", "alive": True},
         "h2": {"member": True, "alive": False},
     }
+
+
+def test_net_status_tables_show_both_families_of_a_dual_stack_network() -> None:
+    from rich.console import Console
+
+    from dockplug.cli.net import _print_network
+
+    console = Console(record=True, width=200)
+    spec = {"subnet": "10.1.0.0/24", "gateway": "10.1.0.1/24", "subnet6": "fd00:1::/64",
+            "gateway6": "fd00:1::1/64", "vni": 7002, "mtu": 1450, "created_by": "h1"}  # fmt: skip
+    only6 = {"subnet": "", "subnet6": "fd00:2::/64", "gateway6": "fd00:2::1/64", "vni": 7003,
+             "mtu": 1450, "created_by": "h1"}  # fmt: skip
+    _print_network(console, {
+        "host": "h1",
+        "networks": [{"network_id": "abc", "bridge": "dpbabc", "subnet": "10.1.0.0/24",
+                      "subnet6": "fd00:1::/64", "cluster": "web", "vni": 7002, "mtu": 1450,
+                      "endpoints": 0}],
+        "cluster": {"web": {"spec": spec, "hosts": {}, "endpoints": {}},
+                    "six": {"spec": only6, "hosts": {}, "endpoints": {}}},
+    })  # fmt: skip
+    lines = [line.split() for line in console.export_text().splitlines()]
+    assert ["abc", "dpbabc", "10.1.0.0/24", "fd00:1::/64", "web", "7002", "1450", "0", "-"] in lines
+    assert ["web", "10.1.0.0/24", "fd00:1::/64", "10.1.0.1", "fd00:1::1", "7002", "1450",
+            "h1"] in lines  # fmt: skip
+    assert ["six", "fd00:2::/64", "fd00:2::1", "7003", "1450", "h1"] in lines

@@ -193,6 +193,13 @@ def _print_status(report: dict[str, Any]) -> None:
         _print_network(console, report["network"])
 
 
+def _both(v4: str | None, v6: str | None, bare: bool = False) -> str:
+    """A dual-stack cell: the IPv4 value, then the IPv6 one (an IPv6-only network has only
+    that); BARE drops the prefix length of gateway CIDRs."""
+    values = [v.split("/")[0] if bare else v for v in (v4, v6) if v]
+    return " ".join(values) or "-"
+
+
 def _print_network(console: Any, net: dict[str, Any]) -> None:
     """The network driver's section: this host's networks (when the plugin answered), then
     each cluster network, the hosts using it and the endpoints each host published."""
@@ -204,7 +211,7 @@ def _print_network(console: Any, net: dict[str, Any]) -> None:
                       title_justify="left")  # fmt: skip
         for n in net["networks"]:
             flags = ", ".join(f for f in ("internal", "masquerade") if n.get(f)) or "-"
-            local.add_row(n["network_id"], n["bridge"], n.get("subnet") or "-",
+            local.add_row(n["network_id"], n["bridge"], _both(n.get("subnet"), n.get("subnet6")),
                           n.get("cluster") or "(this host)", str(n.get("vni") or "-"),
                           str(n["mtu"]), str(n["endpoints"]), flags)  # fmt: skip
         console.print(local if net["networks"] else "no dockplug-net networks on this host")
@@ -226,9 +233,10 @@ def _print_network(console: Any, net: dict[str, Any]) -> None:
     endpoints = Table("CLUSTER NETWORK", "HOST", "ADDRESS", "MAC", box=None)
     for name, info in sorted(clusters.items()):
         spec = info.get("spec") or {}
-        specs.add_row(name, spec.get("subnet", "[red]no spec[/red]"),
-                      (spec.get("gateway") or "-").split("/")[0], str(spec.get("vni", "-")),
-                      str(spec.get("mtu", "-")), spec.get("created_by", "-"))  # fmt: skip
+        subnets = _both(spec.get("subnet"), spec.get("subnet6")) if spec else "[red]no spec[/red]"
+        specs.add_row(name, subnets, _both(spec.get("gateway"), spec.get("gateway6"), bare=True),
+                      str(spec.get("vni", "-")), str(spec.get("mtu", "-")),
+                      spec.get("created_by", "-"))  # fmt: skip
         eps: dict[str, list[str]] = info.get("endpoints", {})
         for host, h in sorted(info.get("hosts", {}).items()):
             alive = "alive" if h.get("alive") else "[red]missing[/red] (no VTEP lease)"
