@@ -23,7 +23,7 @@ from dockplug.drivers.log.config import LOG_OPTIONS, LogSettings, settings
 from dockplug.drivers.log.driver import LogsDriver
 from dockplug.drivers.log.fifo import Splitter
 from dockplug.drivers.log.forwarder import Route
-from dockplug.drivers.log.segments import Cursor, SegmentLog
+from dockplug.drivers.log.segments import Cursor, SegmentLog, frame_local, split_local
 from dockplug.drivers.log.sinks import Message, Meta, SinkError
 from dockplug.drivers.log.sinks.http import HttpSink
 from dockplug.drivers.log.sinks.syslog import SyslogSink
@@ -68,14 +68,51 @@ def test_a_torn_tail_is_cut_when_reopened(tmp_path: Path) -> None:
     assert len(list(Cursor(again, again.start()))) == 6
 
 
+def _lines(framed: bytes) -> list[bytes]:
+    payloads, used = split_local(framed)
+    assert used == len(framed)
+    return [decode(p).line for p in payloads]
+
+
 def test_the_splitter_finds_the_next_record_after_a_restart() -> None:
     """A killed plugin may have read the start of a record; its successor must resync."""
     stream = b"".join(frame(p) for p in _entries(50))
     cut = 7 + len(frame(_entries(1)[0])) * 3  # inside the fourth record
     splitter = Splitter(resync=True)
-    got = [decode(p).line for p in splitter.feed(stream[cut:])]
-    assert got == [f"line {i}".encode() for i in range(4, 50)]
+    framed, count = splitter.feed(stream[cut:])
+    assert _lines(framed) == [f"line {i}".encode() for i in range(4, 50)] and count == 46
     assert 0 < splitter.skipped < 40
+
+
+def test_the_splitter_copies_records_through_across_reads_and_out_of_step_sizes() -> None:
+    """Records cut anywhere by the reads come out whole, in the segments' framing, byte for
+    byte the FIFO's payloads; a size over the limit mid-stream makes it look for the next."""
+    payloads = _entries(300)
+    stream = b"".join(frame(p) for p in payloads)
+    splitter = Splitter()
+    out, total = b"", 0
+    for i in range(0, len(stream), 97):  # 97 bytes a read: every record is cut somewhere
+        framed, count = splitter.feed(stream[i : i + 97])
+        out, total = out + framed, total + count
+    assert out == frame_local(payloads) and total == 300 and splitter.pending == 0
+    garbage = b"\xff\xff\xff\xff" + b"\x01" * 10
+    framed, count = splitter.feed(frame(payloads[0]) + garbage + frame(payloads[1]))
+    assert split_local(framed)[0] == payloads[:2] and count == 2 and splitter.skipped > 0
+
+
+def test_a_batch_is_cut_at_the_record_that_reaches_max_size(tmp_path: Path) -> None:
+    """One append of many records (a whole FIFO read) still rotates at max-size: each
+    segment ends with the record that reached it, the rest go on in the next."""
+    log = SegmentLog(tmp_path / "c", max_size=10_000, max_file=100, compress=False)
+    payloads = _entries(1000)
+    log.append_framed(frame_local(payloads))
+    sizes = [(tmp_path / "c" / f"{seq:012d}.log").stat().st_size for seq in log.segments]
+    record = len(payloads[0]) + 8
+    assert all(10_000 <= s < 10_000 + record for s in sizes[:-1]), sizes
+    assert sum(sizes) == len(frame_local(payloads)) and len(sizes) > 2
+    assert [decode(p).line for p in Cursor(log, log.start())] == [
+        f"line {i}".encode() for i in range(1000)
+    ]
 
 
 def _route(log: SegmentLog, cap: int = 1 << 20, running: bool = True) -> Route:
