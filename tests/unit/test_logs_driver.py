@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import socket
 import threading
 import time
 import urllib.error
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from dockplug.client import PluginClient
+from dockplug.drivers.log import readlogs
 from dockplug.drivers.log.config import LOG_OPTIONS, LogSettings, settings
 from dockplug.drivers.log.driver import LogsDriver
 from dockplug.drivers.log.fifo import Splitter
@@ -367,3 +369,92 @@ def test_health_is_degraded_while_the_sink_is_away_and_ready_when_it_returns(
         assert wait_until(lambda: health()["status"] == "ready", 10), health()
         plugin.client().call("LogDriver.StopLogging", {"File": path})
         os.close(fd)
+
+
+def _reading(pid: int, path: Path) -> int:
+    """How many of PID's descriptors have PATH open read-only (a ReadLogs cursor's)."""
+    count = 0
+    for n in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{n}") != str(path):
+                continue
+            flags = Path(f"/proc/{pid}/fdinfo/{n}").read_text().split("flags:")[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            continue
+        count += int(flags, 8) & os.O_ACCMODE == os.O_RDONLY
+    return count
+
+
+def _follow(sock_path: Path, cid: str) -> socket.socket:
+    """A raw ReadLogs follow request, as dockerd's plugin client sends it."""
+    body = json.dumps({"Info": {"ContainerID": cid}, "Config": {"Follow": True, "Tail": -1}})
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(sock_path))
+    sock.sendall(b"POST /LogDriver.ReadLogs HTTP/1.1\r\nHost: plugin\r\nContent-Length: %d\r\n"
+                 b"\r\n%s" % (len(body), body.encode()))  # fmt: skip
+    return sock
+
+
+def _read_until(sock: socket.socket, want: bytes, timeout: float) -> bytes:
+    data = b""
+    sock.settimeout(timeout)
+    while want not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before {want!r}: {data[-200:]!r}"
+        data += chunk
+    return data
+
+
+def test_an_idle_follower_sends_empty_entries(
+    short_tmp: Path, serve_plugin: Callable[..., ThreadedPlugin]
+) -> None:
+    """dockerd looks whether ``docker logs -f`` is still there only after it decodes an
+    entry: an idle follower sends an empty one (framed, chunked) every HEARTBEAT seconds."""
+    driver = LogsDriver(state_dir=short_tmp / "st")
+    plugin = serve_plugin(driver, name="lh")
+    cid = uuid.uuid4().hex * 2
+    path, fd = _fifo_writer(short_tmp)
+    _start(plugin, path, cid, {})
+    _write(fd, _entries(3))
+    assert wait_until(lambda: driver.containers[cid].entries == 3, 10)
+    sock = _follow(short_tmp / "lh.sock", cid)
+    got = _read_until(sock, b"line 2\n", 10)
+    assert b"\0\0\0\0" not in got.split(b"line 0")[1]
+    _read_until(sock, b"4\r\n\0\0\0\0\r\n", 5)
+    sock.close()
+    assert wait_until(lambda: not driver.readers, 5), driver.readers
+    plugin.client().call("LogDriver.StopLogging", {"File": path})
+    os.close(fd)
+
+
+def test_a_follower_ends_when_its_client_goes(
+    short_tmp: Path, serve_plugin: Callable[..., ThreadedPlugin], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server ends a stream as soon as the client's side closes, though the follower is
+    waiting for entries (no empty entry comes in this test to make a write fail), and the
+    follower's cursor is closed: its file is no longer open."""
+    monkeypatch.setattr(readlogs, "HEARTBEAT", 3600.0)
+    driver = LogsDriver(state_dir=short_tmp / "st")
+    plugin = serve_plugin(driver, name="lf")
+    cid = uuid.uuid4().hex * 2
+    path, fd = _fifo_writer(short_tmp)
+    _start(plugin, path, cid, {})
+    _write(fd, _entries(3))
+    assert wait_until(lambda: driver.containers[cid].entries == 3, 10)
+    sock = _follow(short_tmp / "lf.sock", cid)
+    _read_until(sock, b"line 2\n", 10)
+    assert list(driver.readers.values()) == [True]
+    head = driver.containers[cid].log.dir / "000000000001.log"
+    assert _reading(os.getpid(), head) == 1  # the follower's cursor (the writer's is not)
+    sock.close()
+    assert wait_until(lambda: not driver.readers, 5), driver.readers
+    assert _reading(os.getpid(), head) == 0
+    # the next follower still gets new entries
+    second = _follow(short_tmp / "lf.sock", cid)
+    _read_until(second, b"line 2\n", 10)
+    _write(fd, _entries(1, 3))
+    _read_until(second, b"line 3\n", 10)
+    second.close()
+    assert wait_until(lambda: not driver.readers, 5)
+    plugin.client().call("LogDriver.StopLogging", {"File": path})
+    os.close(fd)
