@@ -458,3 +458,111 @@ def test_a_follower_ends_when_its_client_goes(
     assert wait_until(lambda: not driver.readers, 5)
     plugin.client().call("LogDriver.StopLogging", {"File": path})
     os.close(fd)
+
+
+class _Receiver:
+    """A syslog-over-TCP receiver on 127.0.0.1 that reads at a pace the test sets: it holds
+    each connection's bytes; ``messages`` are the complete octet-counted frames (a frame cut
+    by a closed connection is not a message)."""
+
+    def __init__(self, chunk: int, pause: float) -> None:
+        self.chunk, self.pause = chunk, pause
+        self.reading = threading.Event()  # cleared: connections are accepted, not read
+        self.reading.set()
+        self.conns: list[bytearray] = []
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"syslog+tcp://127.0.0.1:{self._server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            buf = bytearray()
+            self.conns.append(buf)
+            threading.Thread(target=self._read, args=(conn, buf), daemon=True).start()
+
+    def _read(self, conn: socket.socket, buf: bytearray) -> None:
+        with conn:
+            while True:
+                self.reading.wait()
+                data = conn.recv(self.chunk)
+                if not data:
+                    return
+                buf += data
+                time.sleep(self.pause)
+
+    def messages(self) -> list[bytes]:
+        out = []
+        for buf in self.conns:
+            pos = 0
+            while (space := buf.find(b" ", pos)) > 0:
+                end = space + 1 + int(buf[pos:space])
+                if end > len(buf):
+                    break  # cut by the close
+                out.append(bytes(buf[space + 1 : end]).rsplit(b"] ", 1)[1])
+                pos = end
+        return out
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def _big_lines(n: int, size: int = 10_000) -> list[bytes]:
+    return [b"%05d " % i + b"y" * size for i in range(n)]
+
+
+def test_a_slow_syslog_receiver_is_not_timed_out_while_it_reads() -> None:
+    """The timeout bounds each wait for room, not the batch: 16 MB to a receiver reading
+    ~10 MB/s takes over a second, with room every ~0.2 s (the kernel calls a socket writable
+    once half its send buffer, at most 4 MiB here, is free), and must not fail at 0.6 s:
+    that would send again what the receiver has (the duplicates seen under load)."""
+    receiver = _Receiver(chunk=256 << 10, pause=0.02)
+    try:
+        sink = SyslogSink(receiver.url, {}, timeout=0.6)
+        lines = _big_lines(800, 20_000)
+        began = time.monotonic()
+        sink.send(META, [Message(time.time_ns(), "stdout", line) for line in lines])
+        assert time.monotonic() - began > 0.6  # longer than the timeout, yet no failure
+        sink.close()
+        assert wait_until(lambda: len(receiver.messages()) == 800, 20)
+        assert receiver.messages() == lines and len(receiver.conns) == 1
+    finally:
+        receiver.close()
+
+
+def test_a_batch_taken_in_part_is_saved_up_to_that_part(tmp_path: Path) -> None:
+    """A receiver that stops reading: the send times out with some frames handed over whole;
+    the sink says how many, the runner saves the position after them, and the next round sends
+    only the rest. Every line arrives as a whole message exactly once."""
+    from dockplug.drivers.log.forwarder import Forwarders, SinkRunner
+
+    receiver = _Receiver(chunk=1 << 20, pause=0)
+    receiver.reading.clear()
+    try:
+        log = SegmentLog(tmp_path / "c", 1 << 30, 3)
+        lines = _big_lines(800)
+        t = time.time_ns()
+        log.append([encode(LogEntry("stdout", t + i, line)) for i, line in enumerate(lines)])
+        container = SimpleNamespace(id="c" * 64, info={}, log=log, running=False, entries=800,
+                                    settings=LogSettings())  # fmt: skip
+        owner = SimpleNamespace(state=None, containers={})
+        forwarders = Forwarders(owner, (), 0.05, 16 << 20, 0.2)  # type: ignore[arg-type]
+        runner = SinkRunner(forwarders, receiver.url, receiver.url, {})
+        runner.sink = SyslogSink(receiver.url, {}, timeout=0.3)
+        route = Route(container, log.start(), 0, Cursor(log, log.start()))  # type: ignore[arg-type]
+        runner.routes[container.id] = route
+        with pytest.raises(SinkError, match="after") as failed:
+            runner._round()
+        taken = failed.value.taken
+        assert 0 < taken < 800, taken
+        assert route.sent == taken and route.committed > log.start()
+        receiver.reading.set()  # it reads again: the first connection's bytes, then the rest
+        assert runner._round() and route.sent == 800
+        runner.sink.close()
+        assert wait_until(lambda: len(receiver.messages()) >= 800, 20)
+        assert receiver.messages() == lines and len(receiver.conns) == 2
+    finally:
+        receiver.close()
