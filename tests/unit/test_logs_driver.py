@@ -3,10 +3,12 @@ options, and the sinks against real rsyslog (TCP and TLS) and a recording HTTP s
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 import urllib.error
@@ -566,3 +568,57 @@ def test_a_batch_taken_in_part_is_saved_up_to_that_part(tmp_path: Path) -> None:
         assert receiver.messages() == lines and len(receiver.conns) == 2
     finally:
         receiver.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a disk that really fills (ENOSPC), not a simulated error."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_drops_entries_counts_them_and_writes_a_marker(
+    small_disk: Path, short_tmp: Path
+) -> None:
+    """The reader never stops draining the FIFO: while the disk is full, entries are counted
+    as dropped; once there is room again a marker entry says how many, then logging goes on."""
+    from dockplug.drivers.log.fifo import FifoReader, open_fifo
+
+    log = SegmentLog(small_disk / "c", 1 << 30, 3)
+    ballast = small_disk / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT)
+    with contextlib.suppress(OSError):  # fill the disk to the last byte
+        while True:
+            os.write(fd, b"\0" * 4096)
+    os.close(fd)
+    counts = [0, 0, 0]
+    done = threading.Event()
+
+    def count(entries: int, size: int, dropped: int) -> None:
+        counts[0] += entries
+        counts[1] += size
+        counts[2] += dropped
+
+    path, wfd = _fifo_writer(short_tmp)
+    FifoReader(path, open_fifo(path), log, count, lambda _: done.set()).start()
+    for i in range(20):
+        _write(wfd, _entries(100, i * 100))
+    assert wait_until(lambda: counts[0] + counts[2] == 2000, 10), counts
+    lost = counts[2]
+    assert lost > 1000, counts  # a few KiB of room: most of it had nowhere to go
+    ballast.unlink()
+    _write(wfd, _entries(10, 2000))
+    os.close(wfd)
+    assert done.wait(10)  # EOF: the reader drained it all and closed
+    lines = [decode(p).line for p in Cursor(log, log.start())]
+    mark = f"[dockplug-logs: {lost} log entries dropped: No space left on device]".encode()
+    assert lines.count(mark) == 1 and lines[-11] == mark, lines[-12:]
+    assert lines[-10:] == [f"line {i}".encode() for i in range(2000, 2010)]
+    assert counts[0] == len(lines) - 1 and counts[2] == lost  # the marker is not an entry
