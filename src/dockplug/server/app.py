@@ -383,9 +383,10 @@ class Stream:
 
 
 async def _disconnected(receive: Receive) -> None:
-    """Returns when the ASGI server says the client disconnected."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
+    """Returns when the ASGI server says the client disconnected (or cannot say any more)."""
+    with contextlib.suppress(Exception):
+        while (await receive())["type"] != "http.disconnect":
+            pass
 
 
 async def _aiter(result: Any) -> AsyncIterator[bytes]:

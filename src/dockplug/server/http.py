@@ -95,6 +95,7 @@ class HttpConnection(asyncio.Protocol):
         #: done when the client is gone (connection lost, or its EOF while a stream runs)
         self.gone: asyncio.Future[None] | None = None
         self.streaming = False
+        self.peer_eof = False
         # the request being parsed
         self._url = b""
         self._chunks: list[bytes] = []
@@ -145,6 +146,7 @@ class HttpConnection(asyncio.Protocol):
         """A client that half-closes after its last request still gets the replies, but not
         a stream: dockerd closes a ReadLogs connection when ``docker logs -f`` goes away, and
         a follower would otherwise wait for entries no one reads (the transport then closes)."""
+        self.peer_eof = True
         if self.streaming:
             self._set_gone()
             return False
@@ -301,7 +303,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self.gone = asyncio.get_running_loop().create_future()
         self.streaming = True
-        if self.closing:
+        if self.closing or self.peer_eof:  # gone before its stream began
             self._set_gone()
         transport.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ntransfer-encoding: chunked\r\n\r\n"
