@@ -148,11 +148,15 @@ def test_200k_lines_reach_docker_logs_and_the_sink(
     out = dockerd.docker("logs", name).stdout.splitlines()
     assert out == want, f"{len(out)} lines back; first differing: {_first_diff(out, want)}"
     assert wait_until(lambda: len(_syslog(rsyslog, name)) >= LINES, 60, 0.2)
-    # forwarding is at least once: a batch whose send timed out is sent again, so under load
-    # a batch may arrive twice; every line must arrive, and no more than a few batches again
+    # forwarding is at least once: after a failed send what the receiver may not have is sent
+    # again (since the syslog sink reports the frames it handed over whole, only the frame cut
+    # by the failure); every line must arrive, and no more than a few batches again
     got = _syslog(rsyslog, name)
     assert sorted(set(got), key=int) == want, f"{len(set(got))} distinct lines of {LINES}"
-    assert len(got) - len(set(got)) <= 5_000, f"{len(got) - len(set(got))} lines sent again"
+    assert logs.proc is not None
+    failures = [ln for ln in logs.proc.output.splitlines() if ln.startswith("sink ")]
+    assert len(got) - len(set(got)) <= 5_000, (len(got) - len(set(got)), failures)
+    print(f"{len(got) - len(set(got))} lines sent twice; failed sends: {failures}")
     assert wrote < 60, f"200,000 lines took {wrote:.1f}s to write"
 
 
