@@ -15,13 +15,11 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from dockplug.drivers.log.segments import Cursor, Position, SegmentLog
-from dockplug.protocol.log import ReadConfig, frame
+from dockplug.protocol.log import EMPTY_ENTRY, ReadConfig, frame
 from dockplug.protocol.logentry import _LogEntryPb
 
 FOLLOW_POLL = 0.05  # seconds between looks for new entries while following
 HEARTBEAT = 1.0  # seconds of no new entries after which a follower sends an empty entry
-#: an empty LogEntry (no source, no line): dockerd decodes it and shows nothing
-HEARTBEAT_RECORD = frame(b"")
 BATCH = 1 << 20
 
 
@@ -103,7 +101,7 @@ async def stream(
                 idle += FOLLOW_POLL
                 if idle >= HEARTBEAT:
                     idle = 0.0
-                    yield HEARTBEAT_RECORD
+                    yield EMPTY_ENTRY
     finally:
         if readers is not None:
             readers.pop(cursor, None)
