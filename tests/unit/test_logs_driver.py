@@ -622,3 +622,42 @@ def test_a_full_disk_drops_entries_counts_them_and_writes_a_marker(
     assert lines.count(mark) == 1 and lines[-11] == mark, lines[-12:]
     assert lines[-10:] == [f"line {i}".encode() for i in range(2000, 2010)]
     assert counts[0] == len(lines) - 1 and counts[2] == lost  # the marker is not an entry
+
+
+class _SlowReader(http.server.BaseHTTPRequestHandler):
+    """Reads a request body 256 KiB per 20 ms (~10 MB/s), as a loaded backend may."""
+
+    sizes: list[int] = []
+
+    def do_POST(self) -> None:
+        left, got = int(self.headers["Content-Length"]), 0
+        while left:
+            data = self.rfile.read(min(left, 256 << 10))
+            left, got = left - len(data), got + len(data)
+            time.sleep(0.02)
+        type(self).sizes.append(got)
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_slow_http_backend_is_not_timed_out_while_it_reads() -> None:
+    """The HTTP sinks' timeout bounds each wait for room too, not the body: a 16 MB push
+    read over more than a second must not fail at 0.6 s (and be sent again: journal-remote
+    would keep the entries of the first, cut upload)."""
+    handler = type("Slow", (_SlowReader,), {"sizes": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sink = HttpSink(f"loki+http://127.0.0.1:{server.server_address[1]}/loki/api/v1/push",
+                        timeout=0.6)  # fmt: skip
+        lines = _big_lines(800, 20_000)
+        began = time.monotonic()
+        sink.send(META, [Message(time.time_ns(), "stdout", line) for line in lines])
+        assert time.monotonic() - began > 0.6
+        assert len(handler.sizes) == 1 and handler.sizes[0] > 16_000_000
+    finally:
+        server.shutdown()
