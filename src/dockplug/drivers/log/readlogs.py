@@ -72,19 +72,22 @@ async def stream(
     if readers is not None:
         readers[cursor] = config.follow
     loop = asyncio.get_running_loop()
-    step: asyncio.Future[tuple[bytes, int, bool]] | None = None
+    step: asyncio.Future[tuple[bytes, int, bool, int]] | None = None
 
-    def batch() -> tuple[bytes, int, bool]:
+    def batch() -> tuple[bytes, int, bool, int]:
+        # the version before the read: an append during or after it is then waited for no
+        # longer (read after, it would already count that append, which waits for the next)
+        version = log.version
         payloads = cursor.read(BATCH)
         data, past = _convert(payloads, since, until)
-        return data, len(payloads), past
+        return data, len(payloads), past, version
 
     try:
         while True:
             step = loop.run_in_executor(None, batch)
             # shielded: a client gone mid-read cancels this wait, not the read, which must end
             # before the cursor is closed
-            data, count, past = await asyncio.shield(step)
+            data, count, past, version = await asyncio.shield(step)
             step = None
             if data:
                 yield data
@@ -94,7 +97,6 @@ async def stream(
                 continue
             if not config.follow or not running():
                 return
-            version = log.version
             idle = 0.0
             while log.version == version and running():
                 await asyncio.sleep(FOLLOW_POLL)
@@ -111,7 +113,7 @@ async def stream(
             cursor.close()
 
 
-def _close_after(cursor: Cursor, read: asyncio.Future[tuple[bytes, int, bool]]) -> None:
+def _close_after(cursor: Cursor, read: asyncio.Future[tuple[bytes, int, bool, int]]) -> None:
     if not read.cancelled():
         read.exception()  # retrieved: the reader is gone, no one else will
     cursor.close()
