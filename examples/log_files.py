@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import dockplug
-from dockplug.protocol.log import FrameReader, frame
+from dockplug.protocol.log import EMPTY_ENTRY, FrameReader, frame
 from dockplug.protocol.logentry import LogEntry, decode, encode
 
 
@@ -124,11 +124,16 @@ class FilesDriver(dockplug.LogDriver):
             found = found[-config.tail :] if config.tail else []
         yield from (_for_docker_logs(e) for e in found)
         sent = len(container.entries())
+        idle = 0
         while config.follow and container.readers:  # until the container's logger stops
             time.sleep(0.2)
             fresh = container.entries()[sent:]
             sent += len(fresh)
+            idle = 0 if fresh else idle + 1
             yield from (_for_docker_logs(e) for _, e in fresh if wanted(e))
+            if idle == 5:  # dockerd notices that docker logs -f left only at the next entry
+                idle = 0
+                yield EMPTY_ENTRY
 
 
 if __name__ == "__main__":

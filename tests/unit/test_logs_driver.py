@@ -3,9 +3,12 @@ options, and the sinks against real rsyslog (TCP and TLS) and a recording HTTP s
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
+import socket
+import subprocess
 import threading
 import time
 import urllib.error
@@ -19,11 +22,12 @@ from typing import Any
 import pytest
 
 from dockplug.client import PluginClient
+from dockplug.drivers.log import readlogs
 from dockplug.drivers.log.config import LOG_OPTIONS, LogSettings, settings
 from dockplug.drivers.log.driver import LogsDriver
 from dockplug.drivers.log.fifo import Splitter
 from dockplug.drivers.log.forwarder import Route
-from dockplug.drivers.log.segments import Cursor, SegmentLog
+from dockplug.drivers.log.segments import Cursor, SegmentLog, frame_local, split_local
 from dockplug.drivers.log.sinks import Message, Meta, SinkError
 from dockplug.drivers.log.sinks.http import HttpSink
 from dockplug.drivers.log.sinks.syslog import SyslogSink
@@ -68,14 +72,51 @@ def test_a_torn_tail_is_cut_when_reopened(tmp_path: Path) -> None:
     assert len(list(Cursor(again, again.start()))) == 6
 
 
+def _lines(framed: bytes) -> list[bytes]:
+    payloads, used = split_local(framed)
+    assert used == len(framed)
+    return [decode(p).line for p in payloads]
+
+
 def test_the_splitter_finds_the_next_record_after_a_restart() -> None:
     """A killed plugin may have read the start of a record; its successor must resync."""
     stream = b"".join(frame(p) for p in _entries(50))
     cut = 7 + len(frame(_entries(1)[0])) * 3  # inside the fourth record
     splitter = Splitter(resync=True)
-    got = [decode(p).line for p in splitter.feed(stream[cut:])]
-    assert got == [f"line {i}".encode() for i in range(4, 50)]
+    framed, count = splitter.feed(stream[cut:])
+    assert _lines(framed) == [f"line {i}".encode() for i in range(4, 50)] and count == 46
     assert 0 < splitter.skipped < 40
+
+
+def test_the_splitter_copies_records_through_across_reads_and_out_of_step_sizes() -> None:
+    """Records cut anywhere by the reads come out whole, in the segments' framing, byte for
+    byte the FIFO's payloads; a size over the limit mid-stream makes it look for the next."""
+    payloads = _entries(300)
+    stream = b"".join(frame(p) for p in payloads)
+    splitter = Splitter()
+    out, total = b"", 0
+    for i in range(0, len(stream), 97):  # 97 bytes a read: every record is cut somewhere
+        framed, count = splitter.feed(stream[i : i + 97])
+        out, total = out + framed, total + count
+    assert out == frame_local(payloads) and total == 300 and splitter.pending == 0
+    garbage = b"\xff\xff\xff\xff" + b"\x01" * 10
+    framed, count = splitter.feed(frame(payloads[0]) + garbage + frame(payloads[1]))
+    assert split_local(framed)[0] == payloads[:2] and count == 2 and splitter.skipped > 0
+
+
+def test_a_batch_is_cut_at_the_record_that_reaches_max_size(tmp_path: Path) -> None:
+    """One append of many records (a whole FIFO read) still rotates at max-size: each
+    segment ends with the record that reached it, the rest go on in the next."""
+    log = SegmentLog(tmp_path / "c", max_size=10_000, max_file=100, compress=False)
+    payloads = _entries(1000)
+    log.append_framed(frame_local(payloads))
+    sizes = [(tmp_path / "c" / f"{seq:012d}.log").stat().st_size for seq in log.segments]
+    record = len(payloads[0]) + 8
+    assert all(10_000 <= s < 10_000 + record for s in sizes[:-1]), sizes
+    assert sum(sizes) == len(frame_local(payloads)) and len(sizes) > 2
+    assert [decode(p).line for p in Cursor(log, log.start())] == [
+        f"line {i}".encode() for i in range(1000)
+    ]
 
 
 def _route(log: SegmentLog, cap: int = 1 << 20, running: bool = True) -> Route:
@@ -330,3 +371,293 @@ def test_health_is_degraded_while_the_sink_is_away_and_ready_when_it_returns(
         assert wait_until(lambda: health()["status"] == "ready", 10), health()
         plugin.client().call("LogDriver.StopLogging", {"File": path})
         os.close(fd)
+
+
+def _reading(pid: int, path: Path) -> int:
+    """How many of PID's descriptors have PATH open read-only (a ReadLogs cursor's)."""
+    count = 0
+    for n in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{n}") != str(path):
+                continue
+            flags = Path(f"/proc/{pid}/fdinfo/{n}").read_text().split("flags:")[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            continue
+        count += int(flags, 8) & os.O_ACCMODE == os.O_RDONLY
+    return count
+
+
+def _follow(sock_path: Path, cid: str) -> socket.socket:
+    """A raw ReadLogs follow request, as dockerd's plugin client sends it."""
+    body = json.dumps({"Info": {"ContainerID": cid}, "Config": {"Follow": True, "Tail": -1}})
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(sock_path))
+    sock.sendall(b"POST /LogDriver.ReadLogs HTTP/1.1\r\nHost: plugin\r\nContent-Length: %d\r\n"
+                 b"\r\n%s" % (len(body), body.encode()))  # fmt: skip
+    return sock
+
+
+def _read_until(sock: socket.socket, want: bytes, timeout: float) -> bytes:
+    data = b""
+    sock.settimeout(timeout)
+    while want not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before {want!r}: {data[-200:]!r}"
+        data += chunk
+    return data
+
+
+def test_an_idle_follower_sends_empty_entries(
+    short_tmp: Path, serve_plugin: Callable[..., ThreadedPlugin]
+) -> None:
+    """dockerd looks whether ``docker logs -f`` is still there only after it decodes an
+    entry: an idle follower sends an empty one (framed, chunked) every HEARTBEAT seconds."""
+    driver = LogsDriver(state_dir=short_tmp / "st")
+    plugin = serve_plugin(driver, name="lh")
+    cid = uuid.uuid4().hex * 2
+    path, fd = _fifo_writer(short_tmp)
+    _start(plugin, path, cid, {})
+    _write(fd, _entries(3))
+    assert wait_until(lambda: driver.containers[cid].entries == 3, 10)
+    sock = _follow(short_tmp / "lh.sock", cid)
+    got = _read_until(sock, b"line 2\n", 10)
+    assert b"\0\0\0\0" not in got.split(b"line 0")[1]
+    _read_until(sock, b"4\r\n\0\0\0\0\r\n", 5)
+    sock.close()
+    assert wait_until(lambda: not driver.readers, 5), driver.readers
+    plugin.client().call("LogDriver.StopLogging", {"File": path})
+    os.close(fd)
+
+
+def test_a_follower_ends_when_its_client_goes(
+    short_tmp: Path, serve_plugin: Callable[..., ThreadedPlugin], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server ends a stream as soon as the client's side closes, though the follower is
+    waiting for entries (no empty entry comes in this test to make a write fail), and the
+    follower's cursor is closed: its file is no longer open."""
+    monkeypatch.setattr(readlogs, "HEARTBEAT", 3600.0)
+    driver = LogsDriver(state_dir=short_tmp / "st")
+    plugin = serve_plugin(driver, name="lf")
+    cid = uuid.uuid4().hex * 2
+    path, fd = _fifo_writer(short_tmp)
+    _start(plugin, path, cid, {})
+    _write(fd, _entries(3))
+    assert wait_until(lambda: driver.containers[cid].entries == 3, 10)
+    sock = _follow(short_tmp / "lf.sock", cid)
+    _read_until(sock, b"line 2\n", 10)
+    assert list(driver.readers.values()) == [True]
+    head = driver.containers[cid].log.dir / "000000000001.log"
+    assert _reading(os.getpid(), head) == 1  # the follower's cursor (the writer's is not)
+    sock.close()
+    assert wait_until(lambda: not driver.readers, 5), driver.readers
+    assert _reading(os.getpid(), head) == 0
+    # the next follower still gets new entries
+    second = _follow(short_tmp / "lf.sock", cid)
+    _read_until(second, b"line 2\n", 10)
+    _write(fd, _entries(1, 3))
+    _read_until(second, b"line 3\n", 10)
+    second.close()
+    assert wait_until(lambda: not driver.readers, 5)
+    plugin.client().call("LogDriver.StopLogging", {"File": path})
+    os.close(fd)
+
+
+class _Receiver:
+    """A syslog-over-TCP receiver on 127.0.0.1 that reads at a pace the test sets: it holds
+    each connection's bytes; ``messages`` are the complete octet-counted frames (a frame cut
+    by a closed connection is not a message)."""
+
+    def __init__(self, chunk: int, pause: float) -> None:
+        self.chunk, self.pause = chunk, pause
+        self.reading = threading.Event()  # cleared: connections are accepted, not read
+        self.reading.set()
+        self.conns: list[bytearray] = []
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"syslog+tcp://127.0.0.1:{self._server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            buf = bytearray()
+            self.conns.append(buf)
+            threading.Thread(target=self._read, args=(conn, buf), daemon=True).start()
+
+    def _read(self, conn: socket.socket, buf: bytearray) -> None:
+        with conn:
+            while True:
+                self.reading.wait()
+                data = conn.recv(self.chunk)
+                if not data:
+                    return
+                buf += data
+                time.sleep(self.pause)
+
+    def messages(self) -> list[bytes]:
+        out = []
+        for buf in self.conns:
+            pos = 0
+            while (space := buf.find(b" ", pos)) > 0:
+                end = space + 1 + int(buf[pos:space])
+                if end > len(buf):
+                    break  # cut by the close
+                out.append(bytes(buf[space + 1 : end]).rsplit(b"] ", 1)[1])
+                pos = end
+        return out
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def _big_lines(n: int, size: int = 10_000) -> list[bytes]:
+    return [b"%05d " % i + b"y" * size for i in range(n)]
+
+
+def test_a_slow_syslog_receiver_is_not_timed_out_while_it_reads() -> None:
+    """The timeout bounds each wait for room, not the batch: 16 MB to a receiver reading
+    ~10 MB/s takes over a second, with room every ~0.2 s (the kernel calls a socket writable
+    once half its send buffer, at most 4 MiB here, is free), and must not fail at 0.6 s:
+    that would send again what the receiver has (the duplicates seen under load)."""
+    receiver = _Receiver(chunk=256 << 10, pause=0.02)
+    try:
+        sink = SyslogSink(receiver.url, {}, timeout=0.6)
+        lines = _big_lines(800, 20_000)
+        began = time.monotonic()
+        sink.send(META, [Message(time.time_ns(), "stdout", line) for line in lines])
+        assert time.monotonic() - began > 0.6  # longer than the timeout, yet no failure
+        sink.close()
+        assert wait_until(lambda: len(receiver.messages()) == 800, 20)
+        assert receiver.messages() == lines and len(receiver.conns) == 1
+    finally:
+        receiver.close()
+
+
+def test_a_batch_taken_in_part_is_saved_up_to_that_part(tmp_path: Path) -> None:
+    """A receiver that stops reading: the send times out with some frames handed over whole;
+    the sink says how many, the runner saves the position after them, and the next round sends
+    only the rest. Every line arrives as a whole message exactly once."""
+    from dockplug.drivers.log.forwarder import Forwarders, SinkRunner
+
+    receiver = _Receiver(chunk=1 << 20, pause=0)
+    receiver.reading.clear()
+    try:
+        log = SegmentLog(tmp_path / "c", 1 << 30, 3)
+        lines = _big_lines(800)
+        t = time.time_ns()
+        log.append([encode(LogEntry("stdout", t + i, line)) for i, line in enumerate(lines)])
+        container = SimpleNamespace(id="c" * 64, info={}, log=log, running=False, entries=800,
+                                    settings=LogSettings())  # fmt: skip
+        owner = SimpleNamespace(state=None, containers={})
+        forwarders = Forwarders(owner, (), 0.05, 16 << 20, 0.2)  # type: ignore[arg-type]
+        runner = SinkRunner(forwarders, receiver.url, receiver.url, {})
+        runner.sink = SyslogSink(receiver.url, {}, timeout=0.3)
+        route = Route(container, log.start(), 0, Cursor(log, log.start()))  # type: ignore[arg-type]
+        runner.routes[container.id] = route
+        with pytest.raises(SinkError, match="after") as failed:
+            runner._round()
+        taken = failed.value.taken
+        assert 0 < taken < 800, taken
+        assert route.sent == taken and route.committed > log.start()
+        receiver.reading.set()  # it reads again: the first connection's bytes, then the rest
+        assert runner._round() and route.sent == 800
+        runner.sink.close()
+        assert wait_until(lambda: len(receiver.messages()) >= 800, 20)
+        assert receiver.messages() == lines and len(receiver.conns) == 2
+    finally:
+        receiver.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a disk that really fills (ENOSPC), not a simulated error."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_drops_entries_counts_them_and_writes_a_marker(
+    small_disk: Path, short_tmp: Path
+) -> None:
+    """The reader never stops draining the FIFO: while the disk is full, entries are counted
+    as dropped; once there is room again a marker entry says how many, then logging goes on."""
+    from dockplug.drivers.log.fifo import FifoReader, open_fifo
+
+    log = SegmentLog(small_disk / "c", 1 << 30, 3)
+    ballast = small_disk / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT)
+    with contextlib.suppress(OSError):  # fill the disk to the last byte
+        while True:
+            os.write(fd, b"\0" * 4096)
+    os.close(fd)
+    counts = [0, 0, 0]
+    done = threading.Event()
+
+    def count(entries: int, size: int, dropped: int) -> None:
+        counts[0] += entries
+        counts[1] += size
+        counts[2] += dropped
+
+    path, wfd = _fifo_writer(short_tmp)
+    FifoReader(path, open_fifo(path), log, count, lambda _: done.set()).start()
+    for i in range(20):
+        _write(wfd, _entries(100, i * 100))
+    assert wait_until(lambda: counts[0] + counts[2] == 2000, 10), counts
+    lost = counts[2]
+    assert lost > 1000, counts  # a few KiB of room: most of it had nowhere to go
+    ballast.unlink()
+    _write(wfd, _entries(10, 2000))
+    os.close(wfd)
+    assert done.wait(10)  # EOF: the reader drained it all and closed
+    lines = [decode(p).line for p in Cursor(log, log.start())]
+    mark = f"[dockplug-logs: {lost} log entries dropped: No space left on device]".encode()
+    assert lines.count(mark) == 1 and lines[-11] == mark, lines[-12:]
+    assert lines[-10:] == [f"line {i}".encode() for i in range(2000, 2010)]
+    assert counts[0] == len(lines) - 1 and counts[2] == lost  # the marker is not an entry
+
+
+class _SlowReader(http.server.BaseHTTPRequestHandler):
+    """Reads a request body 256 KiB per 20 ms (~10 MB/s), as a loaded backend may."""
+
+    sizes: list[int] = []
+
+    def do_POST(self) -> None:
+        left, got = int(self.headers["Content-Length"]), 0
+        while left:
+            data = self.rfile.read(min(left, 256 << 10))
+            left, got = left - len(data), got + len(data)
+            time.sleep(0.02)
+        type(self).sizes.append(got)
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_slow_http_backend_is_not_timed_out_while_it_reads() -> None:
+    """The HTTP sinks' timeout bounds each wait for room too, not the body: a 16 MB push
+    read over more than a second must not fail at 0.6 s (and be sent again: journal-remote
+    would keep the entries of the first, cut upload)."""
+    handler = type("Slow", (_SlowReader,), {"sizes": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sink = HttpSink(f"loki+http://127.0.0.1:{server.server_address[1]}/loki/api/v1/push",
+                        timeout=0.6)  # fmt: skip
+        lines = _big_lines(800, 20_000)
+        began = time.monotonic()
+        sink.send(META, [Message(time.time_ns(), "stdout", line) for line in lines])
+        assert time.monotonic() - began > 0.6
+        assert len(handler.sizes) == 1 and handler.sizes[0] > 16_000_000
+    finally:
+        server.shutdown()

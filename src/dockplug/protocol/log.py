@@ -129,6 +129,13 @@ def frame(payload: bytes) -> bytes:
     return _LENGTH.pack(len(payload)) + payload
 
 
+#: An empty LogEntry, framed: no source and no line, so dockerd shows nothing for it. dockerd
+#: reads a follower's stream until it decodes an entry and only then looks whether the
+#: ``docker logs -f`` client is still there (daemon/logger/adapter.go, 20.10 to 28): an idle
+#: follower yields this now and then so that dockerd closes the connection of a client gone.
+EMPTY_ENTRY = frame(b"")
+
+
 class FrameError(ValueError):
     """The stream cannot be split: a record longer than the limit, or a truncated tail."""
 
@@ -262,7 +269,10 @@ class LogDriver(Driver):
 
     ``read_logs`` (only called if capabilities say ``ReadLogs``: by default, when it is
     overridden) returns framed bytes or an iterator / async iterator of them (use :func:`frame`);
-    with ``follow`` keep yielding until the client goes away.
+    with ``follow`` keep yielding until the client goes away, and while there is nothing new
+    yield :data:`EMPTY_ENTRY` every second or so: dockerd notices a gone client only at its
+    next entry. dockplug's server closes the stream (its pending step is cancelled, so a
+    ``finally`` runs) as soon as dockerd closes the connection.
     """
 
     metrics_family: ClassVar[str] = "log"

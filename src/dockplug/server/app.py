@@ -325,13 +325,16 @@ class PluginApp:
         if isinstance(answer, Stream):
             headers = [(b"content-type", answer.content_type)]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
+            gone = asyncio.ensure_future(_disconnected(receive))
             try:
-                async for piece in answer.pieces:
+                while (piece := await answer.next(gone)) is not None:
                     if piece:
                         await send({"type": "http.response.body", "body": piece, "more_body": True})
             finally:
+                gone.cancel()
                 await answer.aclose()
-                await send({"type": "http.response.body", "body": b""})
+                with contextlib.suppress(Exception):  # the client may be gone
+                    await send({"type": "http.response.body", "body": b""})
             return
         status, data = answer
         headers = [(b"content-type", CONTENT_TYPE), (b"content-length", b"%d" % len(data))]
@@ -349,11 +352,41 @@ class Stream:
     def __init__(self, pieces: AsyncIterator[bytes]) -> None:
         self.pieces = pieces
 
+    async def next(self, gone: asyncio.Future[Any]) -> bytes | None:
+        """The next piece; None at the end or once GONE is done (the client went away).
+
+        A follower may wait for minutes between pieces; when the client goes, its pending
+        step is cancelled, so the driver's ``finally`` frees what it holds at once.
+        """
+        if gone.done():
+            return None
+        step = asyncio.ensure_future(anext(self.pieces))
+        try:
+            await asyncio.wait((step, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not step.done():
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await step
+        if step.cancelled():
+            return None
+        try:
+            return step.result()
+        except StopAsyncIteration:
+            return None
+
     async def aclose(self) -> None:
         closer = getattr(self.pieces, "aclose", None)
         if closer is not None:
             with contextlib.suppress(Exception):
                 await closer()
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the ASGI server says the client disconnected (or cannot say any more)."""
+    with contextlib.suppress(Exception):
+        while (await receive())["type"] != "http.disconnect":
+            pass
 
 
 async def _aiter(result: Any) -> AsyncIterator[bytes]:

@@ -92,6 +92,10 @@ class HttpConnection(asyncio.Protocol):
         self.paused_reading = False
         self.write_ready: asyncio.Future[None] | None = None  # set while writing is paused
         self.task: asyncio.Task[None] | None = None
+        #: done when the client is gone (connection lost, or its EOF while a stream runs)
+        self.gone: asyncio.Future[None] | None = None
+        self.streaming = False
+        self.peer_eof = False
         # the request being parsed
         self._url = b""
         self._chunks: list[bytes] = []
@@ -111,6 +115,7 @@ class HttpConnection(asyncio.Protocol):
         self.queue.clear()
         if self.write_ready is not None and not self.write_ready.done():
             self.write_ready.set_result(None)
+        self._set_gone()
         if not self.busy:
             self.server.idle_changed()
 
@@ -138,8 +143,18 @@ class HttpConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
-        # a client that half-closes after its last request still gets the replies
+        """A client that half-closes after its last request still gets the replies, but not
+        a stream: dockerd closes a ReadLogs connection when ``docker logs -f`` goes away, and
+        a follower would otherwise wait for entries no one reads (the transport then closes)."""
+        self.peer_eof = True
+        if self.streaming:
+            self._set_gone()
+            return False
         return bool(self.busy or self.queue)
+
+    def _set_gone(self) -> None:
+        if self.gone is not None and not self.gone.done():
+            self.gone.set_result(None)
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -279,24 +294,32 @@ class HttpConnection(asyncio.Protocol):
 
     async def _stream(self, stream: Stream, keep_alive: bool) -> None:
         """A streamed reply (LogDriver.ReadLogs): chunked, each piece sent as it comes, with
-        the writer's flow control honoured so a slow reader never fills our memory."""
+        the writer's flow control honoured so a slow reader never fills our memory. The wait
+        for the next piece ends when the client goes away, and the stream is closed then (a
+        follower frees its files at once instead of at its next entry, which may never come)."""
         transport = self.transport
         if transport is None or transport.is_closing():
             await stream.aclose()
             return
+        self.gone = asyncio.get_running_loop().create_future()
+        self.streaming = True
+        if self.closing or self.peer_eof:  # gone before its stream began
+            self._set_gone()
         transport.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ntransfer-encoding: chunked\r\n\r\n"
             % stream.content_type
         )
         try:
-            async for piece in stream.pieces:
-                if transport.is_closing():
+            while True:
+                piece = await stream.next(self.gone)
+                if piece is None or transport.is_closing():
                     break
                 if piece:
                     transport.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                     if self.write_ready is not None:
                         await self.write_ready
         finally:
+            self.streaming = False
             await stream.aclose()
             if not transport.is_closing():
                 transport.write(b"0\r\n\r\n")

@@ -19,7 +19,7 @@ from dockplug.drivers.log.container import Container
 from dockplug.drivers.log.fifo import FifoReader, open_fifo
 from dockplug.drivers.log.forwarder import Forwarders, shown_url
 from dockplug.drivers.log.readlogs import stream
-from dockplug.drivers.log.segments import SegmentLog
+from dockplug.drivers.log.segments import Cursor, SegmentLog
 from dockplug.drivers.log.state import LogState
 from dockplug.drivers.options import parse_size
 from dockplug.drivers.registry import setting_default
@@ -77,6 +77,8 @@ class LogsDriver(LogDriver):
         self.containers: dict[str, Container] = {}
         self.lock = threading.Lock()
         self.fifos: dict[str, FifoReader] = {}
+        #: ReadLogs streams open (``docker logs``): each one's cursor and whether it follows
+        self.readers: dict[Cursor, bool] = {}
         self.state: LogState | None = None
         self.forwarders = Forwarders(
             self, tuple(forward), flush_interval, parse_size(batch_size), retry_max
@@ -131,6 +133,14 @@ class LogsDriver(LogDriver):
         metrics.gauge_fn(
             "dropped", "Entries dropped (disk trouble: a marker is written instead)", self._dropped
         )
+        metrics.gauge_fn(
+            "readers", "ReadLogs streams open (docker logs), following or not",
+            lambda: len(self.readers),
+        )  # fmt: skip
+        metrics.gauge_fn(
+            "followers", "ReadLogs streams following (docker logs -f)",
+            lambda: sum(list(self.readers.values())),
+        )  # fmt: skip
         metrics.gauge_fn(
             "sink_lag", "Entries a sink has not taken yet, by sink", self._lags, ("sink",)
         )
@@ -229,7 +239,7 @@ class LogsDriver(LogDriver):
         container = self.containers.get(cid)
         if container is None:
             raise PluginError(f"no logs kept for container {cid[:12]!r}")
-        return stream(container.log, req.config, lambda: container.running)
+        return stream(container.log, req.config, lambda: container.running, self.readers)
 
     # -- upkeep -------------------------------------------------------------------------
 

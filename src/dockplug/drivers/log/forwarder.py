@@ -4,7 +4,8 @@ each container's log.
 A sink is fed from the segments, never from the FIFO, so a slow or absent backend costs disk,
 not a blocked container. Each wake (every ``flush_interval``, or when a container's logger
 stops) sends what accumulated, in batches of up to ``batch_size`` bytes; the position after a
-batch is saved only once the backend took it (at least once, across restarts). While a backend
+batch is saved only once the backend took it (at least once, across restarts; a batch it took
+in part, as a stream sink can tell, is saved up to that part). While a backend
 is away the thread backs off exponentially, with jitter, up to ``retry_max`` seconds. Lines
 dockerd split at 16 KiB (partial entries sharing an id) are rejoined up to ``max-line-size``;
 a position never falls inside a line being rejoined.
@@ -49,6 +50,9 @@ class Route:
     safe: Position | None = None  # after the last complete message collected
     read: int = 0  # entries read since ``committed``
     safe_read: int = 0  # of them, up to ``safe``
+    #: after each message of the last collect: (its position, entries read up to it), so a
+    #: batch the sink took in part is committed up to the part it took
+    marks: list[tuple[Position, int]] = field(default_factory=list)
 
     def rewind(self) -> None:
         self.cursor.close()
@@ -73,6 +77,7 @@ class Route:
         """Complete messages from the cursor on: (messages, the position after them, the
         entries sent once they are taken)."""
         messages: list[Message] = []
+        marks = self.marks = []
         size = 0
         cap = self.container.settings.max_line_size
         pb = _LogEntryPb()
@@ -102,10 +107,12 @@ class Route:
                     append(Message(pb.time_nano, pb.source, pb.line))
                 self.read += 1
                 self.safe, self.safe_read = Position(after.seq, offset), self.read
+                marks.append((self.safe, self.read))
         if self.group and not self.container.running and not payloads:
             # the logger stopped inside a split line: what came is all that will come
             self._flush_group(messages, truncated=True)
             self.safe, self.safe_read = self.cursor.position, self.read
+            marks.append((self.safe, self.read))
         if not messages or self.safe is None:
             return [], None, 0
         return messages, self.safe, self.sent + self.safe_read
@@ -203,15 +210,24 @@ class SinkRunner:
             assert self.sink is not None
             try:
                 self.sink.send(meta, messages)
+            except SinkError as exc:
+                if 0 < exc.taken <= len(route.marks):  # the backend has the first ones
+                    taken, read = route.marks[exc.taken - 1]
+                    self._commit(route, taken, route.sent + read)
+                route.rewind()
+                raise
             except BaseException:
                 route.rewind()
                 raise
-            route.commit(pos, sent)
-            state = self.owner.driver.state
-            if state is not None:
-                state.save_position(self.id, c.id, pos, route.sent)
+            self._commit(route, pos, sent)
             busy = True
         return busy
+
+    def _commit(self, route: Route, pos: Position, sent: int) -> None:
+        route.commit(pos, sent)
+        state = self.owner.driver.state
+        if state is not None:
+            state.save_position(self.id, route.container.id, pos, route.sent)
 
     def lag(self) -> dict[str, int]:
         with self.lock:

@@ -38,6 +38,15 @@ class SegmentError(ValueError):
     """A segment's bytes are not framed records (a torn write, a damaged file)."""
 
 
+class AppendError(OSError):
+    """Disk trouble while appending; ``kept`` bytes of the batch were stored before it (a
+    batch cut by rotation is written in pieces)."""
+
+    def __init__(self, errno: int | None, strerror: str, kept: int) -> None:
+        super().__init__(errno, strerror)
+        self.kept = kept
+
+
 @dataclass(frozen=True, order=True)
 class Position:
     seq: int
@@ -73,6 +82,26 @@ def split_local(data: bytes | bytearray | memoryview, start: int = 0) -> tuple[l
         out.append(bytes(view[pos + 4 : stop]))
         pos = stop + 4
     return out, pos
+
+
+def count_local(data: bytes | memoryview, start: int, end: int) -> int:
+    """How many records of the segments' framing DATA holds between START and END."""
+    unpack = _LEN.unpack_from
+    count, pos = 0, start
+    while end - pos >= OVERHEAD:
+        pos += unpack(data, pos)[0] + OVERHEAD
+        count += 1
+    return count
+
+
+def _boundary(view: memoryview, pos: int, end: int, room: int) -> int:
+    """The end of the first record from POS on that fills ROOM bytes (at least one record)."""
+    unpack = _LEN.unpack_from
+    start = pos
+    while True:
+        pos += unpack(view, pos)[0] + OVERHEAD
+        if pos - start >= room or pos >= end:
+            return min(pos, end)
 
 
 def _name(seq: int) -> str:
@@ -131,23 +160,45 @@ class SegmentLog:
     # -- writing -----------------------------------------------------------------------
 
     def append(self, payloads: list[bytes]) -> int:
-        """Appends records (raises OSError on disk trouble, with nothing half-written kept)."""
-        data = frame_local(payloads)
+        """Appends payloads (framed here); see :meth:`append_framed`."""
+        return self.append_framed(frame_local(payloads))
+
+    def append_framed(self, data: bytes) -> int:
+        """Appends complete records already in the segments' framing, one ``write`` per piece.
+
+        At ``max-size`` the head is cut at the record that reaches it and the rest goes on in
+        the next segment, so a segment ends at a record boundary whatever the batch's size.
+        On disk trouble raises :class:`AppendError` (``kept``: the bytes of DATA stored before
+        it), with nothing half-written kept.
+        """
+        end = len(data)
+        view = memoryview(data)
+        pos = 0
         with self.lock:
-            done = 0
             try:
-                while done < len(data):
-                    done += os.write(self._fd, data[done:])
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, self.head_size)
-                raise
-            self.head_size += len(data)
-            self.version += 1
-            if self.head_size >= self.max_size:
-                self._rotate()
-            self.changed.notify_all()
-        return len(data)
+                while pos < end:
+                    cut = end
+                    if self.head_size + end - pos >= self.max_size:
+                        cut = _boundary(view, pos, end, self.max_size - self.head_size)
+                    done = pos
+                    try:
+                        while done < cut:
+                            done += os.write(self._fd, view[done:cut])
+                    except OSError:
+                        with contextlib.suppress(OSError):
+                            os.ftruncate(self._fd, self.head_size)
+                        raise
+                    self.head_size += cut - pos
+                    pos = cut
+                    if self.head_size >= self.max_size:
+                        self._rotate()
+            except OSError as exc:
+                raise AppendError(exc.errno, exc.strerror or str(exc), pos) from exc
+            finally:
+                if pos:
+                    self.version += 1
+                    self.changed.notify_all()
+        return end
 
     def _rotate(self) -> None:
         old = self.head_seq

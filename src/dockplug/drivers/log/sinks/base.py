@@ -8,7 +8,16 @@ from typing import Any, Protocol
 
 
 class SinkError(Exception):
-    """The backend did not take the batch (unreachable, refused, answered an error)."""
+    """The backend did not take the batch (unreachable, refused, answered an error).
+
+    ``taken``: how many of the batch's first messages it did take before the failure (a
+    stream sink knows which frames it handed over whole); the forwarder saves the position
+    after them, so only the rest is sent again.
+    """
+
+    def __init__(self, message: str, taken: int = 0) -> None:
+        super().__init__(message)
+        self.taken = taken
 
 
 @dataclass(slots=True)

@@ -5,11 +5,19 @@ if the receiver allows it: rsyslog's ``maxMessageSize`` defaults to 8 KiB). TCP 
 acknowledgements: before and after each batch the connection is checked for the peer's close,
 so a receiver that went away makes the batch fail and be sent again, never silently lost. TLS
 options are named after Docker's own syslog driver's (``syslog-tls-ca-cert``, ...).
+
+The timeout bounds each wait for room in the connection, not the whole batch: a receiver that
+reads slowly (rsyslog on a loaded machine; a batch is megabytes of frames) is not away, and
+timing it out would send again what it already has. When a send does fail, the frames handed
+over whole are reported taken (:class:`SinkError` ``taken``), so only the rest is sent again:
+at most the one frame cut by the failure arrives twice.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import select
 import socket
 import ssl
@@ -118,18 +126,24 @@ class SyslogSink:
 
     def send(self, meta: Meta, messages: list[Message]) -> None:
         fmt = Formatter(meta, self.hostname)
-        data = b"".join([fmt.frame(m) for m in messages])
+        frames = [fmt.frame(m) for m in messages]
+        data = b"".join(frames)
+        view = memoryview(data)
+        done = 0
         try:
             if self._sock is not None and not self._alive(self._sock):
                 self.close()
             if self._sock is None:
                 self._sock = self._connect()
-            self._sock.sendall(data)
+            while done < len(data):  # each send waits up to the timeout for room
+                done += self._sock.send(view[done:])
             if not self._alive(self._sock):
                 raise SinkError("the syslog receiver closed the connection")
         except (OSError, ssl.SSLError) as exc:
             self.close()
-            raise SinkError(f"syslog {self.address[0]}:{self.address[1]}: {exc}") from exc
+            taken = bisect.bisect_right(list(itertools.accumulate(map(len, frames))), done)
+            raise SinkError(f"syslog {self.address[0]}:{self.address[1]}: {exc} (after "
+                            f"{taken} of {len(frames)} messages)", taken) from exc  # fmt: skip
         except SinkError:
             self.close()
             raise
