@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dockplug.errors import ConfigError
 from dockplug.facts import PLUGIN_DIR, default_socket
@@ -29,7 +29,9 @@ from dockplug.server import discovery, listeners
 from dockplug.server.app import PluginApp
 from dockplug.server.http import HttpServer
 from dockplug.server.reqlog import RequestLog
-from dockplug.server.side import SideListener, parse_address
+
+if TYPE_CHECKING:  # the side listener (http.server) loads only with --metrics
+    from dockplug.server.side import SideListener
 
 
 @dataclass
@@ -311,6 +313,7 @@ class PluginServer:
 
     def _side_listener(self, bound: Bound) -> SideListener:
         from dockplug.observe.prometheus import CONTENT_TYPE_LATEST, PrometheusMetrics
+        from dockplug.server.side import SideListener, parse_address
 
         metrics = self.metrics
         assert isinstance(metrics, PrometheusMetrics)
@@ -327,6 +330,8 @@ def _metrics(drivers: Sequence[Driver], opts: ServeOptions) -> Metrics:
     """Real metrics only with --metrics: prometheus_client costs start-up time otherwise."""
     if not opts.metrics:
         return NO_METRICS
+    from dockplug.server.side import parse_address
+
     parse_address(opts.metrics)  # a bad address fails before anything is bound
     from importlib.metadata import version
 
