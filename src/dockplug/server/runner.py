@@ -305,11 +305,18 @@ class PluginServer:
             app.close()
             log.event(f"dockplug {opts.name} stopped")
             log.flush()
+            # A second stop signal while the process exits (systemd, dockerd and tests may
+            # repeat it) must not turn a clean exit 0 into death by signal: SIG_IGN (a Python
+            # handler is reset to SIG_DFL by interpreter finalization), set in place of the
+            # loop's handler. Removing that first restores SIG_DFL for a moment, and another
+            # thread holding the GIL can stretch the moment to milliseconds: a repeated
+            # SIGTERM killed the process there. uvloop leaves the disposition alone when it
+            # closes; asyncio's own loop resets it, so there the handler is removed first.
+            on_uvloop = type(loop).__module__.startswith("uvloop")
             for sig in signals:
-                loop.remove_signal_handler(sig)
-                # a second stop signal while the process exits (systemd, dockerd and tests
-                # may repeat it) must not turn a clean exit 0 into death by signal
-                signal.signal(sig, lambda *_: None)
+                if not on_uvloop:
+                    loop.remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_IGN)
 
     def _side_listener(self, bound: Bound) -> SideListener:
         from dockplug.observe.prometheus import CONTENT_TYPE_LATEST, PrometheusMetrics
