@@ -324,9 +324,15 @@ def percentile(sorted_ns: Sequence[int], q: float) -> float:
 
 
 async def run_scenario(
-    sock_path: Path, pid: int, request: bytes, conns: int, warmup: float, duration: float
+    sock_path: Path,
+    pid: int,
+    request: bytes,
+    conns: int,
+    warmup: float,
+    duration: float,
+    marker: bytes = b'"Volume"',
 ) -> ScenarioResult:
-    load = Load(request=request, marker=b'"Volume"')
+    load = Load(request=request, marker=marker)
     workers = [asyncio.create_task(_keep_connected(sock_path, load)) for _ in range(conns)]
     await asyncio.sleep(warmup)
     cpu0, srv0, all0 = time.process_time(), proc_cpu_seconds(pid), machine_busy_seconds()
@@ -377,6 +383,12 @@ class Peer:
     notes: list[str] = field(default_factory=list)
     fallback: Callable[[], Peer] | None = None
     fresh: list[Path] = field(default_factory=list)  # state removed before each round
+    #: what Plugin.Activate must list before the peer counts as started
+    implements: bytes = b"VolumeDriver"
+    #: the call loaded (shown in the table) and how to get ready for it: returns the request
+    #: bytes and a marker every good reply body contains; None: a volume is created, Get loaded
+    call: str = "VolumeDriver.Get"
+    prepare: Callable[[Peer, str], tuple[bytes, bytes]] | None = None
 
 
 @dataclass
@@ -384,6 +396,7 @@ class PeerResult:
     name: str
     command: list[str]
     variant: str = ""
+    call: str = "VolumeDriver.Get"
     notes: list[str] = field(default_factory=list)
     skipped: str | None = None
     start_ms: list[float] = field(default_factory=list)
@@ -454,7 +467,7 @@ def start_peer(peer: Peer, host: str, timeout: float) -> Started:
             except (OSError, BadReply):
                 time.sleep(0.001)
                 continue
-            if reply.status == 200 and b"VolumeDriver" in reply.body:
+            if reply.status == 200 and peer.implements in reply.body:
                 started.ready_ms = (time.perf_counter() - began) * 1000
                 return started
             raise StartFailed(f"Plugin.Activate answered {reply.status}: {reply.body[:200]!r}")
@@ -521,6 +534,80 @@ def rclone_peer(root: Path, binary: str) -> Peer:
     return Peer("rclone", argv, body, work, sock, fresh=[work / "rvols", work / "cache"])
 
 
+def _dockplug_argv(driver: str, name: str, work: Path, sock: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "dockplug", "serve", driver, "--name", name, "--socket", str(sock),
+        "--announce", "none", "--spec-dir", str(work / "spec"), *extra,
+    ]  # fmt: skip
+
+
+def _checked(sock: Path, endpoint: str, body: object, host: str) -> dict[str, Any]:
+    reply = call(sock, endpoint, json_body(body), host, timeout=30.0)
+    data = json.loads(reply.body or b"{}")
+    if reply.status != 200 or not isinstance(data, dict) or data.get("Err") or data.get("Error"):
+        raise StartFailed(f"{endpoint} answered {reply.status}: {reply.body[:300]!r}")
+    return data
+
+
+def net_peer(root: Path) -> Peer:
+    """``dockplug serve net`` on its SQLite store (no etcd): RequestAddress as dockerd sends it
+    for ``docker run`` (one PoolID, ``Address: ""``, the MAC in Options); every call claims a
+    new address with its own transaction, in a /12 pool that a round cannot exhaust."""
+    work = root / "net"
+    work.mkdir()
+    sock = work / "plugin.sock"
+    argv = _dockplug_argv(
+        "net", "bench-net", work, sock, "--state-dir", str(work / "state"), "--host-id", "b1",
+        "--docker-host", "unix:///nonexistent/docker.sock",
+    )  # fmt: skip
+
+    def prepare(peer: Peer, host: str) -> tuple[bytes, bytes]:
+        pool = _checked(peer.socket, "IpamDriver.RequestPool",
+                        {"AddressSpace": "LocalDefault", "Pool": "10.96.0.0/12"}, host)  # fmt: skip
+        mac = {"com.docker.network.endpoint.macaddress": "02:42:0a:00:00:01"}
+        body = {"PoolID": pool["PoolID"], "Address": "", "Options": mac}
+        return build_request("IpamDriver.RequestAddress", json_body(body), host), b'"Address"'
+
+    return Peer("dockplug-net", argv, b"", work, sock, variant="serve net, SQLite",
+                fresh=[work / "state"], implements=b"IpamDriver",
+                call="IpamDriver.RequestAddress", prepare=prepare)  # fmt: skip
+
+
+AUTHZ_POLICY = REPO / "examples" / "authz" / "safe"
+
+
+def authz_peer(root: Path) -> Peer:
+    """``dockplug serve authz`` with examples/authz/safe and its audit log on: the AuthZReq of
+    a ``docker run -v /srv/a:/a`` container create (body base64'd as dockerd sends it), which
+    the policy allows after reading the binds."""
+    import base64
+
+    work = root / "authz"
+    work.mkdir()
+    sock = work / "plugin.sock"
+    argv = _dockplug_argv(
+        "authz", "bench-authz", work, sock, "--policy", str(AUTHZ_POLICY),
+        "--audit-log", str(work / "audit.log"), "--watch-interval", "0",
+    )  # fmt: skip
+    create = {"Image": "busybox", "Cmd": ["true"], "HostConfig": {"Binds": ["/srv/a:/a"]}}
+    body = {
+        "User": "", "UserAuthNMethod": "", "RequestMethod": "POST",
+        "RequestUri": "/v1.41/containers/create",
+        "RequestHeaders": {"Content-Type": "application/json", "User-Agent": "Docker-Client"},
+        "RequestBody": base64.b64encode(json.dumps(create).encode()).decode(),
+    }  # fmt: skip
+
+    def prepare(peer: Peer, host: str) -> tuple[bytes, bytes]:
+        data = _checked(peer.socket, "AuthZPlugin.AuthZReq", body, host)
+        if data.get("Allow") is not True:
+            raise StartFailed(f"the policy did not allow the bench's request: {data}")
+        return build_request("AuthZPlugin.AuthZReq", json_body(body), host), b'"Allow":true'
+
+    return Peer("dockplug-authz", argv, b"", work, sock, variant="serve authz, safe policy",
+                fresh=[work / "audit.log"], implements=b"authz",
+                call="AuthZPlugin.AuthZReq", prepare=prepare)  # fmt: skip
+
+
 def bare_peer(root: Path) -> Peer:
     """uvicorn+httptools answering fixed JSON: the ceiling of a uvicorn-based plugin."""
     work = root / "bare"
@@ -538,7 +625,7 @@ def merge_rounds(rounds: list[PeerResult]) -> PeerResult:
     if not good:
         return rounds[0]
     first = good[0]
-    merged = PeerResult(first.name, first.command, first.variant, list(first.notes))
+    merged = PeerResult(first.name, first.command, first.variant, first.call, list(first.notes))
     merged.start_ms = [ms for r in good for ms in r.start_ms]
     merged.start_ms_median = statistics.median(merged.start_ms) if merged.start_ms else None
     idle = [r.rss_idle_mib for r in good if r.rss_idle_mib is not None]
@@ -591,10 +678,13 @@ def extra_peer(root: Path, spec: str) -> Peer:
 
 def bench_peer(peer: Peer, args: argparse.Namespace, runner: asyncio.Runner) -> PeerResult:
     console = Console(stderr=True)
-    result = PeerResult(peer.name, peer.argv, peer.variant, list(peer.notes))
+    result = PeerResult(peer.name, peer.argv, peer.variant, peer.call, list(peer.notes))
     console.print(f"[bold]{peer.name}[/]: {shlex.join(peer.argv)}")
-    for path in peer.fresh:  # each round creates its volume anew
-        shutil.rmtree(path, ignore_errors=True)
+    for path in peer.fresh:  # each round creates its volume (pool, audit log) anew
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     started: Started | None = None
     try:
         for i in range(args.starts):
@@ -620,13 +710,17 @@ def bench_peer(peer: Peer, args: argparse.Namespace, runner: asyncio.Runner) -> 
         time.sleep(args.settle)
         pid = started.proc.pid
         result.rss_idle_mib = rss_mib(pid)
-        create_volume(peer, args.host)
-        request = build_request("VolumeDriver.Get", json_body({"Name": VOLUME}), args.host)
+        if peer.prepare is None:
+            create_volume(peer, args.host)
+            request = build_request("VolumeDriver.Get", json_body({"Name": VOLUME}), args.host)
+            marker = b'"Volume"'
+        else:
+            request, marker = peer.prepare(peer, args.host)
         for conns in args.conns:
             console.print(f"  {conns} connection(s): {args.warmup:g} s warm-up, "
                           f"{args.duration:g} s measured")  # fmt: skip
             coro: Coroutine[Any, Any, ScenarioResult] = run_scenario(
-                peer.socket, pid, request, conns, args.warmup, args.duration
+                peer.socket, pid, request, conns, args.warmup, args.duration, marker
             )
             result.scenarios.append(runner.run(coro))
             if started.proc.poll() is not None:
@@ -659,12 +753,12 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def report(results: list[PeerResult], args: argparse.Namespace, console: Console) -> list[str]:
     """Prints the tables; returns the ratio lines (also kept in the JSON)."""
-    table = Table(title=f"VolumeDriver.Get, {args.duration:g} s per scenario (closed loop)")
-    for col in ("peer", "scenario", "req/s", "p50 ms", "p99 ms", "errors"):
+    table = Table(title=f"{args.duration:g} s per scenario (closed loop)")
+    for col in ("peer", "call", "scenario", "req/s", "p50 ms", "p99 ms", "errors"):
         table.add_column(
             col,
-            justify="left" if col in ("peer", "scenario") else "right",
-            no_wrap=col == "peer",
+            justify="left" if col in ("peer", "call", "scenario") else "right",
+            no_wrap=col in ("peer", "call"),
         )
     table.add_column("srv CPU µs/req", justify="right")
     table.add_column("client CPU", justify="right")
@@ -672,21 +766,22 @@ def report(results: list[PeerResult], args: argparse.Namespace, console: Console
     for res in results:
         if res.skipped:
             state = "failed" if res.skipped.startswith("failed") else "skipped"
-            table.add_row(_label(res), f"[yellow]{state}[/]", *[""] * 7)
+            table.add_row(_label(res), res.call, f"[yellow]{state}[/]", *[""] * 7)
             continue
         for sc in res.scenarios:
             target = ""
             rps = f"{sc.rps:,.0f}"
             p50 = f"{sc.p50_ms:.3f}"
-            if sc.conns == TARGET_RPS_CONNS:
+            volume_get = res.call == "VolumeDriver.Get"  # the fixed targets are Get's
+            if volume_get and sc.conns == TARGET_RPS_CONNS:
                 ok = sc.rps >= TARGET_RPS
                 target = f"req/s ≥ {TARGET_RPS / 1000:g}k {_mark(ok)}"
-            if sc.conns == TARGET_P50_CONNS:
+            if volume_get and sc.conns == TARGET_P50_CONNS:
                 ok = sc.p50_ms <= TARGET_P50_MS
                 target = f"p50 ≤ {TARGET_P50_MS} ms {_mark(ok)}"
             errors = f"[red]{sc.errors}[/]" if sc.errors else "0"
             table.add_row(
-                _label(res), f"{sc.conns} conn" + ("s" if sc.conns > 1 else ""), rps, p50,
+                _label(res), res.call, f"{sc.conns} conn" + ("s" if sc.conns > 1 else ""), rps, p50,
                 f"{sc.p99_ms:.3f}", errors, _fmt(sc.server_cpu_us_per_req, ".0f"),
                 f"{sc.client_cpu_share:.0%}", target,
             )  # fmt: skip
@@ -794,6 +889,22 @@ def parse_conns(text: str) -> list[int]:
     return values
 
 
+def compile_bytecode(console: Console) -> None:
+    """Byte-compiles the dockplug that the peers run, as ``pip install`` does for an installed
+    package. An editable checkout has no ``__pycache__`` when PYTHONDONTWRITEBYTECODE is set
+    (it is on these machines), and each start would then compile every module it imports
+    (~40-150 ms): that would measure the checkout, not the plugin."""
+    import compileall
+    import importlib.util
+
+    spec = importlib.util.find_spec("dockplug")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if not compileall.compile_dir(folder, quiet=1):
+            console.print(f"[yellow]could not byte-compile {folder}[/]")
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        console.print("PYTHONDONTWRITEBYTECODE is set: dockplug was byte-compiled first")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Benchmark volume plugins over a unix socket, the way dockerd calls them.",
@@ -811,6 +922,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="command for the dockplug peer (default: serve local)")  # fmt: skip
     parser.add_argument("--rclone", default="rclone", help="rclone binary")
     parser.add_argument("--no-rclone", action="store_true", help="leave rclone out")
+    parser.add_argument("--no-drivers", action="store_true",
+                        help="leave out the other drivers' hot paths (net, authz)")  # fmt: skip
     parser.add_argument("--no-bare", action="store_true",
                         help="leave out the bare uvicorn+httptools peer")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1,
@@ -825,7 +938,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
 
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    console = Console(width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True)
     root = Path(tempfile.mkdtemp(prefix="dpbench-"))
     loop_name = "asyncio"
@@ -855,7 +968,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             peers.append(bare_peer(root))
     peers += [extra_peer(root, spec) for spec in args.peer]
+    if not args.no_drivers:
+        peers += [net_peer(root), authz_peer(root)]
 
+    compile_bytecode(err)
     err.print(f"client: {loop_name}, {os.cpu_count()} CPUs shared by client and plugin; "
               f"work dir {root}")  # fmt: skip
     try:

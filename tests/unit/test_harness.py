@@ -35,7 +35,7 @@ SEQUENCE = {f"V{i:02d}" for i in range(1, 19)}
 RAW_GET = dataclasses.replace(
     VOLUME,
     endpoints=tuple(
-        dataclasses.replace(ep, reply=lambda result, _req: result) if ep.method == "get" else ep
+        dataclasses.replace(ep, reply_ref=lambda result, _req: result) if ep.method == "get" else ep
         for ep in VOLUME.endpoints
     ),
 )

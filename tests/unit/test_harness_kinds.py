@@ -52,7 +52,7 @@ def raw(proto: Protocol) -> Protocol:
     """The protocol with every reply passed through as the driver returns it, so a broken
     driver can answer what hand-written plugins answer."""
     endpoints = tuple(
-        dataclasses.replace(ep, reply=lambda result, _req: result) for ep in proto.endpoints
+        dataclasses.replace(ep, reply_ref=lambda result, _req: result) for ep in proto.endpoints
     )
     return dataclasses.replace(proto, endpoints=endpoints)
 

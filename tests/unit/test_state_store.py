@@ -110,3 +110,29 @@ def test_the_wal_starts_over_after_a_burst(store: VolumeStore) -> None:
         if store.wal.stat().st_size <= WAL_SIZE_LIMIT:
             return
     raise AssertionError(f"the WAL stayed at {store.wal.stat().st_size} bytes")
+
+
+def _sync_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == "dockplug-state-sync"]
+
+
+def test_the_sync_thread_starts_with_the_first_commit(tmp_path: Path) -> None:
+    """A plugin that has only been started (or only answers reads) runs no sync thread and
+    opens no second connection; the first commit starts it, and close() works either way."""
+    before = len(_sync_threads())
+    idle = VolumeStore(tmp_path / "idle.db")
+    assert len(_sync_threads()) == before
+    idle.close()
+    s = VolumeStore(tmp_path / "volumes.db")
+    try:
+        assert len(_sync_threads()) == before
+        s.put(VolumeRecord(name="v", mountpoint=str(tmp_path / "v"), options={}))
+        assert len(_sync_threads()) == before + 1
+        s.set_mount("v", "id1", 1)  # a lazily synced commit: the thread syncs it
+        deadline = time.monotonic() + 5
+        while _rows(tmp_path / "volumes.db", "mounts") == [] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _rows(tmp_path / "volumes.db", "mounts")
+    finally:
+        s.close()
+    assert len(_sync_threads()) == before

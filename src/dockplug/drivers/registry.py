@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dockplug.drivers.ipam.pools import DEFAULT_POOLS  # constants only (stdlib imports)
-from dockplug.drivers.ipam.records import PREFIX
+from dockplug.drivers.ipam.defaults import DEFAULT_POOLS, PREFIX  # strings only
 from dockplug.errors import ConfigError
 from dockplug.facts import PLUGIN_DIR
 

@@ -1,13 +1,15 @@
-"""Conventions shared by every protocol: PascalCase wire names, lenient parsing, endpoint tables.
+"""Conventions shared by every protocol: PascalCase wire names, endpoint tables, driver bases.
 
 dockerd's structs carry no JSON tags, so keys on the wire are Go field names (``Name``, ``ID``,
-``NetworkID``, ``IPv4Data``). Python code uses snake_case; the alias generator below maps one to
-the other and the few irregular names are spelled out with ``Field(alias=...)``.
+``NetworkID``, ``IPv4Data``). Python code uses snake_case; ``wire.pascal`` maps one to the other.
+The wire models themselves (pydantic) live in ``protocol/wire.py`` and load on first use: an
+endpoint table may name its models with :class:`Lazy`, so serving starts without them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
@@ -16,19 +18,17 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict
-
 if TYPE_CHECKING:
     from dockplug.observe.metrics import Metrics
+    from dockplug.protocol.wire import Empty as Empty
+    from dockplug.protocol.wire import ErrReply as ErrReply
+    from dockplug.protocol.wire import WireModel as WireModel
 
 W = TypeVar("W", bound="WireModel")
 
-_ACRONYMS = {"id": "ID", "ipv4": "IPv4", "ipv6": "IPv6", "uri": "Uri"}
-
-
-def pascal(name: str) -> str:
-    """``network_id`` -> ``NetworkID``; ``ipv4_data`` -> ``IPv4Data``."""
-    return "".join(_ACRONYMS.get(part, part[:1].upper() + part[1:]) for part in name.split("_"))
+#: the pydantic side, loaded on first use (``protocol/wire.py``): a plugin answers
+#: ``Plugin.Activate`` before any wire model exists, and pydantic costs ~60 ms and ~11 MiB
+_WIRE = ("WireModel", "Empty", "ErrReply")
 
 
 def rfc3339(value: object) -> str | None:
@@ -41,44 +41,12 @@ def rfc3339(value: object) -> str | None:
     return value.isoformat().replace("+00:00", "Z")
 
 
-class WireModel(BaseModel):
-    """A JSON body as dockerd sends or reads it.
-
-    Unknown keys are ignored (dockerd adds fields over versions), snake_case names are accepted
-    too, so Python callers may build models either way. A model's validator is built on first
-    use, not at import: a plugin answers ``Plugin.Activate`` sooner, and the dozens of models of
-    protocols it serves but dockerd seldom calls cost nothing until called.
-    """
-
-    model_config = ConfigDict(
-        alias_generator=pascal,
-        populate_by_name=True,
-        extra="ignore",
-        frozen=False,
-        defer_build=True,
-    )
-
-    def wire(self) -> bytes:
-        """The JSON body to send: wire names, unset optional fields left out."""
-        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
-
-
 class Encoded(bytes):
     """A reply body already in wire form: the server sends it as it is, skipping the reply
     model. A driver returns one to answer a call dockerd repeats (Get before every volume
     operation) from bytes it encoded once and keeps until the object changes."""
 
     __slots__ = ()
-
-
-class Empty(WireModel):
-    """A body with no fields (``{}`` or no body at all)."""
-
-
-class ErrReply(WireModel):
-    """The generic reply: success is ``{}``, failure carries ``Err``."""
-
-    err: str | None = None
 
 
 class Lane(Enum):
@@ -96,6 +64,27 @@ def _no_subject(_: Any) -> str | None:
     return None
 
 
+class Lazy:
+    """``NAME`` of ``MODULE``, imported when first asked for: an endpoint's request model or
+    reply builder that the table names without importing (pydantic loads on the first call
+    that parses or answers a body, not before the socket answers ``Plugin.Activate``)."""
+
+    __slots__ = ("_value", "module", "name")
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module = module
+        self.name = name
+        self._value: Any = None
+
+    def get(self) -> Any:
+        if self._value is None:
+            self._value = getattr(importlib.import_module(self.module), self.name)
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Lazy({self.module}:{self.name})"
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """One ``POST /Interface.Method`` and how it maps onto a driver method.
@@ -103,16 +92,27 @@ class Endpoint:
     ``request`` is the body model (``None``: the body is ignored). ``call`` turns the parsed model
     into the driver method's arguments, ``reply`` turns the method's return value into the reply
     model (given the request too), ``subject`` names the object a request is about, for logs.
+    The table may give the model and the reply builder as :class:`Lazy` references.
     """
 
     path: str
     method: str
-    request: type[WireModel] | None
-    reply: Callable[[Any, Any], WireModel | Any]
+    request_ref: type[WireModel] | Lazy | None
+    reply_ref: Callable[[Any, Any], WireModel | Any] | Lazy
     required: bool = True
     lane: Lane = Lane.FAST
     subject: Callable[[Any], str | None] = _no_subject
     streams: bool = False
+
+    @property
+    def request(self) -> type[WireModel] | None:
+        ref = self.request_ref
+        return ref.get() if type(ref) is Lazy else ref  # type: ignore[return-value]
+
+    @property
+    def reply(self) -> Callable[[Any, Any], WireModel | Any]:
+        ref = self.reply_ref
+        return ref.get() if type(ref) is Lazy else ref  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,3 +249,11 @@ def runs_inline(method: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(method) or bool(
         getattr(method, "__dockplug_nonblocking__", False)
     )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WIRE:
+        value = getattr(importlib.import_module("dockplug.protocol.wire"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dockplug.protocol.base' has no attribute {name!r}")

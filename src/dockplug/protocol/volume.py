@@ -1,4 +1,5 @@
-"""VolumeDriver: wire models, endpoint table and the driver base class.
+"""VolumeDriver: endpoint table and the driver base class; the wire models (``Volume``,
+``CreateRequest``...) are importable from here too, loaded from ``volume_models`` on first use.
 
 Reference: plugin-protocol.md §3. dockerd calls Get before almost everything (keep it cheap),
 sends ``"Opts": null`` for implicit creates, may Mount the same ID twice, and rejects an empty
@@ -7,110 +8,37 @@ sends ``"Opts": null`` for implicit creates, may Mount the same ID twice, and re
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime
-from typing import Any, ClassVar, Literal
+import importlib
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import field_serializer, field_validator
+from dockplug.protocol.base import Driver, Endpoint, Lane, Lazy, Protocol, nonblocking, placeholder
 
-from dockplug.errors import VolumeNotFound
-from dockplug.protocol.base import (
-    Driver,
-    Empty,
-    Endpoint,
-    ErrReply,
-    Lane,
-    Protocol,
-    WireModel,
-    nonblocking,
-    placeholder,
-    rfc3339,
-)
+if TYPE_CHECKING:
+    from dockplug.protocol.volume_models import CapabilitiesReply as CapabilitiesReply
+    from dockplug.protocol.volume_models import Capability as Capability
+    from dockplug.protocol.volume_models import CreateRequest as CreateRequest
+    from dockplug.protocol.volume_models import GetReply as GetReply
+    from dockplug.protocol.volume_models import ListReply as ListReply
+    from dockplug.protocol.volume_models import MountReply as MountReply
+    from dockplug.protocol.volume_models import MountRequest as MountRequest
+    from dockplug.protocol.volume_models import NameRequest as NameRequest
+    from dockplug.protocol.volume_models import Volume as Volume
+    from dockplug.protocol.wire import Empty
 
-
-class Volume(WireModel):
-    """One volume as Get and List report it."""
-
-    name: str
-    mountpoint: str | None = None
-    created_at: datetime | None = None
-    status: dict[str, Any] | None = None
-
-    @field_validator("created_at", mode="before")
-    @classmethod
-    def _blank_is_absent(cls, value: Any) -> Any:
-        return None if value == "" else value
-
-    @field_serializer("created_at")
-    def _rfc3339(self, value: datetime | None) -> str | None:
-        return rfc3339(value)
+#: the wire models (pydantic) load on first use, from ``protocol/volume_models.py``
+MODELS = "dockplug.protocol.volume_models"
+_MODEL_NAMES = (
+    "Volume", "CreateRequest", "NameRequest", "MountRequest", "MountReply", "GetReply",
+    "ListReply", "Capability", "CapabilitiesReply",
+)  # fmt: skip
 
 
-class CreateRequest(WireModel):
-    name: str
-    opts: dict[str, str] | None = None
-
-    @property
-    def options(self) -> dict[str, str]:
-        """``Opts`` with ``null`` read as no options."""
-        return self.opts or {}
+def _m(name: str) -> Lazy:
+    return Lazy(MODELS, name)
 
 
-class NameRequest(WireModel):
-    name: str
-
-
-class MountRequest(WireModel):
-    name: str
-    id: str = ""
-
-
-class MountReply(WireModel):
-    mountpoint: str
-
-
-class GetReply(WireModel):
-    volume: Volume
-
-
-class ListReply(WireModel):
-    volumes: list[Volume]
-
-
-class Capability(WireModel):
-    scope: Literal["local", "global"] = "local"
-
-
-class CapabilitiesReply(WireModel):
-    capabilities: Capability
-
-
-def _mount_reply(result: str | MountReply, _: Any = None) -> MountReply:
-    return result if isinstance(result, MountReply) else MountReply(mountpoint=str(result))
-
-
-def _path_reply(result: str | MountReply | None, _: Any) -> MountReply:
-    return _mount_reply("" if result is None else result)
-
-
-def _get_reply(result: Volume | None, req: NameRequest) -> GetReply:
-    if result is None:
-        raise VolumeNotFound(req.name)
-    return GetReply(volume=result)
-
-
-def _list_reply(result: Iterable[Volume], _: Any) -> ListReply:
-    return ListReply(volumes=list(result))
-
-
-def _capabilities_reply(result: str | Capability | None, _: Any) -> CapabilitiesReply:
-    if isinstance(result, Capability):
-        return CapabilitiesReply(capabilities=result)
-    return CapabilitiesReply(capabilities=Capability.model_validate({"Scope": result or "local"}))
-
-
-def _ok(_: Any, __: Any) -> ErrReply:
-    return ErrReply()
+def _empty() -> Lazy:
+    return Lazy("dockplug.protocol.wire", "Empty")
 
 
 def _name(req: NameRequest) -> str:
@@ -123,20 +51,22 @@ VOLUME = Protocol(
     implements="VolumeDriver",
     managed_type="docker.volumedriver/1.0",
     endpoints=(
-        Endpoint("/VolumeDriver.Create", "create", CreateRequest, _ok, lane=SLOW, subject=_name),
-        Endpoint("/VolumeDriver.Remove", "remove", NameRequest, _ok, lane=SLOW, subject=_name),
-        Endpoint(
-            "/VolumeDriver.Mount", "mount", MountRequest, _mount_reply, lane=SLOW, subject=_name
-        ),
-        Endpoint("/VolumeDriver.Unmount", "unmount", MountRequest, _ok, lane=SLOW, subject=_name),
-        Endpoint("/VolumeDriver.Path", "path", NameRequest, _path_reply, subject=_name),
-        Endpoint("/VolumeDriver.Get", "get", NameRequest, _get_reply, subject=_name),
-        Endpoint("/VolumeDriver.List", "list", Empty, _list_reply),
-        Endpoint(
-            "/VolumeDriver.Capabilities", "capabilities", Empty, _capabilities_reply, required=False
-        ),
+        Endpoint("/VolumeDriver.Create", "create", _m("CreateRequest"), _m("ok_reply"),
+                 lane=SLOW, subject=_name),
+        Endpoint("/VolumeDriver.Remove", "remove", _m("NameRequest"), _m("ok_reply"),
+                 lane=SLOW, subject=_name),
+        Endpoint("/VolumeDriver.Mount", "mount", _m("MountRequest"), _m("mount_reply"),
+                 lane=SLOW, subject=_name),
+        Endpoint("/VolumeDriver.Unmount", "unmount", _m("MountRequest"), _m("ok_reply"),
+                 lane=SLOW, subject=_name),
+        Endpoint("/VolumeDriver.Path", "path", _m("NameRequest"), _m("path_reply"),
+                 subject=_name),
+        Endpoint("/VolumeDriver.Get", "get", _m("NameRequest"), _m("get_reply"), subject=_name),
+        Endpoint("/VolumeDriver.List", "list", _empty(), _m("list_reply")),
+        Endpoint("/VolumeDriver.Capabilities", "capabilities", _empty(),
+                 _m("capabilities_reply"), required=False),
     ),
-)
+)  # fmt: skip
 
 
 class VolumeDriver(Driver):
@@ -183,3 +113,11 @@ class VolumeDriver(Driver):
     def capabilities(self, req: Empty) -> Any:
         """Scope ``local`` unless overridden; ``global`` means shared storage across hosts."""
         return "local"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODEL_NAMES:
+        value = getattr(importlib.import_module(MODELS), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dockplug.protocol.volume' has no attribute {name!r}")

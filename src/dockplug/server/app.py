@@ -19,9 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from dockplug.errors import (
     ConfigError,
@@ -37,7 +35,6 @@ from dockplug.protocol.base import (
     Endpoint,
     Lane,
     Protocol,
-    WireModel,
     WouldBlock,
     implemented,
     protocols_of,
@@ -46,6 +43,9 @@ from dockplug.protocol.base import (
     tries_inline,
 )
 from dockplug.server.reqlog import RequestLog
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 CONTENT_TYPE = b"application/vnd.docker.plugins.v1+json"
 DEFAULT_BODY_LIMIT = 16 * 1024 * 1024  # authz bodies carry up to 4 MiB of base64'd API payload
@@ -64,6 +64,16 @@ class Route:
     inline: bool
     try_inline: bool
     executor: ThreadPoolExecutor | None
+    # the endpoint's request model and reply builder, resolved on the route's first call (a
+    # table may name them lazily: pydantic then loads on the first call that needs it)
+    resolved: bool = False
+    request: Any = None
+    reply: Callable[[Any, Any], Any] | None = None
+
+    def resolve(self) -> None:
+        self.request = self.endpoint.request
+        self.reply = self.endpoint.reply
+        self.resolved = True
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -210,7 +220,9 @@ class PluginApp:
                     f"(it implements {', '.join(self.implements)})"
                 )
             ep = route.endpoint
-            req = self._parse(ep, body)
+            if not route.resolved:
+                route.resolve()
+            req = self._parse(route, body)
             subject = ep.subject(req)
             if route.is_async:
                 result = await route.method(req)
@@ -226,8 +238,9 @@ class PluginApp:
             if type(result) is Encoded:
                 data: bytes = result  # already in wire form (a driver's cached reply)
             else:
-                reply = ep.reply(result, req)
-                data = reply.wire() if isinstance(reply, WireModel) else json.dumps(reply).encode()
+                reply = route.reply(result, req)  # type: ignore[misc]
+                wire = getattr(reply, "wire", None)  # a WireModel encodes itself
+                data = wire() if wire is not None else json.dumps(reply).encode()
             return self._done(rid, path, subject, 200, data, started)
         except PluginError as exc:
             return self._fail(rid, path, subject, proto, exc.status, exc.message, started)
@@ -290,8 +303,8 @@ class PluginApp:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(route.executor, route.method, req)
 
-    def _parse(self, ep: Endpoint, body: bytes) -> Any:
-        model = ep.request
+    def _parse(self, route: Route, body: bytes) -> Any:
+        model = route.request
         if model is None:
             return None
         try:
@@ -299,8 +312,13 @@ class PluginApp:
                 return model.model_validate({})
             # the validator itself: model_validate_json adds a Python frame per call
             return model.__pydantic_validator__.validate_json(body)
-        except ValidationError as exc:
-            raise InvalidRequest(describe_validation(ep.path.lstrip("/"), exc)) from None
+        except ValueError as exc:  # pydantic's ValidationError is one
+            from pydantic import ValidationError  # loaded with the model already
+
+            if not isinstance(exc, ValidationError):
+                raise
+            path = route.endpoint.path.lstrip("/")
+            raise InvalidRequest(describe_validation(path, exc)) from None
 
     # -- ASGI: the same dispatch under any ASGI server (dockplug serves with server/http.py) --
 

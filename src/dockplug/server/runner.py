@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dockplug.errors import ConfigError
 from dockplug.facts import PLUGIN_DIR, default_socket
@@ -29,7 +29,9 @@ from dockplug.server import discovery, listeners
 from dockplug.server.app import PluginApp
 from dockplug.server.http import HttpServer
 from dockplug.server.reqlog import RequestLog
-from dockplug.server.side import SideListener, parse_address
+
+if TYPE_CHECKING:  # the side listener (http.server) loads only with --metrics
+    from dockplug.server.side import SideListener
 
 
 @dataclass
@@ -303,14 +305,22 @@ class PluginServer:
             app.close()
             log.event(f"dockplug {opts.name} stopped")
             log.flush()
+            # A second stop signal while the process exits (systemd, dockerd and tests may
+            # repeat it) must not turn a clean exit 0 into death by signal: SIG_IGN (a Python
+            # handler is reset to SIG_DFL by interpreter finalization), set in place of the
+            # loop's handler. Removing that first restores SIG_DFL for a moment, and another
+            # thread holding the GIL can stretch the moment to milliseconds: a repeated
+            # SIGTERM killed the process there. uvloop leaves the disposition alone when it
+            # closes; asyncio's own loop resets it, so there the handler is removed first.
+            on_uvloop = type(loop).__module__.startswith("uvloop")
             for sig in signals:
-                loop.remove_signal_handler(sig)
-                # a second stop signal while the process exits (systemd, dockerd and tests
-                # may repeat it) must not turn a clean exit 0 into death by signal
-                signal.signal(sig, lambda *_: None)
+                if not on_uvloop:
+                    loop.remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_IGN)
 
     def _side_listener(self, bound: Bound) -> SideListener:
         from dockplug.observe.prometheus import CONTENT_TYPE_LATEST, PrometheusMetrics
+        from dockplug.server.side import SideListener, parse_address
 
         metrics = self.metrics
         assert isinstance(metrics, PrometheusMetrics)
@@ -327,6 +337,8 @@ def _metrics(drivers: Sequence[Driver], opts: ServeOptions) -> Metrics:
     """Real metrics only with --metrics: prometheus_client costs start-up time otherwise."""
     if not opts.metrics:
         return NO_METRICS
+    from dockplug.server.side import parse_address
+
     parse_address(opts.metrics)  # a bad address fails before anything is bound
     from importlib.metadata import version
 

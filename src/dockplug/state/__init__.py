@@ -8,20 +8,37 @@
 - ``durable``: crash-safe file helpers; ``secrets``: the 0600 secrets store.
 """
 
-from pathlib import Path
+from __future__ import annotations
 
-from dockplug.state.kv import (
-    Compacted,
-    Entry,
-    Event,
-    EventKind,
-    KVStore,
-    LeaseKeeper,
-    LeaseNotFound,
-    StoreUnavailable,
-    TxnResult,
-)
-from dockplug.state.volumes import VolumeRecord, VolumeStore
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dockplug.state.kv import (
+        Compacted,
+        Entry,
+        Event,
+        EventKind,
+        KVStore,
+        LeaseKeeper,
+        LeaseNotFound,
+        StoreUnavailable,
+        TxnResult,
+    )
+    from dockplug.state.volumes import VolumeRecord, VolumeStore
+
+# Names load on first use: ``dockplug serve local`` needs the volume store, not the cluster
+# key-value interface (asyncio-based, ~10 ms of imports before the socket could listen).
+_EXPORTS = {
+    **dict.fromkeys(
+        ("Compacted", "Entry", "Event", "EventKind", "KVStore", "LeaseKeeper", "LeaseNotFound",
+         "StoreUnavailable", "TxnResult"),
+        "dockplug.state.kv",
+    ),
+    "VolumeRecord": "dockplug.state.volumes",
+    "VolumeStore": "dockplug.state.volumes",
+}  # fmt: skip
 
 __all__ = [
     "Compacted",
@@ -44,3 +61,12 @@ def open_volume_store(state_dir: Path) -> VolumeStore:
     from dockplug.state.sqlite import SqliteVolumeStore
 
     return SqliteVolumeStore(Path(state_dir) / "volumes.db")
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dockplug.state' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

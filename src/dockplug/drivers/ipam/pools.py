@@ -20,6 +20,7 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from dockplug.drivers.ipam.defaults import DEFAULT_POOLS as DEFAULT_POOLS
 from dockplug.errors import ConfigError, InvalidRequest
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -125,9 +126,6 @@ class DefaultPool:
 
     def subnets(self) -> Iterator[Network]:
         return self.base.subnets(new_prefix=self.size)
-
-
-DEFAULT_POOLS = "base=10.128.0.0/9,size=24 base=fd00:d0c::/48,size=64"
 
 
 def parse_default_pools(text: str) -> list[DefaultPool]:

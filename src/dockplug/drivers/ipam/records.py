@@ -25,9 +25,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dockplug.drivers.ipam.defaults import PREFIX as PREFIX
 from dockplug.drivers.ipam.pools import Address, Network, key_network, network_key
-
-PREFIX = "/dockplug/net/v1"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import builtins
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from dockplug.drivers.lifecycle import Lifecycle
 from dockplug.drivers.options import OptionSet
@@ -23,47 +23,48 @@ from dockplug.drivers.volume.refcount import MountTable
 from dockplug.errors import Conflict, InvalidOption, VolumeInUse, VolumeNotFound
 from dockplug.observe import log_event
 from dockplug.observe.metrics import Metrics
+from dockplug.protocol import volume as wire  # its models load on first use (pydantic)
 from dockplug.protocol.base import (
-    Empty,
     Encoded,
     Endpoint,
     Lane,
+    Lazy,
     Protocol,
-    WireModel,
     WouldBlock,
     may_block,
     nonblocking,
     try_inline,
 )
-from dockplug.protocol.volume import (
-    Capability,
-    CreateRequest,
-    GetReply,
-    MountRequest,
-    NameRequest,
-    Volume,
-    VolumeDriver,
-)
+from dockplug.protocol.volume import VolumeDriver
 from dockplug.state.volumes import VolumeRecord, VolumeStore
 
+if TYPE_CHECKING:
+    from dockplug.drivers.volume.admin_models import GcRequest
+    from dockplug.protocol.volume import (
+        Capability,
+        CreateRequest,
+        MountRequest,
+        NameRequest,
+        Volume,
+    )
+    from dockplug.protocol.wire import Empty
 
-class GcRequest(WireModel):
-    docker_host: str | None = None
-
-
-class GcReply(WireModel):
-    cleared: dict[str, int]
-
-
-def _gc_reply(result: dict[str, int], _: Any) -> GcReply:
-    return GcReply(cleared=result)
+_ADMIN = "dockplug.drivers.volume.admin_models"
 
 
 # dockplug's own maintenance endpoint; not announced by Plugin.Activate
 VOLUME_ADMIN = Protocol(
     implements="DockplugVolumeAdmin",
     managed_type="",
-    endpoints=(Endpoint("/DockplugVolume.Gc", "gc", GcRequest, _gc_reply, lane=Lane.SLOW),),
+    endpoints=(
+        Endpoint(
+            "/DockplugVolume.Gc",
+            "gc",
+            Lazy(_ADMIN, "GcRequest"),
+            Lazy(_ADMIN, "gc_reply"),
+            lane=Lane.SLOW,
+        ),
+    ),
     announce=False,
 )
 
@@ -226,7 +227,7 @@ class StatefulVolumeDriver(VolumeDriver):
 
     def to_volume(self, rec: VolumeRecord, with_status: bool = True) -> Volume:
         if not with_status:
-            return Volume(name=rec.name, mountpoint=rec.mountpoint, created_at=rec.created_at)
+            return wire.Volume(name=rec.name, mountpoint=rec.mountpoint, created_at=rec.created_at)
         ids = self.mounts.ids(rec.name)
         status: dict[str, Any] = {
             "Options": self.options.public(rec.options),
@@ -234,7 +235,7 @@ class StatefulVolumeDriver(VolumeDriver):
             "Consumers": len(ids),
         }
         status.update(self.describe(rec))
-        return Volume(
+        return wire.Volume(
             name=rec.name, mountpoint=rec.mountpoint, created_at=rec.created_at, status=status
         )
 
@@ -320,7 +321,7 @@ class StatefulVolumeDriver(VolumeDriver):
         volume = self.to_volume(rec)
         if not self.get_is_cacheable(rec):
             return volume
-        encoded = Encoded(GetReply(volume=volume).wire())
+        encoded = Encoded(wire.GetReply(volume=volume).wire())
         lock = self._locks.get(name)
         # keep it only if no change began or ended meanwhile (a worker thread may be
         # changing this volume while the loop encodes)
@@ -335,7 +336,7 @@ class StatefulVolumeDriver(VolumeDriver):
 
     @nonblocking
     def capabilities(self, req: Empty) -> Capability:
-        return Capability.model_validate({"Scope": self.scope})
+        return wire.Capability.model_validate({"Scope": self.scope})
 
     async def startup(self) -> None:
         try:

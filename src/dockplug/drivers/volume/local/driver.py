@@ -27,7 +27,8 @@ from dockplug.errors import InvalidOption, PluginError
 from dockplug.facts import NAME_MAX
 from dockplug.observe import log_event
 from dockplug.observe.metrics import Metrics
-from dockplug.state import VolumeRecord, open_volume_store
+from dockplug.state import open_volume_store
+from dockplug.state.volumes import VolumeRecord
 
 DEFAULT_BASE_DIR: Path = setting_default("local", "base_dir")
 DEFAULT_STATE_DIR: Path = setting_default("local", "state_dir")

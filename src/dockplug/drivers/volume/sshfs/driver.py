@@ -35,8 +35,9 @@ from dockplug.errors import InvalidOption, PluginError
 from dockplug.observe import add_secret, log_event, redact
 from dockplug.observe import metrics as obs_metrics
 from dockplug.observe.metrics import Metrics
-from dockplug.state import VolumeRecord, open_volume_store
+from dockplug.state import open_volume_store
 from dockplug.state.secrets import FILE_NAME, SecretStore
+from dockplug.state.volumes import VolumeRecord
 
 DEFAULT_BASE_DIR: Path = setting_default("sshfs", "base_dir")
 DEFAULT_STATE_DIR: Path = setting_default("sshfs", "state_dir")
