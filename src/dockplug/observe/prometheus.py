@@ -91,13 +91,15 @@ class _Requests:
 
     def __init__(self, buckets: Sequence[float]) -> None:
         self.buckets = list(buckets)
-        self.counts: dict[tuple[str, str], int] = {}
+        self.counts: dict[tuple[str, int], int] = {}  # (endpoint, status): mapped when scraped
         self.histograms: dict[str, list[float]] = {}  # endpoint -> per-bucket counts + [sum]
         self.phases: dict[str, float] = {}
 
     def done(self, endpoint: str, status: int, seconds: float) -> None:
-        key = (endpoint, api.outcome(status))
-        self.counts[key] = self.counts.get(key, 0) + 1
+        # on the loop after every reply: no call that can wait until the scrape
+        counts = self.counts
+        key = (endpoint, status)
+        counts[key] = counts.get(key, 0) + 1
         row = self.histograms.get(endpoint)
         if row is None:
             row = self.histograms[endpoint] = [0.0] * (len(self.buckets) + 2)
@@ -116,8 +118,12 @@ class _Requests:
             "dockplug_errors", "Plugin calls that did not answer 200, by endpoint",
             labels=["endpoint"],
         )  # fmt: skip
+        by_outcome: dict[tuple[str, str], int] = {}
+        for (endpoint, status), count in list(self.counts.items()):
+            key = (endpoint, api.outcome(status))
+            by_outcome[key] = by_outcome.get(key, 0) + count
         failed: dict[str, int] = {}
-        for (endpoint, result), count in list(self.counts.items()):
+        for (endpoint, result), count in by_outcome.items():
             requests.add_metric([endpoint, result], count)
             if result != "ok":
                 failed[endpoint] = failed.get(endpoint, 0) + count
@@ -161,6 +167,8 @@ class PrometheusMetrics(api.Metrics):
         self.registry = registry if registry is not None else CollectorRegistry()
         self.prefix = prefix
         self._requests = _Requests(api.LATENCY_BUCKETS)
+        # the server's per-request hook goes straight to the counters (one call, not two)
+        self.request_done = self._requests.done  # type: ignore[method-assign]
         self._lock = threading.Lock()
         if prefix == "dockplug_":
             self.registry.register(self._requests)
