@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from dockplug.testing.etcd import find_etcd
-from dockplug.testing.hosts import Cluster, Host, unavailable_reason
+from dockplug.testing.hosts import Cluster, Host, cluster_or_skip, unavailable_reason
 from dockplug.testing.servers import wait_until
 
 pytestmark = [pytest.mark.dockerd, pytest.mark.root, pytest.mark.etcd]
@@ -32,13 +32,7 @@ GATEWAY = "10.77.0.1"
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    etcd, why = find_etcd("3.4")
-    if etcd is None:
-        pytest.skip(why)
-    with Cluster(3, etcd_binary=etcd) as c:
+    with cluster_or_skip(3) as c:
         start_plugins(c)
         yield c
 

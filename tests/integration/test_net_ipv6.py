@@ -35,8 +35,7 @@ from dockplug.drivers.net import NetDriver
 from dockplug.facts import default_socket
 from dockplug.testing import engines
 from dockplug.testing.dockerd import Dockerd
-from dockplug.testing.etcd import find_etcd
-from dockplug.testing.hosts import Cluster, Host, unavailable_reason
+from dockplug.testing.hosts import Cluster, Host, cluster_or_skip
 from dockplug.testing.servers import ThreadedPlugin, wait_until
 
 pytestmark = [pytest.mark.dockerd, pytest.mark.root]
@@ -262,13 +261,7 @@ def test_two_subnets_of_one_family_are_refused_naming_the_fix(
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    etcd, why = find_etcd("3.4")
-    if etcd is None:
-        pytest.skip(why)
-    with Cluster(2, etcd_binary=etcd) as c:
+    with cluster_or_skip(2) as c:
         for h in c.hosts:
             h.firewall_like_dockerd(ipv6=True)
             # an IPv6 underlay beside the IPv4 one, for the masquerade test

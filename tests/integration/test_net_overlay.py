@@ -22,8 +22,7 @@ from typing import Any
 import pytest
 
 from dockplug.conformance import run as run_conformance
-from dockplug.testing.etcd import find_etcd
-from dockplug.testing.hosts import Cluster, Host, unavailable_reason
+from dockplug.testing.hosts import Cluster, Host, cluster_or_skip
 from dockplug.testing.servers import wait_until
 
 pytestmark = [pytest.mark.dockerd, pytest.mark.root, pytest.mark.etcd]
@@ -39,13 +38,7 @@ OVERLAY = "/dockplug/net/v1/overlay/"
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    etcd, why = find_etcd("3.4")
-    if etcd is None:
-        pytest.skip(why)
-    with Cluster(3, etcd_binary=etcd) as c:
+    with cluster_or_skip(3) as c:
         for h in c.hosts:
             h.firewall_like_dockerd()
         c.serve_net("--heartbeat-ttl", str(TTL))

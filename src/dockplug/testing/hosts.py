@@ -498,3 +498,19 @@ class Cluster:
 def _quietly(fn: object) -> None:
     with contextlib.suppress(Exception):
         fn()  # type: ignore[operator]
+
+
+def cluster_or_skip(n: int) -> Cluster:
+    """A (not yet entered) Cluster of N hosts on etcd 3.4 for a test module's fixture, or a
+    pytest skip naming what this machine lacks (root, tools, etcd)."""
+    import pytest
+
+    from dockplug.testing.etcd import find_etcd
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    etcd, why = find_etcd("3.4")
+    if etcd is None:
+        pytest.skip(why)
+    return Cluster(n, etcd_binary=etcd)
