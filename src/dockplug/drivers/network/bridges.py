@@ -470,10 +470,10 @@ class Bridges:
             if links.delete(link.name):
                 removed.append(link.name)
         known = {nid[:12] for nid in self.nets}
-        for short in firewall.networks() - known:
-            if short in {nid[:12] for nid in self.made}:
-                firewall.remove(short)
-                removed.append(f"rules of {short}")
+        began = {nid[:12] for nid in self.made}
+        for short in (firewall.networks() - known) & began:
+            firewall.remove(short)
+            removed.append(f"rules of {short}")
         if self.made != set(self.nets):
             self.made = set(self.nets)
             self._save()
