@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from dockplug.lazy import lazy_exports
+
 if TYPE_CHECKING:
     from dockplug.observe.metrics import Metrics
     from dockplug.protocol.wire import Empty as Empty
@@ -251,9 +253,4 @@ def runs_inline(method: Callable[..., Any]) -> bool:
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WIRE:
-        value = getattr(importlib.import_module("dockplug.protocol.wire"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'dockplug.protocol.base' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, dict.fromkeys(_WIRE, "dockplug.protocol.wire"))

@@ -8,9 +8,9 @@ sends ``"Opts": null`` for implicit creates, may Mount the same ID twice, and re
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from dockplug.lazy import lazy_exports
 from dockplug.protocol.base import Driver, Endpoint, Lane, Lazy, Protocol, nonblocking, placeholder
 
 if TYPE_CHECKING:
@@ -115,9 +115,4 @@ class VolumeDriver(Driver):
         return "local"
 
 
-def __getattr__(name: str) -> Any:
-    if name in _MODEL_NAMES:
-        value = getattr(importlib.import_module(MODELS), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'dockplug.protocol.volume' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, dict.fromkeys(_MODEL_NAMES, MODELS))

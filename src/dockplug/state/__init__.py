@@ -10,9 +10,10 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from dockplug.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from dockplug.state.kv import (
@@ -63,10 +64,4 @@ def open_volume_store(state_dir: Path) -> VolumeStore:
     return SqliteVolumeStore(Path(state_dir) / "volumes.db")
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dockplug.state' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
