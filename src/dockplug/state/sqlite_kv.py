@@ -322,13 +322,7 @@ class SqliteKV(KVStore):
         try:
             self._db = self._connect(timeout)
             os.chmod(self.path, 0o600)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-            self._db.execute("BEGIN IMMEDIATE")
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            self._db.execute("COMMIT")
+            self._prepare(time.monotonic() + timeout)
         except sqlite3.Error as exc:
             raise self._unavailable(exc, timeout) from exc
         self._waiters = _waiters_for(self.path)
@@ -338,6 +332,28 @@ class SqliteKV(KVStore):
             target=self._tick_loop, name="dockplug-kv-tick", daemon=True
         )
         self._ticker.start()
+
+    def _prepare(self, deadline: float) -> None:
+        """WAL mode and the schema, retried until DEADLINE while another client does the same:
+        when several clients open a new file at once, SQLite answers some of them SQLITE_BUSY
+        at once, without its busy wait, while the file turns WAL under them."""
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+                self._db.execute("BEGIN IMMEDIATE")
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() >= deadline:
+                    raise
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                time.sleep(0.01)
 
     @classmethod
     async def open(cls, path: Path | str, **kw: Any) -> SqliteKV:
