@@ -151,9 +151,9 @@ Row = tuple[str, str, str, str, str]
 
 def _managed() -> tuple[list[Row], str | None]:
     try:
-        import docker
+        from dockplug.engine_api import docker_client
 
-        engine = docker.from_env(timeout=5)
+        engine = docker_client(timeout=5)
         plugins = engine.plugins.list()
     except Exception as exc:
         return [], f"Engine API not reachable ({type(exc).__name__}); managed plugins not listed"

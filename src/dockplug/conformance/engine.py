@@ -49,11 +49,11 @@ class EngineInfo:
 def detect(timeout: float = 3.0) -> tuple[EngineInfo | None, str]:
     """The engine DOCKER_HOST names (the local dockerd without it), and when none answers,
     why not. Uses the Engine API's /version, which every engine answers unversioned."""
-    import docker
+    from dockplug.engine_api import DEFAULT_HOST, docker_client
 
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    host = os.environ.get("DOCKER_HOST", DEFAULT_HOST)
     try:
-        client = docker.from_env(timeout=int(max(1, timeout)))
+        client = docker_client(timeout=max(1.0, timeout))
         try:
             data = client.version()
         finally:

@@ -56,12 +56,11 @@ def read_engine(docker_host: str | None, timeout: float = ENGINE_TIMEOUT) -> Hel
     socket). Raises PluginError when it cannot be read."""
     import docker
 
+    from dockplug.engine_api import EngineError, docker_client
+
     try:
-        if docker_host:
-            api = docker.APIClient(base_url=docker_host, timeout=timeout)
-        else:
-            api = docker.from_env(timeout=timeout).api
-    except docker.errors.DockerException as exc:
+        api = docker_client(docker_host, timeout).api
+    except EngineError as exc:
         raise PluginError(f"cannot reach the Docker Engine API: {exc}") from exc
     held = Held()
     try:
