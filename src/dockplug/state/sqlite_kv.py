@@ -348,8 +348,7 @@ class SqliteKV(KVStore):
                 self._db.execute("COMMIT")
                 return
             except sqlite3.OperationalError as exc:
-                busy = "locked" in str(exc) or "busy" in str(exc)
-                if not busy or time.monotonic() >= deadline:
+                if not _busy(exc) or time.monotonic() >= deadline:
                     raise
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
@@ -369,7 +368,7 @@ class SqliteKV(KVStore):
 
     def _unavailable(self, exc: sqlite3.Error, seconds: float) -> StoreUnavailable:
         text = str(exc)
-        if "locked" in text or "busy" in text:
+        if _busy(exc):
             return StoreUnavailable(
                 f"{self.name} stayed locked by another thread or process for {seconds:g} s: "
                 f"find what holds it (fuser {self.path}) or give the call a longer timeout"
@@ -644,7 +643,7 @@ class SqliteKV(KVStore):
                 except sqlite3.Error as exc:  # locked by a long writer, or worse: try again
                     if db.in_transaction:
                         db.execute("ROLLBACK")
-                    if "locked" not in str(exc) and "busy" not in str(exc):
+                    if not _busy(exc):
                         self._on_error(f"{self.name}: lease sweep failed: {exc}")
         finally:
             db.close()
@@ -677,6 +676,12 @@ class SqliteKV(KVStore):
         self._waiters.notify()  # open watches see the store closed and end
         with self._lock:
             self._db.close()
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock (worth a retry)."""
+    text = str(exc)
+    return "locked" in text or "busy" in text
 
 
 def _revision(db: sqlite3.Connection) -> int:
