@@ -91,19 +91,25 @@ class _Requests:
 
     def __init__(self, buckets: Sequence[float]) -> None:
         self.buckets = list(buckets)
-        self.counts: dict[tuple[str, int], int] = {}  # (endpoint, status): mapped when scraped
-        self.histograms: dict[str, list[float]] = {}  # endpoint -> per-bucket counts + [sum]
+        # A row per endpoint (answered 200) or per (endpoint, status): per-bucket counts (the
+        # last +Inf), then the sum of seconds. Every figure a scrape reports is a sum of rows,
+        # each of which only grows, so no counter can seem to go back between two scrapes.
+        self.ok: dict[str, list[float]] = {}
+        self.other: dict[tuple[str, int], list[float]] = {}
         self.phases: dict[str, float] = {}
 
     def done(self, endpoint: str, status: int, seconds: float) -> None:
-        # on the loop after every reply: no call that can wait until the scrape
-        counts = self.counts
-        key = (endpoint, status)
-        counts[key] = counts.get(key, 0) + 1
-        row = self.histograms.get(endpoint)
-        if row is None:
-            row = self.histograms[endpoint] = [0.0] * (len(self.buckets) + 2)
-        row[bisect.bisect_left(self.buckets, seconds)] += 1  # the last slot before sum is +Inf
+        # on the loop after every reply, so as little as it can be: a lookup, a bisect, two adds
+        if status == 200:
+            row = self.ok.get(endpoint)
+            if row is None:
+                row = self.ok[endpoint] = [0.0] * (len(self.buckets) + 2)
+        else:
+            key = (endpoint, status)
+            row = self.other.get(key)
+            if row is None:
+                row = self.other[key] = [0.0] * (len(self.buckets) + 2)
+        row[bisect.bisect_left(self.buckets, seconds)] += 1
         row[-1] += seconds
 
     def describe(self) -> list[Metric]:
@@ -118,15 +124,23 @@ class _Requests:
             "dockplug_errors", "Plugin calls that did not answer 200, by endpoint",
             labels=["endpoint"],
         )  # fmt: skip
+        by_endpoint: dict[str, list[float]] = {}  # all statuses summed: the latency histogram
         by_outcome: dict[tuple[str, str], int] = {}
-        for (endpoint, status), count in list(self.counts.items()):
-            key = (endpoint, api.outcome(status))
-            by_outcome[key] = by_outcome.get(key, 0) + count
         failed: dict[str, int] = {}
+        rows = [((e, 200), list(r)) for e, r in list(self.ok.items())]
+        rows += [(key, list(r)) for key, r in list(self.other.items())]
+        for (endpoint, status), row in rows:
+            seen = by_endpoint.get(endpoint)
+            by_endpoint[endpoint] = (
+                row if seen is None else [a + b for a, b in zip(seen, row, strict=True)]
+            )
+            calls = int(sum(row[:-1]))
+            key = (endpoint, api.outcome(status))
+            by_outcome[key] = by_outcome.get(key, 0) + calls
+            if status != 200:
+                failed[endpoint] = failed.get(endpoint, 0) + calls
         for (endpoint, result), count in by_outcome.items():
             requests.add_metric([endpoint, result], count)
-            if result != "ok":
-                failed[endpoint] = failed.get(endpoint, 0) + count
         for endpoint, count in failed.items():
             errors.add_metric([endpoint], count)
         latency = HistogramMetricFamily(
@@ -134,8 +148,7 @@ class _Requests:
             "Time from a call's arrival to its reply, by endpoint",
             labels=["endpoint"],
         )
-        for endpoint, live in list(self.histograms.items()):
-            row = list(live)
+        for endpoint, row in by_endpoint.items():
             cumulative: list[tuple[str, float]] = []
             total = 0.0
             for bound, hits in zip([*self.buckets, float("inf")], row[:-1], strict=True):

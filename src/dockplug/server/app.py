@@ -263,18 +263,26 @@ class PluginApp:
             log.body(rid, ">", data)
         seconds = perf_counter() - started
         log.request(rid, path, subject, status, seconds)
-        if self.observer is not None:
-            self._observe(path, status, seconds)
+        observer = self.observer
+        if observer is not None:
+            try:  # inline, not through _observe: this runs after every reply
+                observer(path, status, seconds)
+            except Exception as exc:
+                self._hook_failed(observer, exc)
         return status, data
 
     def _observe(self, path: str, status: int, seconds: float) -> None:
         observer = self.observer
-        try:
-            if observer is not None:
+        if observer is not None:
+            try:
                 observer(path, status, seconds)
-        except Exception as exc:  # a broken hook must not turn replies into errors
-            self.observer = None
-            self.log.event(f"metrics hook {observer!r} failed and is now off: {exc}")
+            except Exception as exc:
+                self._hook_failed(observer, exc)
+
+    def _hook_failed(self, observer: Callable[[str, int, float], None], exc: Exception) -> None:
+        """A broken hook must not turn replies into errors: it is turned off, once, said."""
+        self.observer = None
+        self.log.event(f"metrics hook {observer!r} failed and is now off: {exc}")
 
     def _fail(
         self,
