@@ -50,3 +50,10 @@ def managed_rootfs(data_root: str | Path, plugin_id: str) -> PurePosixPath:
 def managed_propagated_mount(data_root: str | Path, plugin_id: str) -> PurePosixPath:
     """Where a plugin's ``propagatedMount`` shows on the host (``Plugin.ScopedPath``)."""
     return managed_home(data_root, plugin_id) / "propagated-mount"
+
+
+#: How long a plugin's loop keeps polling its sockets after a reply (µs) before it sleeps. A
+#: wake-up from idle costs tens of µs on a VM, most of a lone call's round trip; Go's scheduler
+#: spins before it parks for the same reason, and dockerd's calls come in sequences (Get,
+#: Mount, Path for one container).
+DEFAULT_BUSY_POLL_US = 50

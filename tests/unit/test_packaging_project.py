@@ -43,6 +43,7 @@ def test_hello_project_config() -> None:
         "DOCKPLUG_DEBUG",
         "DOCKPLUG_METRICS",
         "DOCKPLUG_LOG_FORMAT",
+        "DOCKPLUG_BUSY_POLL_US",
     }
     assert data["mounts"] == [] and data["linux"]["capabilities"] == []
     # the probe imports nothing into this process and leaves no bytecode in the project

@@ -5,6 +5,7 @@ never."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -282,3 +283,60 @@ def test_async_methods_run_in_a_task_so_timeouts_work(serve_plugin: Serve) -> No
         assert client.call("VolumeDriver.Get", {"Name": "v"}).json["Volume"]["Name"] == "v"
         assert client.call("VolumeDriver.List", {}).json["Volumes"][0]["Name"] == "a"
         assert client.call("VolumeDriver.Path", {"Name": "v"}).json["Mountpoint"] == "/p"
+
+
+def _loop_cpu_seconds(plugin: ThreadedPlugin) -> float:
+    """CPU time of the plugin's event-loop thread (from /proc: the test runs in another)."""
+    native = plugin._thread.native_id
+    with open(f"/proc/self/task/{native}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_busy_poll_runs_only_in_its_window_after_a_reply(serve_plugin: Serve) -> None:
+    """The loop polls without sleeping for busy_poll seconds after each reply and then sleeps:
+    a plugin nobody calls burns no CPU. (A 300 ms window here, to be seen at clock-tick
+    resolution; the default is 50 µs.)"""
+    plugin = serve_plugin(Names(), busy_poll=0.3)
+    http = plugin.server.http
+    assert not http._polling  # nothing answered yet: asleep
+    idle0 = _loop_cpu_seconds(plugin)
+    time.sleep(0.3)
+    assert _loop_cpu_seconds(plugin) - idle0 < 0.05
+    with plugin.client() as client:
+        assert client.call("Plugin.Activate").status == 200
+        assert http._polling  # the window after that reply
+        busy0 = _loop_cpu_seconds(plugin)
+        time.sleep(0.5)
+        assert not http._polling  # the window closed by itself
+        assert _loop_cpu_seconds(plugin) - busy0 >= 0.1  # it did poll: CPU spent, no sleep
+        idle1 = _loop_cpu_seconds(plugin)
+        time.sleep(0.3)
+        assert _loop_cpu_seconds(plugin) - idle1 < 0.05
+        assert client.call("VolumeDriver.Path", {"Name": "v"}).status == 200  # still serving
+
+
+def test_busy_poll_off_never_polls(serve_plugin: Serve) -> None:
+    plugin = serve_plugin(Names(), busy_poll=0.0)
+    with plugin.client() as client:
+        assert client.call("Plugin.Activate").status == 200
+        assert not plugin.server.http._polling
+
+
+def test_busy_poll_us_option_and_its_env() -> None:
+    from dockplug.cli.options import TRANSPORT_KEYS, serve_options
+
+    params: dict[str, Any] = dict.fromkeys(TRANSPORT_KEYS)
+    params.update(name="p", spec_dir=Path("/tmp"), announce="none", log_format="text")
+    params["busy_poll_us"] = 0
+    assert serve_options(dict(params)).busy_poll == 0.0
+    params["busy_poll_us"] = 50
+    assert serve_options(dict(params)).busy_poll == pytest.approx(50e-6)
+    from click.testing import CliRunner
+
+    from dockplug.cli.main import cli
+
+    out = CliRunner().invoke(cli, ["serve", "local", "--help"]).output
+    assert "--busy-poll-us" in out and "DOCKPLUG_BUSY_POLL_US" in out
+    bad = CliRunner().invoke(cli, ["serve", "local", "--busy-poll-us", "-1"])
+    assert bad.exit_code == 2 and "--busy-poll-us" in bad.output

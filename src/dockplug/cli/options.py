@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from dockplug.errors import ConfigError
+from dockplug.facts import DEFAULT_BUSY_POLL_US
 from dockplug.server import discovery
 from dockplug.server.runner import ServeOptions, TLSSettings
 
@@ -85,6 +86,16 @@ def transport_options(default_name: str) -> Callable[[Callable[..., Any]], Calla
                 "[env DOCKPLUG_LOG_FORMAT].",
             ),
             click.option(
+                "--busy-poll-us",
+                type=click.IntRange(0, 10_000),
+                default=DEFAULT_BUSY_POLL_US,
+                show_default=True,
+                envvar="DOCKPLUG_BUSY_POLL_US",
+                help="After a reply, keep polling the sockets this long before sleeping: "
+                "dockerd's next call in a sequence is answered without a wake-up from idle "
+                "(0: off) [env DOCKPLUG_BUSY_POLL_US].",
+            ),
+            click.option(
                 "--debug",
                 is_flag=True,
                 envvar="DOCKPLUG_DEBUG",  # settable in a managed plugin: docker plugin set
@@ -115,6 +126,7 @@ TRANSPORT_KEYS = (
     "socket_group",
     "metrics",
     "log_format",
+    "busy_poll_us",
     "debug",
 )
 
@@ -154,4 +166,5 @@ def serve_options(params: dict[str, Any]) -> ServeOptions:
         debug=p["debug"],
         metrics=p["metrics"] or None,
         log_format=p["log_format"],
+        busy_poll=p["busy_poll_us"] / 1e6,
     )

@@ -19,7 +19,13 @@ from pydantic.alias_generators import to_camel
 
 from dockplug.drivers.registry import builtin
 from dockplug.errors import ConfigError
-from dockplug.facts import MANAGED_SOCKET_PREFIX, PLUGIN_DIR, SOCKET_NAME_MAX, UNIX_PATH_MAX
+from dockplug.facts import (
+    DEFAULT_BUSY_POLL_US,
+    MANAGED_SOCKET_PREFIX,
+    PLUGIN_DIR,
+    SOCKET_NAME_MAX,
+    UNIX_PATH_MAX,
+)
 
 #: Where dockerd bind-mounts the plugin's socket folder, inside and outside the plugin.
 PLUGIN_SOCKET_DIR = str(PLUGIN_DIR)
@@ -348,6 +354,12 @@ def make_config(
                 name="DOCKPLUG_LOG_FORMAT",
                 description="text, or json: one JSON object per log line",
                 value="text",
+                settable=["value"],
+            ),
+            Env(
+                name="DOCKPLUG_BUSY_POLL_US",
+                description="µs of polling after a reply before sleeping (0: off)",
+                value=str(DEFAULT_BUSY_POLL_US),
                 settable=["value"],
             ),
         ],

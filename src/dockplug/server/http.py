@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
@@ -273,6 +274,8 @@ class HttpConnection(asyncio.Protocol):
             self.closing = True
             self.queue.clear()
             transport.close()
+        else:
+            self.server.linger()
 
     def _write_error(self, exc: BaseException, keep_alive: bool) -> None:
         if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
@@ -336,13 +339,33 @@ class HttpConnection(asyncio.Protocol):
 class HttpServer:
     """The listening side: serves ``app`` on already-bound sockets until :meth:`stop`."""
 
-    def __init__(self, app: PluginApp, ssl: Any = None) -> None:
+    def __init__(self, app: PluginApp, ssl: Any = None, busy_poll: float = 0.0) -> None:
         self.app = app
         self.ssl = ssl
         self.connections: set[HttpConnection] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.stopping = False
         self._idle: asyncio.Event | None = None
+        self.busy_poll = busy_poll
+        self._poll_until = 0.0
+        self._polling = False
+
+    def linger(self) -> None:
+        """After a reply: keep the loop polling (a ready callback makes it poll without
+        sleeping) for ``busy_poll`` seconds, so the caller's next request, which on a keep-alive
+        connection often follows within tens of µs, is read at once instead of after a
+        wake-up from idle. Each new reply extends the window; it costs CPU only then."""
+        if self.busy_poll:
+            self._poll_until = perf_counter() + self.busy_poll
+            if not self._polling:
+                self._polling = True
+                asyncio.get_running_loop().call_soon(self._poll)
+
+    def _poll(self) -> None:
+        if perf_counter() < self._poll_until and not self.stopping:
+            asyncio.get_running_loop().call_soon(self._poll)
+        else:
+            self._polling = False
 
     async def start(self, sockets: list[Any]) -> None:
         import socket as socketlib

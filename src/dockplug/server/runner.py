@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dockplug.errors import ConfigError
-from dockplug.facts import PLUGIN_DIR, default_socket
+from dockplug.facts import DEFAULT_BUSY_POLL_US, PLUGIN_DIR, default_socket
 from dockplug.observe.events import set_event_format
 from dockplug.observe.health import Health
 from dockplug.observe.metrics import NO_METRICS, Metrics
@@ -73,6 +73,7 @@ class ServeOptions:
     graceful_timeout: int = 30
     metrics: str | None = None  # side listener for /metrics and /health: HOST:PORT or unix:PATH
     log_format: str = "text"  # text | json
+    busy_poll: float = DEFAULT_BUSY_POLL_US / 1e6  # seconds of polling after a reply (0: off)
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
@@ -202,7 +203,7 @@ class PluginServer:
         set_event_format(opts.log_format)
         self.app = PluginApp(drivers, log=self.log)
         self.ssl = ssl_context(opts.tls)
-        self.http = HttpServer(self.app, ssl=self.ssl)
+        self.http = HttpServer(self.app, ssl=self.ssl, busy_poll=opts.busy_poll)
         self.metrics = _metrics(self.app.drivers, opts)
         if self.metrics.enabled:
             self.app.observer = self.metrics.request_done
