@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from dockplug.packaging.bundle import BuildResult, build
+from dockplug.packaging.bundle import BuildResult
 from dockplug.packaging.config import SITE_DIR
 from dockplug.testing.dockerd import Dockerd, unavailable_reason
+from dockplug.testing.managed import cached_build
 from dockplug.testing.servers import wait_until
 
 pytestmark = pytest.mark.dockerd
@@ -44,11 +45,9 @@ def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Managed]:
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    if shutil.which("debootstrap") is None:
-        pytest.skip("debootstrap not installed (apt-get install debootstrap)")
     root = tmp_path_factory.mktemp("authz-managed")
     name = f"dpz/authz-{uuid.uuid4().hex[:8]}:latest"
-    bundle = build("authz", name, root / "bundle")
+    bundle = cached_build("authz")
     # the host folder bind-mounted at /mnt/state: the policy in policy/, the audit log beside
     state = root / "state"
     shutil.copytree(SAFE, state / "policy")
@@ -78,7 +77,8 @@ def test_cedarpy_imports_in_the_rootfs_python(managed: Managed) -> None:
     res = subprocess.run(
         ["chroot", str(rootfs), "/usr/bin/python3", "-c",
          "import cedarpy; print(cedarpy.__file__)"],
-        env={**os.environ, "PYTHONPATH": SITE_DIR}, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": SITE_DIR, "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == f"{SITE_DIR}/cedarpy/__init__.py"

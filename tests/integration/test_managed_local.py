@@ -19,22 +19,18 @@ from typing import Any
 import pytest
 
 from dockplug.packaging import engine, verbs
-from dockplug.packaging.bundle import BuildResult, build
+from dockplug.packaging.bundle import BuildResult
 from dockplug.testing.dockerd import Dockerd
+from dockplug.testing.managed import cached_build
 
 pytestmark = pytest.mark.dockerd
 
 
 @pytest.fixture(scope="session")
-def local_bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuildResult]:
+def local_bundle() -> BuildResult:
     """The local driver's bundle, built once per run (the first build makes the cached
     debootstrap base: about a minute)."""
-    if shutil.which("debootstrap") is None:
-        pytest.skip("debootstrap not installed (apt-get install debootstrap)")
-    out = tmp_path_factory.mktemp("bundle") / "local"
-    result = build("local", "dockplug/local", out)
-    yield result
-    shutil.rmtree(out, ignore_errors=True)  # 150 MB
+    return cached_build("local")
 
 
 @pytest.fixture

@@ -12,22 +12,18 @@ debootstrap base cached) and the upload happen once.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dockplug.packaging import engine, verbs
-from dockplug.packaging.bundle import build
 from dockplug.testing.dockerd import Dockerd
 from dockplug.testing.logsinks import Rsyslog, rsyslog_unavailable
+from dockplug.testing.managed import EnabledPlugin, enabled_builtin
 from dockplug.testing.servers import wait_until
 
 pytestmark = [pytest.mark.dockerd, pytest.mark.root]
@@ -35,48 +31,17 @@ pytestmark = [pytest.mark.dockerd, pytest.mark.root]
 LINES = 20_000
 
 
-@dataclass
-class Managed:
-    name: str  # REPO/NAME:TAG, as dockerd names it
-    state: Path  # the host folder behind /mnt/state
-
-
 @pytest.fixture(scope="module")
-def managed(dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Managed]:
+def managed(dockerd: Dockerd) -> Iterator[EnabledPlugin]:
     """The logs driver built, created, its state folder set to a temporary one, enabled."""
-    from dockplug.engine_api import docker_client
 
-    if shutil.which("debootstrap") is None:
-        pytest.skip("debootstrap not installed (apt-get install debootstrap)")
-    out = tmp_path_factory.mktemp("bundle") / "logs"
-    name = f"dpt/logs{uuid.uuid4().hex[:8]}:latest"
-    result = build("logs", name, out)
-    client = docker_client(dockerd.host, timeout=600)
-    state = Path(tempfile.mkdtemp(prefix="dpt-logsstate-"))
-    plugin_id = None
-    try:
-        verbs.create(name, result.path, client)
-        plugin_id = client.plugins.get(name).id
-        shutil.rmtree(out, ignore_errors=True)  # uploaded now
-        engine.set_options(name, [f"state.source={state}"], client)
-        enabled = verbs.enable(name, timeout=30, client=client)
-        print(f"logs bundle {result.size / 1e6:.0f} MB built in {result.seconds:.1f}s "
-              f"(cold={result.cold}); enable-to-socket {enabled.seconds:.2f}s")  # fmt: skip
-        yield Managed(name, state)
-    finally:
-        if dockerd.log_path is not None and plugin_id:
-            lines = [ln for ln in dockerd.log_path.read_text().splitlines() if plugin_id in ln]
-            said = [ln for ln in lines if "level=error" in ln or "level=warn" in ln]
-            print("plugin log (warnings, errors, last lines):", *said, *lines[-3:], sep="\n  ")
+    def remove_containers(plugin: EnabledPlugin) -> None:
         ids = dockerd.docker("ps", "-aq", "--filter", "name=dptl-").stdout.split()
         if ids:
             dockerd.docker("rm", "-f", *ids, check=False)
-        dockerd.docker("plugin", "rm", "-f", name, check=False)
-        if plugin_id:
-            shutil.rmtree(Path("/run/docker/plugins") / plugin_id, ignore_errors=True)
-        client.close()
-        shutil.rmtree(state, ignore_errors=True)
-        shutil.rmtree(out, ignore_errors=True)
+
+    with enabled_builtin(dockerd, "logs", before_remove=remove_containers) as plugin:
+        yield plugin
 
 
 def _name() -> str:
@@ -85,7 +50,7 @@ def _name() -> str:
 
 @pytest.mark.timeout(600)
 def test_managed_logs_docker_run_and_docker_logs(
-    dockerd: Dockerd, managed: Managed, busybox_image: str
+    dockerd: Dockerd, managed: EnabledPlugin, busybox_image: str
 ) -> None:
     settings = json.loads(dockerd.docker("plugin", "inspect", managed.name).stdout)[0]
     assert settings["Config"]["Interface"]["Types"] == ["docker.logdriver/1.0"]
@@ -123,7 +88,7 @@ def _entries(state: Path, cid: str) -> int:
 
 @pytest.mark.timeout(300)
 def test_managed_logs_follow_and_a_sink_on_the_host(
-    dockerd: Dockerd, managed: Managed, busybox_image: str
+    dockerd: Dockerd, managed: EnabledPlugin, busybox_image: str
 ) -> None:
     """``--log-opt forward=`` to an rsyslog on the host's 127.0.0.1, and ``docker logs -f``
     while the container writes, ending when it stops."""

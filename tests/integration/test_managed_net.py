@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-import shutil
 import socket
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,11 +24,11 @@ import pytest
 from dockplug.client import PluginClient
 from dockplug.drivers.registry import builtin
 from dockplug.packaging import engine, verbs
-from dockplug.packaging.bundle import build
 from dockplug.packaging.doctor import diagnose_installed
 from dockplug.state.etcd_kv import EtcdKV
 from dockplug.testing.dockerd import Dockerd
 from dockplug.testing.etcd import EtcdServer, throwaway_etcd
+from dockplug.testing.managed import EnabledPlugin, enabled_builtin
 from dockplug.testing.servers import wait_until
 
 pytestmark = [pytest.mark.dockerd, pytest.mark.root, pytest.mark.etcd]
@@ -62,52 +60,27 @@ def etcd_for_plugin() -> Iterator[EtcdServer]:
 
 
 @pytest.fixture(scope="module")
-def net_plugin(
-    dockerd: Dockerd, etcd_for_plugin: EtcdServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, Any]]:
+def net_plugin(dockerd: Dockerd, etcd_for_plugin: EtcdServer) -> Iterator[tuple[str, Any]]:
     """The net driver built, created, pointed at the etcd with docker plugin set, enabled."""
-    from dockplug.engine_api import docker_client
+    # the isolated dockerd's socket is DIR/docker.sock: its folder on the engine mount; a
+    # short grace so the leak reclaimer reads the Engine API every second
+    sock = Path(dockerd.host.removeprefix("unix://"))
+    if sock.name != "docker.sock":
+        pytest.skip(f"the engine mount expects a docker.sock, this dockerd has {sock}")
+    args = " ".join([*builtin("net").managed.args, "--reclaim-after", "3s"])
+    settings = [f"engine.source={sock.parent}", f"args={args}",
+                f"ETCD_ENDPOINTS={etcd_for_plugin.endpoint}"]  # fmt: skip
 
-    if shutil.which("debootstrap") is None:
-        pytest.skip("debootstrap not installed (apt-get install debootstrap)")
-    out = tmp_path_factory.mktemp("bundle") / "net"
-    name = f"dpt/net{uuid.uuid4().hex[:8]}:latest"
-    result = build("net", name, out)
-    client = docker_client(dockerd.host, timeout=600)
-    state = Path(tempfile.mkdtemp(prefix="dpt-netstate-"))
-    plugin_id = None
-    try:
-        verbs.create(name, result.path, client)
-        plugin_id = client.plugins.get(name).id
-        shutil.rmtree(out, ignore_errors=True)  # 200 MB, uploaded now
-        # the isolated dockerd's socket is DIR/docker.sock: its folder on the engine mount; a
-        # short grace so the leak reclaimer reads the Engine API every second
-        sock = Path(dockerd.host.removeprefix("unix://"))
-        if sock.name != "docker.sock":
-            pytest.skip(f"the engine mount expects a docker.sock, this dockerd has {sock}")
-        args = " ".join([*builtin("net").managed.args, "--reclaim-after", "3s"])
-        pairs = [f"state.source={state}", f"engine.source={sock.parent}", f"args={args}",
-                 f"ETCD_ENDPOINTS={etcd_for_plugin.endpoint}"]  # fmt: skip
-        engine.set_options(name, pairs, client)
-        enabled = verbs.enable(name, timeout=30, client=client)
-        print(f"net bundle {result.size / 1e6:.0f} MB built in {result.seconds:.1f}s "
-              f"(cold={result.cold}); enable-to-socket {enabled.seconds:.2f}s")  # fmt: skip
-        yield name, client
-    finally:
-        if dockerd.log_path is not None and plugin_id:
-            lines = [ln for ln in dockerd.log_path.read_text().splitlines() if plugin_id in ln]
-            said = [ln for ln in lines if "level=error" in ln or "level=warn" in ln]
-            print("plugin log (warnings, errors, last lines):", *said, *lines[-3:], sep="\n  ")
-        for net in client.networks.list(filters={"driver": name}):
+    def remove_networks(plugin: EnabledPlugin) -> None:
+        for net in plugin.client.networks.list(filters={"driver": plugin.name}):
             for c in net.containers:
                 c.remove(force=True)
             net.remove()
-        dockerd.docker("plugin", "rm", "-f", name, check=False)
-        if plugin_id:
-            shutil.rmtree(Path("/run/docker/plugins") / plugin_id, ignore_errors=True)
-        client.close()
-        shutil.rmtree(state, ignore_errors=True)
-        shutil.rmtree(out, ignore_errors=True)
+
+    with enabled_builtin(
+        dockerd, "net", lambda state: settings, before_remove=remove_networks
+    ) as plugin:
+        yield plugin.name, plugin.client
 
 
 @pytest.mark.timeout(600)

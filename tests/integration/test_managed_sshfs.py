@@ -22,25 +22,21 @@ from typing import Any
 import pytest
 
 from dockplug.packaging import engine, verbs
-from dockplug.packaging.bundle import BuildResult, build
+from dockplug.packaging.bundle import BuildResult
 from dockplug.packaging.doctor import diagnose_bundle, diagnose_installed
 from dockplug.packaging.rootfs import cache_dir, ensure_base
 from dockplug.testing.dockerd import Dockerd
+from dockplug.testing.managed import cached_build
 from dockplug.testing.sshd import Sshd
 
 pytestmark = pytest.mark.dockerd
 
 
 @pytest.fixture(scope="session")
-def sshfs_bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuildResult]:
+def sshfs_bundle() -> BuildResult:
     """The sshfs driver's bundle, built once per run (the first build ever makes the cached
     debootstrap base with sshfs, fuse3 and openssh-client: under a minute)."""
-    if shutil.which("debootstrap") is None:
-        pytest.skip("debootstrap not installed (apt-get install debootstrap)")
-    out = tmp_path_factory.mktemp("bundle") / "sshfs"
-    result = build("sshfs", "dockplug/sshfs", out)
-    yield result
-    shutil.rmtree(out, ignore_errors=True)  # 165 MB
+    return cached_build("sshfs")
 
 
 def _unmount_under(prefix: str) -> None:

@@ -22,9 +22,10 @@ from click.testing import CliRunner
 
 from dockplug.cli.main import cli
 from dockplug.packaging import engine, verbs
-from dockplug.packaging.bundle import BuildResult, build
+from dockplug.packaging.bundle import BuildResult
 from dockplug.packaging.transfer import authored_config, settable_args, settings_pairs, unpack
 from dockplug.testing.dockerd import Dockerd
+from dockplug.testing.managed import cached_build
 from dockplug.testing.servers import free_port
 
 
@@ -71,14 +72,9 @@ def registry() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuildResult]:
+def bundle() -> BuildResult:
     """The local driver's bundle, from the cached debootstrap base (as test_managed_local)."""
-    if shutil.which("debootstrap") is None:
-        pytest.skip("debootstrap not installed (apt-get install debootstrap)")
-    out = tmp_path_factory.mktemp("bundle") / "local"
-    result = build("local", "dockplug/local", out)
-    yield result
-    shutil.rmtree(out, ignore_errors=True)
+    return cached_build("local")
 
 
 @pytest.fixture
@@ -345,7 +341,7 @@ def test_settings_with_spaces_survive_import_and_rename(
     default = json.loads(bundle.path.joinpath("config.json").read_text())["args"]["value"]
     args = [*default, "--note", "two words", ""]
     patched = tmp_path / "patched.tar.gz"
-    with tarfile.open(archive) as src, tarfile.open(patched, "w:gz") as dst:
+    with tarfile.open(archive) as src, tarfile.open(patched, "w:gz", compresslevel=1) as dst:
         for member in src:
             data = src.extractfile(member) if member.isreg() else None
             if member.name == "settings.json":

@@ -167,9 +167,11 @@ def export(
     *,
     client: Any = None,
     console: Console | None = None,
-    compresslevel: int = 6,
+    compresslevel: int = 1,
 ) -> ExportResult:
-    """Write NAME's config.json, rootfs/ and settings.json into the tar.gz OUTPUT."""
+    """Write NAME's config.json, rootfs/ and settings.json into the tar.gz OUTPUT. Level 1: a
+    rootfs is mostly compiled code, which level 6 packs only ~10 % smaller in 2.5x the time
+    (a 193 MB local-driver rootfs: 73 MB in 2.7 s against 66 MB in 6.7 s)."""
     console = console or Console(stderr=True)
     client = client or engine.connect()
     t0 = time.monotonic()
