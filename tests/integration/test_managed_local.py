@@ -21,7 +21,7 @@ import pytest
 from dockplug.packaging import engine, verbs
 from dockplug.packaging.bundle import BuildResult
 from dockplug.testing.dockerd import Dockerd
-from dockplug.testing.managed import cached_build
+from dockplug.testing.managed import cached_build, created_plugin
 
 pytestmark = pytest.mark.dockerd
 
@@ -35,18 +35,8 @@ def local_bundle() -> BuildResult:
 
 @pytest.fixture
 def plugin(dockerd: Dockerd, docker_client: Any, local_bundle: BuildResult) -> Iterator[str]:
-    name = f"dpt-{uuid.uuid4().hex[:8]}:latest"
-    t0 = time.monotonic()
-    verbs.create(name, local_bundle.path, docker_client)
-    plugin_id = docker_client.plugins.get(name).id
-    print(f"create took {time.monotonic() - t0:.1f}s; bundle {local_bundle.size / 1e6:.0f} MB, "
-          f"built in {local_bundle.seconds:.1f}s (cold={local_bundle.cold})")  # fmt: skip
-    yield name
-    for vol in docker_client.volumes.list(filters={"driver": name}):
-        vol.remove(force=True)
-    dockerd.docker("plugin", "rm", "-f", name, check=False)
-    # a failed enable leaves dockerd's init-stdout/err fifos behind in the socket folder
-    shutil.rmtree(Path("/run/docker/plugins") / plugin_id, ignore_errors=True)
+    with created_plugin(dockerd, docker_client, local_bundle) as name:
+        yield name
 
 
 @pytest.mark.timeout(900)

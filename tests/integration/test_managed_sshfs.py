@@ -26,7 +26,7 @@ from dockplug.packaging.bundle import BuildResult
 from dockplug.packaging.doctor import diagnose_bundle, diagnose_installed
 from dockplug.packaging.rootfs import cache_dir, ensure_base
 from dockplug.testing.dockerd import Dockerd
-from dockplug.testing.managed import cached_build
+from dockplug.testing.managed import cached_build, created_plugin
 from dockplug.testing.sshd import Sshd
 
 pytestmark = pytest.mark.dockerd
@@ -52,19 +52,13 @@ def _unmount_under(prefix: str) -> None:
 
 @pytest.fixture
 def plugin(dockerd: Dockerd, docker_client: Any, sshfs_bundle: BuildResult) -> Iterator[str]:
-    name = f"dpt-sshfs-{uuid.uuid4().hex[:8]}:latest"
-    t0 = time.monotonic()
-    verbs.create(name, sshfs_bundle.path, docker_client)
-    plugin_id = docker_client.plugins.get(name).id
-    print(f"create took {time.monotonic() - t0:.1f}s; bundle {sshfs_bundle.size / 1e6:.0f} MB, "
-          f"built in {sshfs_bundle.seconds:.1f}s (cold={sshfs_bundle.cold})")  # fmt: skip
-    yield name
-    for vol in docker_client.volumes.list(filters={"driver": name}):
-        vol.remove(force=True)
-    dockerd.docker("plugin", "rm", "-f", name, check=False)
     root = dockerd.docker("info", "--format", "{{.DockerRootDir}}").stdout.strip()
-    _unmount_under(f"{root}/plugins/{plugin_id}/")
-    shutil.rmtree(Path("/run/docker/plugins") / plugin_id, ignore_errors=True)
+
+    def unmount(plugin_id: str) -> None:
+        _unmount_under(f"{root}/plugins/{plugin_id}/")
+
+    with created_plugin(dockerd, docker_client, sshfs_bundle, "dpt-sshfs", unmount) as name:
+        yield name
 
 
 def test_bundle_has_sshfs_and_passes_the_doctor(sshfs_bundle: BuildResult) -> None:

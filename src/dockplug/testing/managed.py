@@ -1,6 +1,6 @@
 """Built-in drivers as managed (v2) plugins on a test dockerd: their bundles built once per
-source tree (:func:`cached_build`), and a plugin made from one, enabled, and gone afterwards
-(:func:`enabled_builtin`).
+source tree (:func:`cached_build`), a plugin created from one (:func:`created_plugin`) or also
+configured and enabled (:func:`enabled_builtin`), and gone afterwards.
 
 What every managed-plugin test module does once (the build is ~45 s with the debootstrap base
 cached, the upload up to 200 MB): ``dockplug build``, ``docker plugin create``, ``docker plugin
@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -81,6 +82,33 @@ def cached_build(driver: str) -> BuildResult:
             shutil.rmtree(tmp, ignore_errors=True)
         done.write_text(f"{result.seconds:.1f}s cold={result.cold}\n")
         return BuildResult(path, result.size, result.seconds, result.cold)
+
+
+@contextmanager
+def created_plugin(
+    dockerd: Dockerd,
+    client: Any,
+    bundle: BuildResult,
+    prefix: str = "dpt",
+    after_remove: Callable[[str], None] = lambda plugin_id: None,
+) -> Iterator[str]:
+    """A plugin created (disabled) from BUNDLE under a new name, which is yielded; afterwards
+    its volumes and the plugin are removed, ``after_remove(plugin_id)`` runs (mounts a killed
+    plugin left), and its socket folder goes (a failed enable leaves dockerd's init fifos)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}:latest"
+    t0 = time.monotonic()
+    verbs.create(name, bundle.path, client)
+    plugin_id = client.plugins.get(name).id
+    print(f"create took {time.monotonic() - t0:.1f}s; bundle {bundle.size / 1e6:.0f} MB, "
+          f"built in {bundle.seconds:.1f}s (cold={bundle.cold})")  # fmt: skip
+    try:
+        yield name
+    finally:
+        for vol in client.volumes.list(filters={"driver": name}):
+            vol.remove(force=True)
+        dockerd.docker("plugin", "rm", "-f", name, check=False)
+        after_remove(plugin_id)
+        shutil.rmtree(Path("/run/docker/plugins") / plugin_id, ignore_errors=True)
 
 
 @dataclass
