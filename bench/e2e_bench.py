@@ -8,7 +8,8 @@ round:
   keep-alive connection; reported as ms per operation (3N operations) and as a ratio to builtin;
 * container runs: ``docker run --rm -v VOL:/data IMAGE true`` M times (default 20), ms per run.
 
-Run as root: ``python bench/e2e_bench.py [--volumes 200] [--runs 20] [--json out.json]``.
+Run as root: ``python bench/e2e_bench.py [--volumes 200] [--runs 20] [--nopoll] [--json out.json]``
+(``--nopoll`` adds dockplug with its busy poll off, ``--busy-poll-us 0``).
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def main() -> int:
     parser.add_argument("--volumes", type=int, default=200)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--nopoll", action="store_true",
+                        help="also dockplug with --busy-poll-us 0, in the same rounds")  # fmt: skip
     args = parser.parse_args()
     console = Console()
     root = Path(tempfile.mkdtemp(prefix="dp-e2e-", dir="/tmp"))
@@ -127,6 +130,16 @@ def main() -> int:
             ).start()
         )  # fmt: skip
         drivers.append(Driver("dockplug local", name, {}))
+        if args.nopoll:
+            npname = f"dpnopoll-{tag}"
+            plugins.append(
+                SubprocessPlugin(
+                    ["serve", "local", "--name", npname, "--base-dir", str(root / "np-vols"),
+                     "--state-dir", str(root / "np-state"), "--busy-poll-us", "0"],
+                    wait_for=Path(f"/run/docker/plugins/{npname}.sock"),
+                ).start()
+            )  # fmt: skip
+            drivers.append(Driver("dockplug local, --busy-poll-us 0", npname, {}))
 
         rclone = shutil.which("rclone")
         if rclone:
