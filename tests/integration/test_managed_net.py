@@ -77,9 +77,7 @@ def net_plugin(dockerd: Dockerd, etcd_for_plugin: EtcdServer) -> Iterator[tuple[
                 c.remove(force=True)
             net.remove()
 
-    with enabled_builtin(
-        dockerd, "net", lambda state: settings, before_remove=remove_networks
-    ) as plugin:
+    with enabled_builtin(dockerd, "net", settings, before_remove=remove_networks) as plugin:
         yield plugin.name, plugin.client
 
 

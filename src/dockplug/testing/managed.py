@@ -14,6 +14,7 @@ shared /run/docker/plugins.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -39,12 +40,14 @@ from dockplug.testing.dockerd import Dockerd
 BUNDLE_CACHE = Path("/var/cache/dockplug/test-bundles")
 
 
-def _source_key(driver: str) -> str:
-    """What a built-in driver's bundle is made of: every file of the running dockplug, its
-    requirements and the Python minor version (the compiled wheels are built for it)."""
+@functools.cache
+def _tree_digest() -> bytes:
+    """Every file of the running dockplug, its requirements and the Python minor version (the
+    compiled wheels are built for it): what a built-in driver's bundle is made of. Read once
+    per process."""
     import dockplug
 
-    digest = hashlib.sha256(f"{driver}\0{sys.version_info[:2]}\0".encode())
+    digest = hashlib.sha256(f"{sys.version_info[:2]}\0".encode())
     for req in sorted(metadata.requires("dockplug") or []):
         digest.update(req.encode() + b"\0")
     package = Path(dockplug.__file__).parent
@@ -52,7 +55,11 @@ def _source_key(driver: str) -> str:
         if path.is_file() and "__pycache__" not in path.parts:
             digest.update(str(path.relative_to(package)).encode() + b"\0")
             digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    return digest.digest()
+
+
+def _source_key(driver: str) -> str:
+    return hashlib.sha256(driver.encode() + b"\0" + _tree_digest()).hexdigest()[:16]
 
 
 def cached_build(driver: str) -> BuildResult:
@@ -123,38 +130,34 @@ class EnabledPlugin:
 def enabled_builtin(
     dockerd: Dockerd,
     driver: str,
-    settings: Callable[[Path], list[str]] = lambda state: [],
+    settings: Sequence[str] = (),
     before_remove: Callable[[EnabledPlugin], None] = lambda plugin: None,
 ) -> Iterator[EnabledPlugin]:
-    """Creates a plugin from DRIVER's bundle (:func:`cached_build`), sets ``state.source``
-    and ``settings(state)``, enables; yields the plugin; ``before_remove(plugin)`` runs before
-    ``docker plugin rm`` (containers or networks that use it)."""
+    """A plugin from DRIVER's bundle (:func:`cached_build`, :func:`created_plugin`) with
+    ``state.source`` on a temporary folder and SETTINGS set, enabled; yields it. Afterwards
+    dockerd's log lines about it are printed and ``before_remove(plugin)`` runs (containers or
+    networks that use it) before the plugin goes."""
     from dockplug.engine_api import docker_client
 
-    name = f"dpt/{driver}{uuid.uuid4().hex[:8]}:latest"
     result = cached_build(driver)
     client = docker_client(dockerd.host, timeout=600)
     state = Path(tempfile.mkdtemp(prefix=f"dpt-{driver}state-"))
-    plugin: EnabledPlugin | None = None
     try:
-        verbs.create(name, result.path, client)
-        plugin = EnabledPlugin(name, client.plugins.get(name).id, state, client)
-        engine.set_options(name, [f"state.source={state}", *settings(state)], client)
-        enabled = verbs.enable(name, timeout=30, client=client)
-        print(f"{driver} bundle {result.size / 1e6:.0f} MB built in {result.seconds:.1f}s "
-              f"(cold={result.cold}); enable-to-socket {enabled.seconds:.2f}s")  # fmt: skip
-        yield plugin
+        with created_plugin(dockerd, client, result, f"dpt/{driver}") as name:
+            plugin = EnabledPlugin(name, client.plugins.get(name).id, state, client)
+            try:
+                engine.set_options(name, [f"state.source={state}", *settings], client)
+                enabled = verbs.enable(name, timeout=30, client=client)
+                print(f"enable-to-socket {enabled.seconds:.2f}s")
+                yield plugin
+            finally:
+                try:
+                    _print_plugin_log(dockerd, plugin.id)
+                finally:
+                    before_remove(plugin)
     finally:
-        try:
-            if plugin is not None:
-                _print_plugin_log(dockerd, plugin.id)
-                before_remove(plugin)
-        finally:
-            dockerd.docker("plugin", "rm", "-f", name, check=False)
-            if plugin is not None:
-                shutil.rmtree(Path("/run/docker/plugins") / plugin.id, ignore_errors=True)
-            client.close()
-            shutil.rmtree(state, ignore_errors=True)
+        client.close()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def _print_plugin_log(dockerd: Dockerd, plugin_id: str) -> None:
