@@ -120,26 +120,19 @@ def main() -> int:
 
         drivers = [Driver("local", "local", {})]
 
-        name = f"dpbench-{tag}"
-        sock = Path(f"/run/docker/plugins/{name}.sock")
-        plugins.append(
-            SubprocessPlugin(
-                ["serve", "local", "--name", name, "--base-dir", str(root / "dp-vols"),
-                 "--state-dir", str(root / "dp-state")],
-                wait_for=sock,
-            ).start()
-        )  # fmt: skip
-        drivers.append(Driver("dockplug local", name, {}))
+        variants = [("dockplug local", f"dpbench-{tag}", [])]
         if args.nopoll:
-            npname = f"dpnopoll-{tag}"
+            variants.append(("dockplug local, --busy-poll-us 0", f"dpnopoll-{tag}",
+                             ["--busy-poll-us", "0"]))  # fmt: skip
+        for label, name, extra in variants:
             plugins.append(
                 SubprocessPlugin(
-                    ["serve", "local", "--name", npname, "--base-dir", str(root / "np-vols"),
-                     "--state-dir", str(root / "np-state"), "--busy-poll-us", "0"],
-                    wait_for=Path(f"/run/docker/plugins/{npname}.sock"),
+                    ["serve", "local", "--name", name, "--base-dir", str(root / f"{name}-vols"),
+                     "--state-dir", str(root / f"{name}-state"), *extra],
+                    wait_for=Path(f"/run/docker/plugins/{name}.sock"),
                 ).start()
             )  # fmt: skip
-            drivers.append(Driver("dockplug local, --busy-poll-us 0", npname, {}))
+            drivers.append(Driver(label, name, {}))
 
         rclone = shutil.which("rclone")
         if rclone:

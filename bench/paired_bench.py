@@ -76,14 +76,6 @@ def pin(pid: int, cpu: int) -> None:
         os.sched_setaffinity(int(task.name), {cpu})
 
 
-def make_peer(root: Path, name: str, template: str) -> pb.Peer:
-    work = root / name
-    work.mkdir()
-    sock = work / "plugin.sock"
-    body = pb.json_body({"Name": pb.VOLUME, "Opts": None})
-    return pb.Peer(name, pb.expand(template, work, sock), body, work, sock)
-
-
 def parse_variant(spec: str) -> tuple[str, str]:
     name, sep, template = spec.partition("=")
     if not sep or not name or not template or "/" in name or name in ("base", CONTROL):
@@ -97,7 +89,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, object]:
     if not args.no_control:
         specs.append((CONTROL, args.base))
     specs += args.variant or [parse_variant(v) for v in DEFAULT_VARIANTS]
-    peers = [make_peer(root, name, template) for name, template in specs]
+    peers = [pb.extra_peer(root, f"{name}={template}") for name, template in specs]
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
         import uvloop
