@@ -163,7 +163,7 @@ def test_net_status_and_gc_read_the_store_when_no_plugin_runs(tmp_path: Path) ->
     base = ["--plugin", "none", "--state-dir", str(tmp_path), "--host-id", "h1"]
     shown = CliRunner().invoke(cli, ["net", "status", *base, "--json"])
     assert shown.exit_code == 0, shown.output
-    report = json.loads(shown.output)
+    report = json.loads(shown.stdout)  # engine sync notes go to stderr
     (pool,) = report["pools"]
     assert pool["pool"] == "10.72.0.0/24" and pool["gateway"] == "10.72.0.1"
     assert pool["allocated"] == {"h1": 1} and pool["users"] == {"h1": 1}

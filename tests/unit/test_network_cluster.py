@@ -182,7 +182,7 @@ def test_net_status_prints_cluster_networks_hosts_and_endpoints_from_the_store(
     assert ["web", "h2", "10.1.0.4", "02:00:00:00:00:04"] in lines
     assert ["web", "h1", "10.1.0.2", "02:00:00:00:00:02"] in lines
     as_json = CliRunner().invoke(cli, [*base, "--json"])
-    hosts = json.loads(as_json.output)["network"]["cluster"]["web"]["hosts"]
+    hosts = json.loads(as_json.stdout)["network"]["cluster"]["web"]["hosts"]
     assert hosts == {
         "h1": {"member": True, "vtep": "192.0.2.1", "alive": True},
         "h2": {"member": True, "alive": False},
